@@ -1,0 +1,760 @@
+//! The TOML configuration: every key of the product contract, its default, and its checks.
+//!
+//! Loading is two steps. Serde turns the text into [`Config`], with `deny_unknown_fields` and typed
+//! leaves (durations, sizes, addresses, CIDRs), so an unknown key or a value of the wrong shape fails
+//! with the location the TOML parser knows. Then [`Config::validate`] checks what serde cannot: ranges
+//! and relations between keys. Its problems name a key path, which [`locate`] turns into a line and
+//! column of the file. `--check-config` runs exactly [`Config::from_toml`], the same as start-up.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/wsline/wsline.toml";
+
+/// The largest `relay.max_message_size` accepted; beyond it one message could hold a worker hostage.
+const MAX_MESSAGE_SIZE_CEILING: u64 = 64 * 1024 * 1024;
+
+/// The whole configuration, typed. Field names are the contract: a user's file must keep working.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub tls: Tls,
+    pub relay: Relay,
+    pub presence: Presence,
+    pub heartbeat: Heartbeat,
+    pub limits: Limits,
+    pub security: Security,
+    pub log: Log,
+    pub metrics: Metrics,
+    pub web: Web,
+    pub cluster: Cluster,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Addresses to listen on: one string or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub listen: Vec<SocketAddr>,
+    /// On SIGTERM: how long clients get to go before the process exits.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3456))],
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// `false`: plain HTTP and `ws`, for use behind a TLS-terminating proxy.
+    pub enabled: bool,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Development only: an ephemeral certificate for localhost.
+    pub self_signed: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            enabled: true,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            self_signed: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Relay {
+    /// The room of `/`.
+    pub default_room: String,
+    /// The sender gets its own messages too.
+    pub echo: bool,
+    #[serde(deserialize_with = "size")]
+    pub max_message_size: u64,
+    pub max_rooms: usize,
+    /// The last N messages of a room, replayed to a new member.
+    pub history: usize,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            default_room: "lobby".into(),
+            echo: true,
+            max_message_size: 64 * 1024,
+            max_rooms: 10_000,
+            history: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceFormat {
+    Json,
+    Plain,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Presence {
+    pub format: PresenceFormat,
+    /// Coalescing window: at most one presence message per room per interval.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    pub unique_names: bool,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence {
+            format: PresenceFormat::Json,
+            interval: Duration::from_millis(100),
+            unique_names: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A text message byte-equal to this is answered with `app_pong` to its sender alone; "" = off.
+    pub app_ping: String,
+    pub app_pong: String,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            app_ping: String::new(),
+            app_pong: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+    /// Outbound queue bound per connection, in messages ...
+    pub queue_messages: usize,
+    /// ... and in bytes. A client over either is closed with 1013.
+    #[serde(deserialize_with = "size")]
+    pub queue_bytes: u64,
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 50_000,
+            max_connections_per_ip: 200,
+            messages_per_second: 100,
+            burst: 200,
+            queue_messages: 1024,
+            queue_bytes: 4 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// Exact `scheme://host[:port]` origins; empty = any Origin.
+    pub allowed_origins: Vec<String>,
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// When set, `?token=` or `Authorization: Bearer` must carry it.
+    pub token: String,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            allowed_origins: Vec::new(),
+            trusted_proxies: loopback(),
+            token: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter (`info`, `wsline=debug,warn`); `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// Who may GET /metrics.
+    #[serde(deserialize_with = "cidrs")]
+    pub allow: Vec<IpNet>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: true,
+            allow: loopback(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Web {
+    /// The demo chat page at `/`.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// e.g. `redis://127.0.0.1:6379`; "" = single node.
+    pub redis: String,
+    /// "" = the host name.
+    pub node_id: String,
+}
+
+fn loopback() -> Vec<IpNet> {
+    vec![
+        "127.0.0.1/32".parse().expect("valid CIDR"),
+        "::1/128".parse().expect("valid CIDR"),
+    ]
+}
+
+/// A configuration file that could not be used: every problem found, each with its location.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One thing wrong with a configuration, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message))
+        .collect();
+    lines.join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Parses and validates TOML text; on failure, every problem found with its location.
+    pub fn from_toml(text: &str) -> Result<Config, Vec<Problem>> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+            vec![Problem {
+                line,
+                column,
+                message: e.message().trim_end().to_owned(),
+            }]
+        })?;
+        let problems: Vec<Problem> = config
+            .validate()
+            .into_iter()
+            .map(|(key, message)| {
+                let (line, column) = line_column(text, locate(text, key));
+                Problem {
+                    line,
+                    column,
+                    message: format!("{key}: {message}"),
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        if config.cluster.node_id.is_empty() {
+            config.cluster.node_id = hostname();
+        }
+        Ok(config)
+    }
+
+    /// Checks ranges and relations serde cannot; each problem names the key it is about.
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &'static str, message: String| {
+            if !ok {
+                problems.push((key, message));
+            }
+        };
+        let (server, tls, relay, heartbeat, limits) = (
+            &self.server,
+            &self.tls,
+            &self.relay,
+            &self.heartbeat,
+            &self.limits,
+        );
+
+        check(
+            !server.listen.is_empty(),
+            "server.listen",
+            "needs at least one address".into(),
+        );
+
+        if tls.enabled && tls.self_signed {
+            let given = !tls.cert.as_os_str().is_empty() || !tls.key.as_os_str().is_empty();
+            check(
+                !given,
+                "tls.self_signed",
+                "cannot be combined with tls.cert / tls.key: choose one".into(),
+            );
+        } else if tls.enabled {
+            check(
+                !tls.cert.as_os_str().is_empty(),
+                "tls.cert",
+                "is required when tls.enabled = true (or set tls.self_signed = true for development)"
+                    .into(),
+            );
+            check(
+                !tls.key.as_os_str().is_empty(),
+                "tls.key",
+                "is required when tls.enabled = true (or set tls.self_signed = true for development)"
+                    .into(),
+            );
+        }
+
+        check(
+            crate::request::is_room_name(&relay.default_room),
+            "relay.default_room",
+            format!(
+                "{:?} is not a room name (1-64 characters of A-Z a-z 0-9 . _ -)",
+                relay.default_room
+            ),
+        );
+        check(
+            (1..=MAX_MESSAGE_SIZE_CEILING).contains(&relay.max_message_size),
+            "relay.max_message_size",
+            format!("must be between 1 byte and 64MiB, not {}", relay.max_message_size),
+        );
+        check(relay.max_rooms >= 1, "relay.max_rooms", "must be at least 1".into());
+        check(
+            relay.history < limits.queue_messages,
+            "relay.history",
+            format!(
+                "must be below limits.queue_messages ({}): a new member receives the history through its queue",
+                limits.queue_messages
+            ),
+        );
+
+        check(
+            !self.presence.interval.is_zero(),
+            "presence.interval",
+            "must be longer than 0".into(),
+        );
+
+        check(
+            !heartbeat.ping_interval.is_zero(),
+            "heartbeat.ping_interval",
+            "must be longer than 0".into(),
+        );
+        check(
+            heartbeat.idle_timeout > heartbeat.ping_interval,
+            "heartbeat.idle_timeout",
+            format!(
+                "must be longer than heartbeat.ping_interval ({}), or live clients are closed between pings",
+                humantime::format_duration(heartbeat.ping_interval)
+            ),
+        );
+        check(
+            heartbeat.app_ping.is_empty() == heartbeat.app_pong.is_empty(),
+            "heartbeat.app_pong",
+            "heartbeat.app_ping and heartbeat.app_pong must be set together".into(),
+        );
+
+        check(
+            limits.max_connections >= 1,
+            "limits.max_connections",
+            "must be at least 1".into(),
+        );
+        check(
+            limits.max_connections_per_ip >= 1,
+            "limits.max_connections_per_ip",
+            "must be at least 1".into(),
+        );
+        check(
+            limits.messages_per_second >= 1,
+            "limits.messages_per_second",
+            "must be at least 1".into(),
+        );
+        check(limits.burst >= 1, "limits.burst", "must be at least 1".into());
+        check(
+            limits.queue_messages >= 1,
+            "limits.queue_messages",
+            "must be at least 1".into(),
+        );
+        check(
+            limits.queue_bytes >= relay.max_message_size,
+            "limits.queue_bytes",
+            format!(
+                "must hold at least one message of relay.max_message_size ({} bytes)",
+                relay.max_message_size
+            ),
+        );
+        check(
+            !limits.handshake_timeout.is_zero(),
+            "limits.handshake_timeout",
+            "must be longer than 0".into(),
+        );
+
+        for origin in &self.security.allowed_origins {
+            check(
+                is_origin(origin),
+                "security.allowed_origins",
+                format!("{origin:?} is not an origin like \"https://chat.example.com\" (scheme://host[:port], no path)"),
+            );
+        }
+
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            format!(
+                "{:?} is not a level or filter (error, warn, info, debug, trace, or target=level,...)",
+                self.log.level
+            ),
+        );
+
+        let redis = &self.cluster.redis;
+        check(
+            redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://"),
+            "cluster.redis",
+            format!("{redis:?} is not a redis:// or rediss:// URL"),
+        );
+        problems
+    }
+}
+
+/// `scheme://host[:port]` as a browser sends it in `Origin`.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' '])
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsline".into())
+}
+
+/// The byte offset of a dotted key's value in the document, else of its table header, else 0.
+fn locate(text: &str, key: &str) -> usize {
+    let Ok(doc) = toml::de::DeTable::parse(text) else {
+        return 0;
+    };
+    let (section, leaf) = key.split_once('.').unwrap_or((key, ""));
+    let Some(table) = doc.get_ref().get(section) else {
+        return 0;
+    };
+    match table.get_ref() {
+        toml::de::DeValue::Table(t) => t
+            .get(leaf)
+            .map_or(table.span().start, |value| value.span().start),
+        _ => table.span().start,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}): write it like \"30s\", \"250ms\" or \"2m\""
+        ))
+    })
+}
+
+fn size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let invalid = |shown: String| {
+        serde::de::Error::custom(format!(
+            "invalid size {shown}: write a number of bytes or a string like \"64KiB\" or \"4MiB\""
+        ))
+    };
+    match Raw::deserialize(de).map_err(|_| invalid("(not a number or string)".into()))? {
+        Raw::Bytes(n) => Ok(n),
+        Raw::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| invalid(format!("{text:?}"))),
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Raw::deserialize(de).map_err(|_| {
+        serde::de::Error::custom("expected an address string or a list of them")
+    })? {
+        Raw::One(a) => vec![a],
+        Raw::Many(v) => v,
+    };
+    list.iter()
+        .map(|a| {
+            a.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid listen address {a:?}: write IP:PORT, like \"0.0.0.0:3456\" or \"[::]:3456\""
+                ))
+            })
+        })
+        .collect()
+}
+
+/// CIDR blocks; a bare address means that one host.
+fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(de)?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid address block {s:?}: write it like \"10.0.0.0/8\" or \"::1\""
+                    ))
+                })
+        })
+        .collect()
+}
+
+impl fmt::Display for PresenceFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PresenceFormat::Json => "json",
+            PresenceFormat::Plain => "plain",
+            PresenceFormat::Off => "off",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        Config::from_toml(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn minimal_file_gets_every_default() {
+        let c = Config::from_toml(
+            "[server]\nlisten = \"0.0.0.0:3456\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.relay.default_room, "lobby");
+        assert_eq!(c.relay.max_message_size, 65536);
+        assert_eq!(c.limits.queue_bytes, 4 << 20);
+        assert_eq!(c.presence.interval, Duration::from_millis(100));
+        assert_eq!(c.presence.format, PresenceFormat::Json);
+        assert_eq!(c.heartbeat.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.security.trusted_proxies.len(), 2);
+        assert!(!c.cluster.node_id.is_empty());
+    }
+
+    #[test]
+    fn listen_takes_one_address_or_a_list() {
+        let c = Config::from_toml("[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\n[tls]\nenabled = false\n")
+            .unwrap();
+        assert_eq!(c.server.listen.len(), 2);
+        assert!(c.server.listen[1].is_ipv6());
+    }
+
+    #[test]
+    fn sizes_take_integers_and_units() {
+        let c = Config::from_toml(
+            "[tls]\nenabled = false\n[relay]\nmax_message_size = 1000\n[limits]\nqueue_bytes = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.relay.max_message_size, 1000);
+        assert_eq!(c.limits.queue_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_at_its_line_and_column() {
+        let p = problems("[tls]\nenabled = false\n[relay]\n  echoo = true\n");
+        assert_eq!((p[0].line, p[0].column), (4, 3), "{p:?}");
+        assert!(p[0].message.contains("echoo"), "{p:?}");
+    }
+
+    #[test]
+    fn bad_duration_is_reported_at_its_value() {
+        let p = problems("[tls]\nenabled = false\n[heartbeat]\nping_interval = \"30 parsecs\"\n");
+        assert_eq!((p[0].line, p[0].column), (4, 17), "{p:?}");
+        assert!(p[0].message.contains("invalid duration"), "{p:?}");
+    }
+
+    #[test]
+    fn bad_size_is_reported_at_its_value() {
+        let p = problems("[tls]\nenabled = false\n[limits]\nqueue_bytes = \"lots\"\n");
+        assert_eq!((p[0].line, p[0].column), (4, 15), "{p:?}");
+        assert!(p[0].message.contains("invalid size"), "{p:?}");
+    }
+
+    #[test]
+    fn bad_enum_and_bad_address_are_reported() {
+        let p = problems("[tls]\nenabled = false\n[presence]\nformat = \"xml\"\n");
+        assert_eq!(p[0].line, 4);
+        assert!(p[0].message.contains("xml"), "{p:?}");
+        let p = problems("[server]\nlisten = \"localhost\"\n[tls]\nenabled = false\n");
+        assert_eq!(p[0].line, 2);
+        assert!(p[0].message.contains("invalid listen address"), "{p:?}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_location() {
+        let p = problems("[server\nlisten = 1\n");
+        assert_eq!(p[0].line, 1, "{p:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_with_its_key_location() {
+        let p = problems(concat!(
+            "[tls]\n",
+            "enabled = true\n",
+            "[relay]\n",
+            "default_room = \"no/slash\"\n",
+            "[heartbeat]\n",
+            "ping_interval = \"30s\"\n",
+            "idle_timeout = \"10s\"\n",
+            "[security]\n",
+            "allowed_origins = [\"example.com\"]\n",
+        ));
+        let found: Vec<(usize, &str)> = p
+            .iter()
+            .map(|p| (p.line, p.message.split(':').next().unwrap()))
+            .collect();
+        assert!(found.contains(&(1, "tls.cert")), "{found:?}");
+        assert!(found.contains(&(1, "tls.key")), "{found:?}");
+        assert!(found.contains(&(4, "relay.default_room")), "{found:?}");
+        assert!(found.contains(&(7, "heartbeat.idle_timeout")), "{found:?}");
+        assert!(found.contains(&(9, "security.allowed_origins")), "{found:?}");
+        assert_eq!(p.len(), 5, "{p:?}");
+    }
+
+    #[test]
+    fn zero_and_inverted_limits_are_rejected() {
+        let p = problems(concat!(
+            "[tls]\nenabled = false\n",
+            "[limits]\nburst = 0\nqueue_bytes = 100\n",
+            "[relay]\nhistory = 5000\n",
+            "[log]\nlevel = \"loud\"\n",
+        ));
+        let keys: Vec<&str> = p.iter().map(|p| p.message.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            ["relay.history", "limits.burst", "limits.queue_bytes", "log.level"],
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn self_signed_excludes_cert_and_key() {
+        let p = problems("[tls]\nself_signed = true\ncert = \"/c.pem\"\n");
+        assert!(p[0].message.starts_with("tls.self_signed"), "{p:?}");
+    }
+
+    #[test]
+    fn cidrs_accept_bare_addresses() {
+        let c = Config::from_toml("[tls]\nenabled = false\n[security]\ntrusted_proxies = [\"10.0.0.1\", \"fd00::/8\"]\n")
+            .unwrap();
+        assert_eq!(c.security.trusted_proxies[0].prefix_len(), 32);
+    }
+}

@@ -1,0 +1,53 @@
+//! wsline: a TLS-terminating WebSocket relay. One binary, one TOML file.
+//!
+//! HTTPS on one port answers health checks and stats, upgrades to `wss`, relays every message a
+//! client sends to everyone in its room, and tells each room who is in it.
+//!
+//! Map of the crate:
+//! - [`config`]: the TOML file to a typed, validated [`Config`], problems with line and column.
+//! - [`tls`]: PEM files (or a self-signed certificate) to a rustls acceptor whose certificate can swap.
+//! - [`server`]: binding, accept loops, TLS under the handshake deadline, the drain.
+//! - [`http`]: routing of `/healthz`, `/stats`, `/`, and admission of upgrades.
+//! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
+//! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
+//! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
+//! - [`presence`]: presence messages and their coalescing.
+//! - [`shutdown`]: the drain trigger, tracked connection tasks, signals.
+//! - [`stats`]: counters behind `/stats`.
+//! - [`logging`]: tracing to stderr, text or JSON.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod hub;
+pub mod logging;
+pub mod presence;
+pub mod request;
+pub mod server;
+pub mod shutdown;
+pub mod stats;
+pub mod tls;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use config::Config;
+pub use server::Server;
+pub use shutdown::Shutdown;
+
+/// What every connection task shares with the server.
+pub struct State {
+    /// The configuration in force; connections take a snapshot when they are admitted.
+    pub config: ArcSwap<Config>,
+    pub hub: hub::Hub,
+    pub stats: Arc<stats::Stats>,
+    pub shutdown: Shutdown,
+}
+
+/// Makes aws-lc-rs the process's rustls crypto provider; call once before any TLS.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

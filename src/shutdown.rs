@@ -1,0 +1,68 @@
+//! Shutdown: one trigger, a bounded drain, and the signals that pull it.
+//!
+//! Two tokens mark the two phases. `draining` is cancelled by SIGTERM/SIGINT (or a test): `/healthz`
+//! answers 503, upgrades are refused with 503, and every WebSocket connection (whose close token is a
+//! child of `draining`) sends close 1001. `stopped` is cancelled when the drain is over, because every
+//! WebSocket task in `tracker` has ended or `server.drain_timeout` has passed: listeners and plain
+//! HTTP connections end with it, and `Server::run` returns.
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A handle on the server's lifecycle; clones share it.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    draining: CancellationToken,
+    stopped: CancellationToken,
+    /// Every WebSocket connection task; the drain waits for these.
+    tracker: TaskTracker,
+}
+
+impl Shutdown {
+    /// Starts the drain. Idempotent.
+    pub fn trigger(&self) {
+        self.draining.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    pub async fn draining(&self) {
+        self.draining.cancelled().await
+    }
+
+    /// A token for one connection: cancelled by the drain, or on its own by the hub.
+    pub fn connection_token(&self) -> CancellationToken {
+        self.draining.child_token()
+    }
+
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    pub(crate) fn stop(&self) {
+        self.tracker.close();
+        self.stopped.cancel();
+    }
+
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
+    }
+}
+
+/// Triggers `shutdown` on the first SIGTERM or SIGINT.
+pub fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "shutting down: draining connections");
+        shutdown.trigger();
+    });
+    Ok(())
+}
