@@ -402,9 +402,16 @@ impl Config {
         check(
             (1..=MAX_MESSAGE_SIZE_CEILING).contains(&relay.max_message_size),
             "relay.max_message_size",
-            format!("must be between 1 byte and 64MiB, not {}", relay.max_message_size),
+            format!(
+                "must be between 1 byte and 64MiB, not {}",
+                relay.max_message_size
+            ),
         );
-        check(relay.max_rooms >= 1, "relay.max_rooms", "must be at least 1".into());
+        check(
+            relay.max_rooms >= 1,
+            "relay.max_rooms",
+            "must be at least 1".into(),
+        );
         check(
             relay.history < limits.queue_messages,
             "relay.history",
@@ -454,7 +461,11 @@ impl Config {
             "limits.messages_per_second",
             "must be at least 1".into(),
         );
-        check(limits.burst >= 1, "limits.burst", "must be at least 1".into());
+        check(
+            limits.burst >= 1,
+            "limits.burst",
+            "must be at least 1".into(),
+        );
         check(
             limits.queue_messages >= 1,
             "limits.queue_messages",
@@ -478,12 +489,14 @@ impl Config {
             check(
                 is_origin(origin),
                 "security.allowed_origins",
-                format!("{origin:?} is not an origin like \"https://chat.example.com\" (scheme://host[:port], no path)"),
+                format!(
+                    "{origin:?} is not an origin like \"https://chat.example.com\" (scheme://host[:port], no path)"
+                ),
             );
         }
 
         check(
-            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            is_log_filter(&self.log.level),
             "log.level",
             format!(
                 "{:?} is not a level or filter (error, warn, info, debug, trace, or target=level,...)",
@@ -509,6 +522,16 @@ fn is_origin(origin: &str) -> bool {
     matches!(scheme, "http" | "https")
         && !rest.is_empty()
         && !rest.contains(['/', '?', '#', '@', ' '])
+}
+
+/// A level (`info`) or a list of `target=level` directives; a bare word that is not a level would
+/// be read by tracing as a target name, which is never what a user means.
+fn is_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    filter.split(',').all(|d| {
+        let d = d.trim();
+        d.contains('=') || LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+    }) && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 
 fn hostname() -> String {
@@ -581,9 +604,9 @@ fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::E
         One(String),
         Many(Vec<String>),
     }
-    let list = match Raw::deserialize(de).map_err(|_| {
-        serde::de::Error::custom("expected an address string or a list of them")
-    })? {
+    let list = match Raw::deserialize(de)
+        .map_err(|_| serde::de::Error::custom("expected an address string or a list of them"))?
+    {
         Raw::One(a) => vec![a],
         Raw::Many(v) => v,
     };
@@ -651,8 +674,10 @@ mod tests {
 
     #[test]
     fn listen_takes_one_address_or_a_list() {
-        let c = Config::from_toml("[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\n[tls]\nenabled = false\n")
-            .unwrap();
+        let c = Config::from_toml(
+            "[server]\nlisten = [\"127.0.0.1:1\", \"[::1]:2\"]\n[tls]\nenabled = false\n",
+        )
+        .unwrap();
         assert_eq!(c.server.listen.len(), 2);
         assert!(c.server.listen[1].is_ipv6());
     }
@@ -725,7 +750,10 @@ mod tests {
         assert!(found.contains(&(1, "tls.key")), "{found:?}");
         assert!(found.contains(&(4, "relay.default_room")), "{found:?}");
         assert!(found.contains(&(7, "heartbeat.idle_timeout")), "{found:?}");
-        assert!(found.contains(&(9, "security.allowed_origins")), "{found:?}");
+        assert!(
+            found.contains(&(9, "security.allowed_origins")),
+            "{found:?}"
+        );
         assert_eq!(p.len(), 5, "{p:?}");
     }
 
@@ -737,10 +765,18 @@ mod tests {
             "[relay]\nhistory = 5000\n",
             "[log]\nlevel = \"loud\"\n",
         ));
-        let keys: Vec<&str> = p.iter().map(|p| p.message.split(':').next().unwrap()).collect();
+        let keys: Vec<&str> = p
+            .iter()
+            .map(|p| p.message.split(':').next().unwrap())
+            .collect();
         assert_eq!(
             keys,
-            ["relay.history", "limits.burst", "limits.queue_bytes", "log.level"],
+            [
+                "relay.history",
+                "limits.burst",
+                "limits.queue_bytes",
+                "log.level"
+            ],
             "{p:?}"
         );
     }
@@ -753,8 +789,10 @@ mod tests {
 
     #[test]
     fn cidrs_accept_bare_addresses() {
-        let c = Config::from_toml("[tls]\nenabled = false\n[security]\ntrusted_proxies = [\"10.0.0.1\", \"fd00::/8\"]\n")
-            .unwrap();
+        let c = Config::from_toml(
+            "[tls]\nenabled = false\n[security]\ntrusted_proxies = [\"10.0.0.1\", \"fd00::/8\"]\n",
+        )
+        .unwrap();
         assert_eq!(c.security.trusted_proxies[0].prefix_len(), 32);
     }
 }

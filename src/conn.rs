@@ -174,8 +174,13 @@ fn end_for(e: WsError) -> End {
 }
 
 /// The outbox to the socket: everything queued, then one flush; and a ping every `ping_interval`.
-async fn write(sink: &mut SplitSink<Ws, Message>, outbox: &mut OutboxRx, ping_interval: Duration) -> End {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+async fn write(
+    sink: &mut SplitSink<Ws, Message>,
+    outbox: &mut OutboxRx,
+    ping_interval: Duration,
+) -> End {
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {

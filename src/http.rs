@@ -102,8 +102,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 fn retry_later(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = text(status, body);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
     r
 }
 
@@ -130,8 +132,10 @@ fn stats(state: &State) -> Response<Body> {
     };
     let body = serde_json::to_vec(&report).expect("stats serialize");
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -151,15 +155,30 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
     let config = state.config.load_full();
     let headers = req.headers();
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "websocket upgrade needs GET\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "websocket upgrade needs GET\n",
+        );
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return text(StatusCode::BAD_REQUEST, "websocket upgrade needs Connection: upgrade\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade needs Connection: upgrade\n",
+        );
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = text(StatusCode::UPGRADE_REQUIRED, "websocket version 13 required\n");
-        r.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket version 13 required\n",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return r;
     }
     // RFC 6455: the key is 16 random bytes in base64, which is always 24 characters.
@@ -173,7 +192,11 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
     if state.shutdown.is_draining() {
         return retry_later(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
-    let target = match parse_target(req.uri().path(), req.uri().query(), &config.relay.default_room) {
+    let target = match parse_target(
+        req.uri().path(),
+        req.uri().query(),
+        &config.relay.default_room,
+    ) {
         Ok(t) => t,
         Err(e) => {
             debug!(%peer, uri = %req.uri(), "bad upgrade target");
@@ -247,7 +270,10 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
         .body(Full::new(Bytes::new()))
         .expect("valid response")
 }

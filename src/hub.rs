@@ -57,7 +57,11 @@ pub struct OutboxRx {
 }
 
 /// Makes an outbox bounded by `max_messages` and `max_bytes`; `close` ends the connection.
-pub fn outbox(max_messages: usize, max_bytes: usize, close: CancellationToken) -> (Outbox, OutboxRx) {
+pub fn outbox(
+    max_messages: usize,
+    max_bytes: usize,
+    close: CancellationToken,
+) -> (Outbox, OutboxRx) {
     let (tx, rx) = mpsc::channel(max_messages);
     let shared = Arc::new(OutboxShared {
         queued_bytes: AtomicUsize::new(0),
@@ -88,10 +92,12 @@ impl Outbox {
     }
 
     fn evict(&self, why: Eviction) {
-        let _ = self
-            .shared
-            .eviction
-            .compare_exchange(0, why as u8, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.shared.eviction.compare_exchange(
+            0,
+            why as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         self.shared.close.cancel();
     }
 }
@@ -335,7 +341,11 @@ impl Hub {
     /// Sends the room's current presence to every member; returns the window to wait.
     fn send_presence(&self, room: &Room) -> Duration {
         let state = lock(&room.state);
-        let mut names: Vec<&str> = state.members.iter().filter_map(|m| m.name.as_deref()).collect();
+        let mut names: Vec<&str> = state
+            .members
+            .iter()
+            .filter_map(|m| m.name.as_deref())
+            .collect();
         names.sort_unstable();
         let msg = presence::render(
             state.presence_format,

@@ -109,7 +109,10 @@ mod tests {
         assert!(c.touch(), "first change starts the sender");
         assert!(!c.touch());
         assert!(!c.touch());
-        assert!(c.window_closed(), "changes in the window: send the final state");
+        assert!(
+            c.window_closed(),
+            "changes in the window: send the final state"
+        );
         assert!(!c.window_closed(), "quiet window: stop");
         assert!(c.touch(), "a later change starts again");
     }

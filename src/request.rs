@@ -37,7 +37,11 @@ pub fn is_presence_name(s: &str) -> bool {
 }
 
 /// Parses `path` and `query` of an upgrade request. `/` is `default_room`, `/abc` is room `abc`.
-pub fn parse_target(path: &str, query: Option<&str>, default_room: &str) -> Result<Target, BadTarget> {
+pub fn parse_target(
+    path: &str,
+    query: Option<&str>,
+    default_room: &str,
+) -> Result<Target, BadTarget> {
     let room = match path.strip_prefix('/') {
         Some("") => default_room,
         Some(name) if is_room_name(name) => name,
@@ -85,14 +89,21 @@ mod tests {
     #[test]
     fn path_names_the_room() {
         assert_eq!(parse_target("/1234", None, "lobby").unwrap().room, "1234");
-        assert_eq!(parse_target("/a.b_c-D", None, "lobby").unwrap().room, "a.b_c-D");
+        assert_eq!(
+            parse_target("/a.b_c-D", None, "lobby").unwrap().room,
+            "a.b_c-D"
+        );
     }
 
     #[test]
     fn bad_rooms_are_refused() {
         let long = format!("/{}", "a".repeat(65));
         for path in ["/a/b", "/a b", "/%41", "/é", "", "//", long.as_str(), "/a?"] {
-            assert_eq!(parse_target(path, None, "lobby"), Err(BadTarget::Room), "{path}");
+            assert_eq!(
+                parse_target(path, None, "lobby"),
+                Err(BadTarget::Room),
+                "{path}"
+            );
         }
         assert!(parse_target(&format!("/{}", "a".repeat(64)), None, "lobby").is_ok());
     }
@@ -106,8 +117,17 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        for q in ["name=", "name=a%0Ab", "name=a&name=b", &format!("name={}", "x".repeat(65))] {
-            assert_eq!(parse_target("/", Some(q), "lobby"), Err(BadTarget::Name), "{q}");
+        for q in [
+            "name=",
+            "name=a%0Ab",
+            "name=a&name=b",
+            &format!("name={}", "x".repeat(65)),
+        ] {
+            assert_eq!(
+                parse_target("/", Some(q), "lobby"),
+                Err(BadTarget::Name),
+                "{q}"
+            );
         }
         assert_eq!(
             parse_target("/", Some("token=a&token=b"), "lobby"),

@@ -110,7 +110,9 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, tls: Option
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => return debug!(%peer, "tls handshake timed out"),
             };
-            let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+            let left = deadline
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1));
             crate::http::serve(TokioIo::new(stream), peer, state, left).await
         }
     }

@@ -147,8 +147,8 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsE
 
 fn self_signed() -> Result<CertifiedKey, TlsError> {
     let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    let generated =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
         .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
     CertifiedKey::from_der(vec![generated.cert.der().clone()], key, &provider())
