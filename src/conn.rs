@@ -81,7 +81,7 @@ impl Conn {
         let opened = Instant::now();
         let room = self.membership.room().to_owned();
         let peer = self.peer;
-        info!(%peer, room, "connection opened");
+        info!(%peer, %room, "connection opened");
         self.state
             .stats
             .connections_total
@@ -118,7 +118,7 @@ impl Conn {
         close(&mut sink, &mut stream, end).await;
         info!(
             %peer,
-            room,
+            %room,
             duration_ms = opened.elapsed().as_millis() as u64,
             code,
             "connection closed"
