@@ -6,7 +6,7 @@
 //! connection (1013) or the server drains (1001). Then the task sends its close frame under a short
 //! deadline, so a client that stopped reading cannot hold it, and the [`Membership`] guard drops.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use tracing::{debug, info};
 use crate::State;
 use crate::config::Config;
 use crate::hub::{Eviction, Membership, OutboxRx};
+use crate::limits::{Admission, TokenBucket};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -65,9 +66,14 @@ enum End {
 pub struct Conn {
     pub state: Arc<State>,
     pub config: Arc<Config>,
+    /// The TCP peer (a proxy, when there is one).
     pub peer: SocketAddr,
+    /// The client's address (from `X-Forwarded-For` when `peer` is a trusted proxy).
+    pub client: IpAddr,
     pub membership: Membership,
     pub outbox: OutboxRx,
+    /// This connection's slot in the connection limits, freed when the task ends.
+    pub admission: Admission,
 }
 
 /// Closes a connection that was admitted only to be told why it cannot stay (e.g. name taken).
@@ -80,8 +86,8 @@ impl Conn {
     pub async fn run(self, ws: Ws) {
         let opened = Instant::now();
         let room = self.membership.room().to_owned();
-        let peer = self.peer;
-        info!(%peer, %room, "connection opened");
+        let (peer, client) = (self.peer, self.client);
+        info!(%client, %peer, %room, "connection opened");
         self.state
             .stats
             .connections_total
@@ -93,6 +99,7 @@ impl Conn {
             config,
             membership,
             mut outbox,
+            admission,
             ..
         } = self;
         let last_seen = AtomicU64::new(0);
@@ -116,7 +123,9 @@ impl Conn {
             _ => None,
         };
         close(&mut sink, &mut stream, end).await;
+        drop(admission);
         info!(
+            %client,
             %peer,
             %room,
             duration_ms = opened.elapsed().as_millis() as u64,
@@ -138,13 +147,18 @@ async fn read(
     let app_ping = config.heartbeat.app_ping.as_bytes();
     let app_pong = Utf8Bytes::from(config.heartbeat.app_pong.clone());
     let (echo, history) = (config.relay.echo, config.relay.history);
+    let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
         let msg = match stream.next().await {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => return end_for(e),
             None => return End::Gone,
         };
-        last_seen.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        last_seen.store((now - opened).as_millis() as u64, Ordering::Relaxed);
+        if (msg.is_text() || msg.is_binary()) && !bucket.take(now) {
+            return End::Close(CloseCode::Policy, "rate limit");
+        }
         match msg {
             Message::Text(text) if !app_ping.is_empty() && text.as_bytes() == app_ping => {
                 membership.reply(Message::Text(app_pong.clone()));

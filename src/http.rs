@@ -1,7 +1,8 @@
 //! HTTP on the relay's port: routing, the plain endpoints, and admission of WebSocket upgrades.
 //!
 //! Everything a request can be refused for is decided here, before the `101`: a bad upgrade (400,
-//! 426), a bad room or name (400), a foreign Origin (403), a draining server or too many rooms (503).
+//! 405, 426), a bad room or name (400), a foreign Origin (403), a missing token (401), a full server
+//! (503) or client address (429), too many rooms or a draining server (503).
 //! An admitted request joins its room at once and hands the upgraded stream to [`conn`].
 
 use std::convert::Infallible;
@@ -17,6 +18,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -25,6 +27,7 @@ use tracing::debug;
 
 use crate::conn::{self, Conn};
 use crate::hub::{self, JoinError, JoinOptions};
+use crate::limits::{self, Refusal};
 use crate::request::parse_target;
 use crate::stats::{Drops, Report, Stats};
 use crate::{State, config::Config};
@@ -106,7 +109,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 fn demo_page() -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
     let headers = r.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     // The page runs only its own inline script and talks only to this origin.
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -227,6 +233,29 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
     if !origin_allowed(headers, &config) {
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
+    if !token_ok(headers, target.token.as_deref(), &config.security.token) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "token required\n");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let client = limits::client_ip(peer, headers, &config.security.trusted_proxies);
+    let admission = match state.gate.admit(
+        client,
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    ) {
+        Ok(a) => a,
+        Err(Refusal::ServerFull) => {
+            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "server full\n");
+        }
+        Err(Refusal::AddressFull) => {
+            return retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address\n",
+            );
+        }
+    };
 
     let (outbox, outbox_rx) = hub::outbox(
         config.limits.queue_messages,
@@ -273,8 +302,10 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
                         state,
                         config,
                         peer,
+                        client,
                         membership,
                         outbox: outbox_rx,
+                        admission,
                     };
                     conn.run(ws).await
                 }
@@ -293,6 +324,23 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         )
         .body(Full::new(Bytes::new()))
         .expect("valid response")
+}
+
+/// `security.token` empty: no token needed. Otherwise `?token=` or `Authorization: Bearer` must
+/// carry it, compared in constant time.
+fn token_ok(headers: &HeaderMap, from_query: Option<&str>, expected: &str) -> bool {
+    if expected.is_empty() {
+        return true;
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    [from_query, bearer]
+        .into_iter()
+        .flatten()
+        .any(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 /// `security.allowed_origins` empty: any. Otherwise the Origin header must match one exactly.

@@ -11,6 +11,7 @@
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
+//! - [`limits`]: connection counts per server and client address, message rate, real client address.
 //! - [`presence`]: presence messages and their coalescing.
 //! - [`shutdown`]: the drain trigger, tracked connection tasks, signals.
 //! - [`stats`]: counters behind `/stats`.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod logging;
 pub mod presence;
 pub mod request;
@@ -42,6 +44,8 @@ pub struct State {
     /// The configuration in force; connections take a snapshot when they are admitted.
     pub config: ArcSwap<Config>,
     pub hub: hub::Hub,
+    /// Connection counts for `limits.max_connections` and `max_connections_per_ip`.
+    pub gate: limits::Gate,
     pub stats: Arc<stats::Stats>,
     pub shutdown: Shutdown,
 }

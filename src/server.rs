@@ -38,6 +38,7 @@ impl Server {
         let state = Arc::new(State {
             config: ArcSwap::from_pointee(config),
             hub: Hub::new(stats.clone()),
+            gate: Default::default(),
             stats,
             shutdown: Shutdown::default(),
         });

@@ -176,8 +176,18 @@ async fn web_enabled_serves_the_demo_page_with_a_relative_socket_url() {
     let server = start(|c| c.web.enabled = true).await;
     let (status, head, body) = server.get("/").await;
     assert_eq!(status, 200);
-    assert!(head.to_ascii_lowercase().contains("content-type: text/html"), "{head}");
-    assert!(body.contains("new URL(encodeURIComponent(room), location.href)"), "{body}");
-    assert!(!body.contains("wss://"), "the page must not hard-code an absolute socket URL");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(
+        body.contains("new URL(encodeURIComponent(room), location.href)"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("wss://"),
+        "the page must not hard-code an absolute socket URL"
+    );
     server.stop().await;
 }

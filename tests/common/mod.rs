@@ -180,6 +180,17 @@ impl TestServer {
         .await
     }
 
+    /// Proves the server still serves: two fresh clients in a fresh room exchange a message.
+    pub async fn assert_still_relays(&self) {
+        let room = format!("/check{}", rand_suffix());
+        let mut a = self.connect(&room).await;
+        let mut b = self.connect(&room).await;
+        self.wait_stats("both checkers joined", |s| s["rooms"][&room[1..]] == 2)
+            .await;
+        a.send_text("still relaying").await;
+        assert_eq!(b.recv_relayed().await, Message::text("still relaying"));
+    }
+
     /// Starts the drain and waits for `run` to return; returns how long that took.
     pub async fn stop(self) -> Duration {
         let started = std::time::Instant::now();
@@ -236,6 +247,12 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
         }
     })
     .await
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A WebSocket client over real TLS.
