@@ -98,7 +98,12 @@ async fn off_format_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_500_joins_costs_a_watcher_a_few_dozen_messages_ending_exact() {
     const JOINERS: usize = 500;
-    let server = start(|c| c.presence.interval = Duration::from_millis(100)).await;
+    let server = start(|c| {
+        c.presence.interval = Duration::from_millis(100);
+        // Every joiner comes from 127.0.0.1.
+        c.limits.max_connections_per_ip = 1000;
+    })
+    .await;
     let mut watcher = server.connect("/burst").await;
     assert_eq!(watcher.recv_presence().await["count"], 1);
 
