@@ -3,20 +3,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{Client, TestCert, within};
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio_rustls::TlsConnector;
+use common::daemon::Daemon;
+use common::{TestCert, within};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_wsline");
+use common::daemon::BIN;
 
 async fn wsline(args: &[&str]) -> Output {
     within(
@@ -35,13 +31,6 @@ fn write(dir: &Path, name: &str, contents: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path.to_str().unwrap().to_owned()
-}
-
-fn tls_section(cert: &TestCert) -> String {
-    format!(
-        "[tls]\ncert = {:?}\nkey = {:?}\n",
-        cert.cert_path, cert.key_path
-    )
 }
 
 #[tokio::test]
@@ -195,91 +184,6 @@ async fn a_port_in_use_is_one_clear_line() {
         "{err}"
     );
     assert!(err.contains("in use"), "{err}");
-}
-
-/// The daemon as a child process, with its stderr collected.
-struct Daemon {
-    child: Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
-    cert: TestCert,
-}
-
-impl Daemon {
-    async fn start(extra: &str, env: &[(&str, &str)]) -> Daemon {
-        let cert = TestCert::new();
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n{}{extra}",
-            tls_section(&cert)
-        );
-        let path = write(cert.dir.path(), "wsline.toml", &config);
-        let mut child = Command::new(BIN)
-            .args(["--config", &path])
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut addr_tx = Some(addr_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                // Text: `listening addr=127.0.0.1:PORT`; JSON: `"addr":"127.0.0.1:PORT"`.
-                if let Some(i) = line
-                    .find("127.0.0.1:")
-                    .filter(|_| line.contains("listening"))
-                {
-                    let port: String = line[i + 10..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(format!("127.0.0.1:{port}").parse().unwrap());
-                    }
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = within("the daemon to listen", addr_rx)
-            .await
-            .expect("daemon listening line");
-        Daemon {
-            child,
-            addr,
-            log,
-            cert,
-        }
-    }
-
-    async fn connect(&self, path: &str) -> Client {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let tls = TlsConnector::from(self.cert.client_config())
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        let url = format!("wss://localhost:{}{path}", self.addr.port());
-        let (ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
-        Client { ws }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

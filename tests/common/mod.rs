@@ -2,6 +2,8 @@
 //! that speak real TLS and WebSocket to it. Every wait is bounded by [`WAIT`].
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,6 +151,7 @@ impl TestServer {
     pub async fn http(&self, request: &str) -> (u16, String, String) {
         let mut stream = self.tls().await;
         stream.write_all(request.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
         read_response(&mut stream).await
     }
 
@@ -344,12 +347,17 @@ pub struct RawClient {
 impl RawClient {
     /// Opens a TLS connection and upgrades it to a WebSocket on `path`.
     pub async fn connect(server: &TestServer, path: &str) -> RawClient {
-        let mut stream = server.tls().await;
+        Self::upgrade(server.tls().await, path).await
+    }
+
+    /// Upgrades an open TLS connection to a WebSocket on `path`.
+    pub async fn upgrade(mut stream: TlsStream<TcpStream>, path: &str) -> RawClient {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 1024];
         let head_end = within("101 response", async {

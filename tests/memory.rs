@@ -1,0 +1,92 @@
+//! Memory under abuse: a thousand clients that never read while a publisher floods their room.
+//! The daemon's peak RSS stays under a stated bound, each reader that stops is closed with 1013,
+//! and a fast reader in the same room receives every message.
+
+mod common;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::RawClient;
+use common::daemon::Daemon;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Clients that connect and never read.
+const STALLED: usize = 1000;
+/// Messages the publisher sends, each of SIZE bytes: 24 MiB, far beyond what socket buffers hide.
+const MESSAGES: usize = 3000;
+const SIZE: usize = 8 * 1024;
+/// How far the publisher may run ahead of the fast reader.
+const WINDOW: usize = 32;
+/// The bound on the daemon's peak resident memory (README, "Security").
+const PEAK_RSS_BOUND_MIB: u64 = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_stalled_readers_cost_bounded_memory_and_a_fast_reader_gets_everything() {
+    let daemon = Daemon::start(
+        "[limits]\nmax_connections_per_ip = 5000\nmessages_per_second = 100000\nburst = 100000\n\
+         [relay]\necho = false\n[presence]\nformat = \"off\"\n",
+        &[],
+    )
+    .await;
+    let started = Instant::now();
+    let mut stalled = Vec::with_capacity(STALLED);
+    for _ in 0..STALLED / 50 {
+        let batch =
+            (0..50).map(|_| async { RawClient::upgrade(daemon.tls().await, "/flood").await });
+        stalled.extend(futures_util::future::join_all(batch).await);
+    }
+    let mut fast = daemon.connect("/flood").await;
+    let mut publisher = daemon.connect("/flood").await;
+    let (rss_connected, _) = daemon.rss_kib();
+    eprintln!(
+        "{STALLED} stalled clients connected in {:?}, RSS {rss_connected} KiB",
+        started.elapsed()
+    );
+
+    let payload = |i: usize| {
+        let mut p = vec![(i % 251) as u8; SIZE];
+        p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        Message::Binary(Bytes::from(p))
+    };
+    let mut received = 0;
+    for i in 0..MESSAGES {
+        publisher.send(payload(i)).await;
+        if i >= WINDOW {
+            assert_eq!(
+                fast.recv_relayed().await,
+                payload(received),
+                "message {received}"
+            );
+            received += 1;
+        }
+    }
+    while received < MESSAGES {
+        assert_eq!(
+            fast.recv_relayed().await,
+            payload(received),
+            "message {received}"
+        );
+        received += 1;
+    }
+    let (rss_after, peak) = daemon.rss_kib();
+    eprintln!(
+        "flood of {MESSAGES} x {SIZE} B done in {:?}: RSS {rss_after} KiB, peak {peak} KiB",
+        started.elapsed()
+    );
+
+    // Every stalled client was closed as a slow consumer: reading its socket now reaches 1013.
+    let mut codes = std::collections::HashMap::new();
+    for client in stalled.iter_mut().take(20) {
+        *codes.entry(client.close_code().await).or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes.get(&Some(1013)),
+        Some(&20),
+        "close codes of 20 stalled clients: {codes:?}"
+    );
+    assert!(
+        peak < PEAK_RSS_BOUND_MIB * 1024,
+        "peak RSS {peak} KiB over the {PEAK_RSS_BOUND_MIB} MiB bound"
+    );
+}
