@@ -27,11 +27,9 @@ impl Daemon {
     pub async fn start(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let cert = TestCert::new();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n{}{extra}",
-            format!(
-                "[tls]\ncert = {:?}\nkey = {:?}\n",
-                cert.cert_path, cert.key_path
-            )
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n\
+             [tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+            cert.cert_path, cert.key_path
         );
         let path = cert.dir.path().join("wsline.toml");
         std::fs::write(&path, config).unwrap();
