@@ -29,7 +29,7 @@ use crate::conn::{self, Conn};
 use crate::hub::{self, JoinError, JoinOptions};
 use crate::limits::{self, Refusal};
 use crate::request::parse_target;
-use crate::stats::{Drops, Report, Stats};
+use crate::stats::{Certificate, Drops, Report, Stats};
 use crate::{State, config::Config};
 
 type Body = Full<Bytes>;
@@ -77,9 +77,10 @@ fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Respon
         }
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/stats") => stats(state),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/") if state.config.load().web.enabled => demo_page(),
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, BANNER),
-        (_, "/healthz" | "/stats" | "/") => {
+        (_, "/healthz" | "/stats" | "/metrics" | "/") => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -132,6 +133,23 @@ fn retry_later(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
+/// `/metrics` for `metrics.allow` only, judged by the real client address, so that a public
+/// nginx location in front does not expose it (nginx itself connects from 127.0.0.1).
+fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response<Body> {
+    let config = state.config.load();
+    if !config.metrics.enabled {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let client = limits::client_ip(peer, req.headers(), &config.security.trusted_proxies);
+    if !config.metrics.allow.iter().any(|net| net.contains(&client)) {
+        return text(StatusCode::FORBIDDEN, "metrics are not for your address\n");
+    }
+    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(state))));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    r
+}
+
 fn stats(state: &State) -> Response<Body> {
     let s: &Stats = &state.stats;
     let report = Report {
@@ -152,6 +170,7 @@ fn stats(state: &State) -> Response<Body> {
         drops: Drops {
             slow_consumers: Stats::get(&s.slow_consumers),
         },
+        certificate: state.tls.as_ref().map(|tls| Certificate::new(tls.not_after())),
     };
     let body = serde_json::to_vec(&report).expect("stats serialize");
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -224,6 +224,11 @@ impl Hub {
         self.shared.total.load(Ordering::Relaxed)
     }
 
+    /// Rooms with at least one member.
+    pub fn room_count(&self) -> usize {
+        lock(&self.shared.rooms).len()
+    }
+
     /// Room names with their member counts.
     pub fn room_counts(&self) -> Vec<(Arc<str>, usize)> {
         let rooms: Vec<Arc<Room>> = lock(&self.shared.rooms).values().cloned().collect();

@@ -13,8 +13,10 @@
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
 //! - [`presence`]: presence messages and their coalescing.
-//! - [`shutdown`]: the drain trigger, tracked connection tasks, signals.
-//! - [`stats`]: counters behind `/stats`.
+//! - [`shutdown`]: the drain trigger and the tracked connection tasks.
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reloads the configuration and certificate.
+//! - [`stats`], [`metrics`]: counters behind `/stats` and `/metrics`.
+//! - [`systemd`]: readiness, reload, stopping and watchdog notifications.
 //! - [`logging`]: tracing to stderr, text or JSON.
 #![forbid(unsafe_code)]
 
@@ -24,11 +26,14 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod presence;
 pub mod request;
 pub mod server;
 pub mod shutdown;
+pub mod signals;
 pub mod stats;
+pub mod systemd;
 pub mod tls;
 
 use std::sync::Arc;
@@ -36,7 +41,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use config::Config;
-pub use server::Server;
+pub use server::{Handle, Server};
 pub use shutdown::Shutdown;
 
 /// What every connection task shares with the server.
@@ -48,6 +53,8 @@ pub struct State {
     pub gate: limits::Gate,
     pub stats: Arc<stats::Stats>,
     pub shutdown: Shutdown,
+    /// The TLS acceptor and its swappable certificate; `None` when `tls.enabled = false`.
+    pub tls: Option<tls::Tls>,
 }
 
 /// Makes aws-lc-rs the process's rustls crypto provider; call once before any TLS.

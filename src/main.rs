@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = wsline::shutdown::on_signals(server.shutdown()) {
+        if let Err(e) = wsline::signals::spawn(server.handle(), args.config.clone()) {
             eprintln!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+use crate::systemd;
 use crate::tls::{Tls, TlsError};
 
 /// How long the accept loop rests after an error such as running out of file descriptors.
@@ -27,7 +28,12 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A configured server, ready to run on bound listeners.
 pub struct Server {
     state: Arc<State>,
-    tls: Option<Tls>,
+}
+
+/// What a running server can be asked to do from outside: drain, or reload its configuration.
+#[derive(Clone)]
+pub struct Handle {
+    state: Arc<State>,
 }
 
 impl Server {
@@ -41,8 +47,9 @@ impl Server {
             gate: Default::default(),
             stats,
             shutdown: Shutdown::default(),
+            tls,
         });
-        Ok(Server { state, tls })
+        Ok(Server { state })
     }
 
     /// The handle that starts the drain; clone it before `run`.
@@ -50,18 +57,27 @@ impl Server {
         self.state.shutdown.clone()
     }
 
+    pub fn handle(&self) -> Handle {
+        Handle {
+            state: self.state.clone(),
+        }
+    }
+
     /// Serves until the shutdown is triggered and the drain is over.
     pub async fn run(self, listeners: Vec<TcpListener>) {
-        let Server { state, tls } = self;
+        let state = self.state;
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {
-                info!(%addr, tls = tls.is_some(), "listening");
+                info!(%addr, tls = state.tls.is_some(), "listening");
             }
-            tokio::spawn(accept_loop(listener, state.clone(), tls.clone()));
+            tokio::spawn(accept_loop(listener, state.clone()));
         }
+        systemd::ready();
+        systemd::spawn_watchdog(state.shutdown.clone());
 
         let shutdown = &state.shutdown;
         shutdown.draining().await;
+        systemd::stopping();
         let drain = state.config.load().server.drain_timeout;
         let started = Instant::now();
         shutdown.tracker().close();
@@ -77,7 +93,7 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<Tls>) {
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.stopped() => return,
@@ -85,7 +101,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<Tls>)
         };
         match accepted {
             Ok((tcp, peer)) => {
-                tokio::spawn(handle(tcp, peer, state.clone(), tls.clone()));
+                tokio::spawn(handle(tcp, peer, state.clone()));
             }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out of something.
@@ -98,11 +114,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, tls: Option<Tls>)
 
 /// One TCP connection: TLS (if on) and the request head must both arrive within
 /// `limits.handshake_timeout`.
-async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, tls: Option<Tls>) {
+async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let _ = tcp.set_nodelay(true);
     let deadline = state.config.load().limits.handshake_timeout;
     let started = Instant::now();
-    match tls {
+    match state.tls.clone() {
         None => crate::http::serve(TokioIo::new(tcp), peer, state, deadline).await,
         Some(tls) => {
             let accepted = tokio::time::timeout(deadline, tls.acceptor().accept(tcp)).await;
@@ -116,6 +132,41 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, tls: Option
                 .max(Duration::from_millis(1));
             crate::http::serve(TokioIo::new(stream), peer, state, left).await
         }
+    }
+}
+
+impl Handle {
+    /// Starts the drain.
+    pub fn shutdown(&self) {
+        self.state.shutdown.trigger();
+    }
+
+    /// Applies a new, already validated configuration: the certificate and key are loaded first,
+    /// and if they fail nothing changes. Admission limits, origins, token, rate, queue, presence and
+    /// heartbeat settings apply to connections admitted from now on; `log.level` at once. Keys
+    /// that need a restart are logged as such and keep their old effect.
+    pub fn reload(&self, new: Config) -> Result<(), TlsError> {
+        let old = self.state.config.load_full();
+        if let Some(tls) = &self.state.tls {
+            if new.tls.enabled && !new.tls.self_signed {
+                tls.reload(&new.tls)?;
+            }
+        }
+        let restart_only = [
+            ("server.listen", old.server.listen != new.server.listen),
+            ("tls.enabled", old.tls.enabled != new.tls.enabled),
+            ("tls.self_signed", old.tls.self_signed != new.tls.self_signed),
+            ("cluster.redis", old.cluster.redis != new.cluster.redis),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                warn!(key, "changed in the configuration file; takes effect after a restart");
+            }
+        }
+        crate::logging::set_level(&new.log.level);
+        self.state.config.store(Arc::new(new));
+        info!("configuration reloaded");
+        Ok(())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Shutdown: one trigger, a bounded drain, and the signals that pull it.
+//! Shutdown: one trigger and a bounded drain.
 //!
 //! Two tokens mark the two phases. `draining` is cancelled by SIGTERM/SIGINT (or a test): `/healthz`
 //! answers 503, upgrades are refused with 503, and every WebSocket connection (whose close token is a
@@ -49,20 +49,4 @@ impl Shutdown {
     pub async fn stopped(&self) {
         self.stopped.cancelled().await
     }
-}
-
-/// Triggers `shutdown` on the first SIGTERM or SIGINT.
-pub fn on_signals(shutdown: Shutdown) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(signal = which, "shutting down: draining connections");
-        shutdown.trigger();
-    });
-    Ok(())
 }

@@ -49,6 +49,32 @@ pub struct Report {
     pub messages_out: u64,
     pub presence_out: u64,
     pub drops: Drops,
+    /// The certificate in use; absent when TLS is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Certificate {
+    /// notAfter, RFC 3339 (UTC).
+    pub not_after: String,
+    pub not_after_unix: i64,
+    /// Whole days until notAfter; negative once expired.
+    pub days_left: i64,
+}
+
+impl Certificate {
+    pub fn new(not_after_unix: i64) -> Certificate {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after_unix.max(0) as u64);
+        Certificate {
+            not_after: humantime::format_rfc3339_seconds(when).to_string(),
+            not_after_unix,
+            days_left: (not_after_unix - now).div_euclid(86_400),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

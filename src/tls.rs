@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
@@ -51,6 +52,8 @@ pub struct Tls {
     acceptor: TlsAcceptor,
     /// Shared with the `ServerConfig` inside `acceptor`, which asks it on every handshake.
     cert: Arc<SwappableCert>,
+    /// The current certificate's notAfter, in Unix seconds, for /stats and /metrics.
+    not_after: Arc<AtomicI64>,
 }
 
 impl Tls {
@@ -68,6 +71,7 @@ impl Tls {
         } else {
             load_pair(&tls.cert, &tls.key)?
         };
+        let not_after = Arc::new(AtomicI64::new(not_after(&key)));
         let cert = Arc::new(SwappableCert(ArcSwap::from_pointee(key)));
         let mut server = ServerConfig::builder_with_protocol_versions(&[
             &rustls::version::TLS13,
@@ -80,6 +84,7 @@ impl Tls {
         Ok(Some(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             cert,
+            not_after,
         }))
     }
 
@@ -93,8 +98,14 @@ impl Tls {
             return Ok(());
         }
         let key = load_pair(&tls.cert, &tls.key)?;
+        self.not_after.store(not_after(&key), Ordering::Relaxed);
         self.cert.0.store(Arc::new(key));
         Ok(())
+    }
+
+    /// When the certificate in use expires, in Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
     }
 }
 
@@ -106,6 +117,15 @@ impl ResolvesServerCert for SwappableCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.load_full())
     }
+}
+
+/// The end-entity certificate's notAfter in Unix seconds (0 if it cannot be read, which rustls
+/// would have refused before this point).
+fn not_after(key: &CertifiedKey) -> i64 {
+    key.cert
+        .first()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map_or(0, |(_, cert)| cert.validity().not_after.timestamp())
 }
 
 fn provider() -> Arc<CryptoProvider> {

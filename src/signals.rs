@@ -1,0 +1,52 @@
+//! Signals: SIGTERM and SIGINT start the drain; SIGHUP re-reads the configuration file and the
+//! certificate (certbot renewals) and applies them without dropping anyone. A file or certificate
+//! that does not load changes nothing and is logged as one error line.
+
+use std::path::PathBuf;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+use crate::config::{Config, ConfigError};
+use crate::server::Handle;
+use crate::systemd;
+
+/// Installs the handlers; they run until the process exits.
+pub fn spawn(handle: Handle, config_path: PathBuf) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => drain(&handle, "SIGTERM"),
+                _ = int.recv() => drain(&handle, "SIGINT"),
+                _ = hup.recv() => reload(&handle, &config_path),
+            }
+        }
+    });
+    Ok(())
+}
+
+fn drain(handle: &Handle, signal: &str) {
+    info!(signal, "shutting down: draining connections");
+    handle.shutdown();
+}
+
+fn reload(handle: &Handle, path: &PathBuf) {
+    info!(path = %path.display(), "SIGHUP: reloading configuration and certificate");
+    systemd::reloading();
+    let result = match Config::load(path) {
+        Ok(config) => handle.reload(config).map_err(|e| e.to_string()),
+        Err(ConfigError::Invalid { path, problems }) => Err(problems
+            .iter()
+            .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message))
+            .collect::<Vec<_>>()
+            .join("; ")),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        error!(error = %e, "reload failed; nothing changed");
+    }
+    systemd::ready();
+}
