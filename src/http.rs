@@ -145,8 +145,10 @@ fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response
         return text(StatusCode::FORBIDDEN, "metrics are not for your address\n");
     }
     let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(state))));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
     r
 }
 
@@ -170,7 +172,10 @@ fn stats(state: &State) -> Response<Body> {
         drops: Drops {
             slow_consumers: Stats::get(&s.slow_consumers),
         },
-        certificate: state.tls.as_ref().map(|tls| Certificate::new(tls.not_after())),
+        certificate: state
+            .tls
+            .as_ref()
+            .map(|tls| Certificate::new(tls.not_after())),
     };
     let body = serde_json::to_vec(&report).expect("stats serialize");
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -23,8 +23,16 @@ fn gauge(n: usize) -> ConstGauge {
 pub fn render(state: &State) -> String {
     let s = &state.stats;
     let mut r = Registry::with_prefix("wsline");
-    r.register("connections", "Open WebSocket connections", gauge(state.hub.total()));
-    r.register("rooms", "Rooms with at least one member", gauge(state.hub.room_count()));
+    r.register(
+        "connections",
+        "Open WebSocket connections",
+        gauge(state.hub.total()),
+    );
+    r.register(
+        "rooms",
+        "Rooms with at least one member",
+        gauge(state.hub.room_count()),
+    );
     r.register(
         "connections_accepted",
         "WebSocket connections accepted since start",

@@ -155,12 +155,18 @@ impl Handle {
         let restart_only = [
             ("server.listen", old.server.listen != new.server.listen),
             ("tls.enabled", old.tls.enabled != new.tls.enabled),
-            ("tls.self_signed", old.tls.self_signed != new.tls.self_signed),
+            (
+                "tls.self_signed",
+                old.tls.self_signed != new.tls.self_signed,
+            ),
             ("cluster.redis", old.cluster.redis != new.cluster.redis),
         ];
         for (key, changed) in restart_only {
             if changed {
-                warn!(key, "changed in the configuration file; takes effect after a restart");
+                warn!(
+                    key,
+                    "changed in the configuration file; takes effect after a restart"
+                );
             }
         }
         crate::logging::set_level(&new.log.level);

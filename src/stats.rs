@@ -68,7 +68,8 @@ impl Certificate {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after_unix.max(0) as u64);
+        let when =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after_unix.max(0) as u64);
         Certificate {
             not_after: humantime::format_rfc3339_seconds(when).to_string(),
             not_after_unix,

@@ -25,9 +25,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon with `extra` TOML appended to its listen and TLS sections.
     pub async fn start(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), extra, env).await
+    }
+
+    /// Starts the daemon on a given address (to stand in for one that stopped).
+    pub async fn start_on(addr: std::net::SocketAddr, extra: &str) -> Daemon {
+        Self::start_with(addr, extra, &[]).await
+    }
+
+    async fn start_with(listen: std::net::SocketAddr, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let cert = TestCert::new();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n\
+            "[server]\nlisten = \"{listen}\"\ndrain_timeout = \"5s\"\n\
              [tls]\ncert = {:?}\nkey = {:?}\n{extra}",
             cert.cert_path, cert.key_path
         );
@@ -104,6 +113,20 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; returns the whole log.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        within(&format!("{needle:?} in the daemon's log"), async {
+            loop {
+                let log = self.log();
+                if log.contains(needle) {
+                    return log;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
     }
 
     /// (current, peak) resident memory of the daemon in KiB, from /proc.

@@ -49,17 +49,25 @@ impl TestCert {
     }
 
     pub fn new_in(dir: tempfile::TempDir) -> TestCert {
+        Self::expiring(dir, 2040)
+    }
+
+    /// A certificate valid until January 1st of `year`.
+    pub fn expiring(dir: tempfile::TempDir, year: i32) -> TestCert {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let generated = rcgen::generate_simple_self_signed(names).expect("certificate");
+        let mut params = rcgen::CertificateParams::new(names).expect("names");
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
         let cert_path = dir.path().join("cert.pem");
         let key_path = dir.path().join("key.pem");
-        std::fs::write(&cert_path, generated.cert.pem()).unwrap();
-        std::fs::write(&key_path, generated.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
         TestCert {
             dir,
             cert_path,
             key_path,
-            der: generated.cert.der().clone(),
+            der: cert.der().clone(),
         }
     }
 
