@@ -147,10 +147,11 @@ impl Handle {
     /// that need a restart are logged as such and keep their old effect.
     pub fn reload(&self, new: Config) -> Result<(), TlsError> {
         let old = self.state.config.load_full();
-        if let Some(tls) = &self.state.tls {
-            if new.tls.enabled && !new.tls.self_signed {
-                tls.reload(&new.tls)?;
-            }
+        if let Some(tls) = &self.state.tls
+            && new.tls.enabled
+            && !new.tls.self_signed
+        {
+            tls.reload(&new.tls)?;
         }
         let restart_only = [
             ("server.listen", old.server.listen != new.server.listen),

@@ -2,7 +2,7 @@
 //! certificate (certbot renewals) and applies them without dropping anyone. A file or certificate
 //! that does not load changes nothing and is logged as one error line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
@@ -33,7 +33,7 @@ fn drain(handle: &Handle, signal: &str) {
     handle.shutdown();
 }
 
-fn reload(handle: &Handle, path: &PathBuf) {
+fn reload(handle: &Handle, path: &Path) {
     info!(path = %path.display(), "SIGHUP: reloading configuration and certificate");
     systemd::reloading();
     let result = match Config::load(path) {
