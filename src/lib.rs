@@ -12,6 +12,7 @@
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
+//! - [`nginx`]: `--check-config`'s nginx advice: the matching location block, heartbeat warning.
 //! - [`presence`]: presence messages and their coalescing.
 //! - [`shutdown`]: the drain trigger and the tracked connection tasks.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reloads the configuration and certificate.
@@ -27,6 +28,7 @@ pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod nginx;
 pub mod presence;
 pub mod request;
 pub mod server;

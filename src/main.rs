@@ -31,6 +31,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check_config {
+        for warning in wsline::nginx::warnings(&config) {
+            eprintln!("warning: {warning}");
+        }
+    }
+    let snippet = wsline::nginx::snippet(&config);
     wsline::logging::init(&config.log);
     let listen = config.server.listen.clone();
     let server = match Server::new(config) {
@@ -41,7 +47,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("config OK");
+        println!("config OK\n\n{snippet}");
         return ExitCode::SUCCESS;
     }
 
