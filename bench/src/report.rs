@@ -132,9 +132,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
 }
 
 fn fmt(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e12 {
-        format!("{x:.0}")
-    } else if x.abs() >= 100.0 {
+    if x.fract() == 0.0 || x.abs() >= 100.0 {
         format!("{x:.0}")
     } else {
         format!("{x:.3}")
