@@ -31,7 +31,7 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Bytes read from the socket at a time. tungstenite's default (128 KiB) is allocated up front for
 /// every connection; a small buffer keeps idle connections cheap and grows only for big messages.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 /// Frames are gathered up to this size before a write: one TLS record's worth.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a closing connection may take to get its close frame out and hear the reply.
