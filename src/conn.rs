@@ -6,6 +6,7 @@
 //! connection (1013) or the server drains (1001). Then the task sends its close frame under a short
 //! deadline, so a client that stopped reading cannot hold it, and the [`Membership`] guard drops.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,15 +30,16 @@ use crate::limits::{Admission, TokenBucket};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Bytes read from the socket at a time. tungstenite's default (128 KiB) is allocated up front for
+/// Bytes tungstenite reads at a time (from the TLS layer, which reads the socket in its own 4 KiB
+/// steps). tungstenite's default (128 KiB) is allocated up front for
 /// every connection; a small buffer keeps idle connections cheap and grows only for big messages.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 /// Frames are gathered up to this size before a write: one TLS record's worth.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a closing connection may take to get its close frame out and hear the reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Messages written between two flushes at most, so one busy room cannot starve the pings.
-const MAX_BATCH: usize = 256;
+/// Queue capacity (in messages) above which a drained batch buffer is freed rather than kept.
+const SHRINK_ABOVE: usize = 64;
 
 /// The WebSocket limits of a connection: message and frame size capped at `relay.max_message_size`
 /// (checked against the frame header, before any payload is buffered).
@@ -196,25 +198,24 @@ async fn write(
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Swapped with the outbox's queue on every batch, so the two share their capacity.
+    let mut batch = VecDeque::new();
     loop {
-        let first = tokio::select! {
-            msg = outbox.recv() => match msg {
-                Some(msg) => msg,
-                None => return End::Gone,
-            },
-            _ = ping.tick() => Message::Ping(Default::default()),
-        };
-        if sink.feed(first).await.is_err() {
-            return End::Gone;
+        tokio::select! {
+            _ = outbox.recv_all(&mut batch) => {}
+            _ = ping.tick() => batch.push_back(Message::Ping(Default::default())),
         }
-        for _ in 1..MAX_BATCH {
-            let Some(msg) = outbox.try_recv() else { break };
+        while let Some(msg) = batch.pop_front() {
             if sink.feed(msg).await.is_err() {
                 return End::Gone;
             }
         }
         if sink.flush().await.is_err() {
             return End::Gone;
+        }
+        // A burst can leave a large buffer behind; an idle connection should not keep it.
+        if batch.capacity() > SHRINK_ABOVE {
+            batch = VecDeque::new();
         }
     }
 }

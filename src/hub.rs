@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -32,16 +32,21 @@ pub enum Eviction {
 
 /// The sending side of one connection's bounded outbound queue. The hub's room holds it; the
 /// connection task holds the [`OutboxRx`] and writes what arrives to the socket.
+///
+/// The queue is a `VecDeque` under a short lock rather than a channel: the writer takes everything
+/// queued in one swap, a producer wakes it only when the queue goes from empty to non-empty, and
+/// an idle connection's queue holds no allocation at all.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Message>,
     shared: Arc<OutboxShared>,
 }
 
 /// What both ends of an outbox see.
 struct OutboxShared {
-    /// Bytes queued and not yet taken by the writer.
-    queued_bytes: AtomicUsize,
+    queue: Mutex<Queue>,
+    /// Wakes the writer; a wake sent while it is busy is kept for its next wait.
+    ready: Notify,
+    max_messages: usize,
     max_bytes: usize,
     /// Cancelled to make the connection close; a child of the server's drain token, so shutdown
     /// reaches every connection through it too.
@@ -50,9 +55,15 @@ struct OutboxShared {
     eviction: AtomicU8,
 }
 
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<Message>,
+    /// Bytes of `messages`.
+    bytes: usize,
+}
+
 /// The receiving side of an outbox, owned by the connection task.
 pub struct OutboxRx {
-    rx: mpsc::Receiver<Message>,
     shared: Arc<OutboxShared>,
 }
 
@@ -62,19 +73,19 @@ pub fn outbox(
     max_bytes: usize,
     close: CancellationToken,
 ) -> (Outbox, OutboxRx) {
-    let (tx, rx) = mpsc::channel(max_messages);
     let shared = Arc::new(OutboxShared {
-        queued_bytes: AtomicUsize::new(0),
+        queue: Mutex::new(Queue::default()),
+        ready: Notify::new(),
+        max_messages,
         max_bytes,
         close,
         eviction: AtomicU8::new(0),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        OutboxRx { rx, shared },
+        OutboxRx { shared },
     )
 }
 
@@ -82,13 +93,22 @@ impl Outbox {
     /// Queues a message without waiting; a full queue evicts the receiver. `false` if not queued.
     pub fn push(&self, msg: Message) -> bool {
         let len = msg.len();
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before + len <= self.shared.max_bytes && self.tx.try_send(msg).is_ok() {
-            return true;
+        let mut queue = lock(&self.shared.queue);
+        if queue.messages.len() >= self.shared.max_messages
+            || queue.bytes + len > self.shared.max_bytes
+        {
+            drop(queue);
+            self.evict(Eviction::SlowConsumer);
+            return false;
         }
-        self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-        self.evict(Eviction::SlowConsumer);
-        false
+        queue.messages.push_back(msg);
+        queue.bytes += len;
+        let first = queue.messages.len() == 1;
+        drop(queue);
+        if first {
+            self.shared.ready.notify_one();
+        }
+        true
     }
 
     fn evict(&self, why: Eviction) {
@@ -103,24 +123,20 @@ impl Outbox {
 }
 
 impl OutboxRx {
-    /// Waits for the next message.
-    pub async fn recv(&mut self) -> Option<Message> {
-        let msg = self.rx.recv().await?;
-        self.taken(&msg);
-        Some(msg)
-    }
-
-    /// The next message if one is queued already.
-    pub fn try_recv(&mut self) -> Option<Message> {
-        let msg = self.rx.try_recv().ok()?;
-        self.taken(&msg);
-        Some(msg)
-    }
-
-    fn taken(&self, msg: &Message) {
-        self.shared
-            .queued_bytes
-            .fetch_sub(msg.len(), Ordering::Relaxed);
+    /// Waits until something is queued, then moves all of it into `batch` (which must be empty),
+    /// in order.
+    pub async fn recv_all(&self, batch: &mut VecDeque<Message>) {
+        loop {
+            {
+                let mut queue = lock(&self.shared.queue);
+                if !queue.messages.is_empty() {
+                    std::mem::swap(&mut queue.messages, batch);
+                    queue.bytes = 0;
+                    return;
+                }
+            }
+            self.shared.ready.notified().await;
+        }
     }
 
     /// Cancelled when the connection must close (evicted or shutting down).
