@@ -22,6 +22,8 @@ use crate::stats::Stats;
 use crate::systemd;
 use crate::tls::{Tls, TlsError};
 
+/// Ciphertext rustls may hold per connection before a write waits for the socket.
+const TLS_BUFFER_BYTES: usize = 16 * 1024 + 512;
 /// How long the accept loop rests after an error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -122,11 +124,14 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
         None => crate::http::serve(TokioIo::new(tcp), peer, state, deadline).await,
         Some(tls) => {
             let accepted = tokio::time::timeout(deadline, tls.acceptor().accept(tcp)).await;
-            let stream = match accepted {
+            let mut stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => return debug!(%peer, "tls handshake timed out"),
             };
+            // rustls buffers up to 64 KiB of ciphertext per connection by default; for a client
+            // that stopped reading that is memory held until it is closed. One record is enough.
+            stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_BYTES));
             let left = deadline
                 .saturating_sub(started.elapsed())
                 .max(Duration::from_millis(1));

@@ -19,7 +19,7 @@ const SIZE: usize = 8 * 1024;
 /// How far the publisher may run ahead of the fast reader.
 const WINDOW: usize = 32;
 /// The bound on the daemon's peak resident memory (README, "Security").
-const PEAK_RSS_BOUND_MIB: u64 = 256;
+const PEAK_RSS_BOUND_MIB: u64 = 160;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_stalled_readers_cost_bounded_memory_and_a_fast_reader_gets_everything() {
