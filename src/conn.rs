@@ -30,9 +30,9 @@ use crate::limits::{Admission, TokenBucket};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Bytes tungstenite reads at a time (from the TLS layer, which reads the socket in its own 4 KiB
-/// steps). tungstenite's default (128 KiB) is allocated up front for
-/// every connection; a small buffer keeps idle connections cheap and grows only for big messages.
+/// Bytes tungstenite reads at a time from the TLS layer (which reads the socket in 4 KiB steps).
+/// tungstenite's default, 128 KiB, is allocated up front for every connection; a small buffer keeps
+/// idle connections cheap and grows only for a large message.
 const READ_BUFFER_BYTES: usize = 512;
 /// Frames are gathered up to this size before a write: one TLS record's worth.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;

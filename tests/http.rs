@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::start;
+use common::{start, upgrade_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -73,13 +73,6 @@ async fn unknown_path_is_404_and_other_methods_are_405() {
         "{head}"
     );
     server.stop().await;
-}
-
-fn upgrade_request(path: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

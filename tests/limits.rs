@@ -5,23 +5,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RawClient, start, within};
+use common::{RawClient, start, upgrade_request, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn upgrade(path: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_server_answers_503_with_retry_after() {
     let server = start(|c| c.limits.max_connections = 2).await;
     let a = server.connect("/full").await;
     let _b = server.connect("/full").await;
-    let (status, head, _) = server.http(&upgrade("/full", "")).await;
+    let (status, head, _) = server.http(&upgrade_request("/full", "")).await;
     assert_eq!(status, 503);
     assert!(
         head.to_ascii_lowercase().contains("retry-after: "),
@@ -46,14 +39,16 @@ async fn per_address_limit_is_429_and_counts_the_forwarded_client() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut raw = server.tls().await;
-        raw.write_all(upgrade("/ip", &from("203.0.113.5")).as_bytes())
+        raw.write_all(upgrade_request("/ip", &from("203.0.113.5")).as_bytes())
             .await
             .unwrap();
         let (status, _, _) = common::read_response(&mut raw).await;
         assert_eq!(status, 101);
         held.push(raw);
     }
-    let (status, head, _) = server.http(&upgrade("/ip", &from("203.0.113.5"))).await;
+    let (status, head, _) = server
+        .http(&upgrade_request("/ip", &from("203.0.113.5")))
+        .await;
     assert_eq!(status, 429);
     assert!(
         head.to_ascii_lowercase().contains("retry-after: "),
@@ -61,12 +56,15 @@ async fn per_address_limit_is_429_and_counts_the_forwarded_client() {
     );
     // Another client behind the same proxy has its own quota; so does a spoofed left-most entry.
     assert_eq!(
-        server.http(&upgrade("/ip", &from("203.0.113.6"))).await.0,
+        server
+            .http(&upgrade_request("/ip", &from("203.0.113.6")))
+            .await
+            .0,
         101
     );
     assert_eq!(
         server
-            .http(&upgrade("/ip", &from("203.0.113.5, 203.0.113.7")))
+            .http(&upgrade_request("/ip", &from("203.0.113.5, 203.0.113.7")))
             .await
             .0,
         101
@@ -83,7 +81,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     .await;
     let _first = RawClient::connect(&server, "/u").await;
     // Claiming another address does not help: the peer (127.0.0.1) is not a trusted proxy.
-    let spoofed = upgrade("/u", "X-Forwarded-For: 198.51.100.1\r\n");
+    let spoofed = upgrade_request("/u", "X-Forwarded-For: 198.51.100.1\r\n");
     assert_eq!(server.http(&spoofed).await.0, 429);
     server.stop().await;
 }
@@ -91,21 +89,27 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_is_required_by_query_or_bearer() {
     let server = start(|c| c.security.token = "s3cret-token".into()).await;
-    let (status, head, _) = server.http(&upgrade("/t", "")).await;
+    let (status, head, _) = server.http(&upgrade_request("/t", "")).await;
     assert_eq!(status, 401);
     assert!(
         head.to_ascii_lowercase()
             .contains("www-authenticate: bearer"),
         "{head}"
     );
-    assert_eq!(server.http(&upgrade("/t?token=wrong", "")).await.0, 401);
     assert_eq!(
-        server.http(&upgrade("/t?token=s3cret-token", "")).await.0,
+        server.http(&upgrade_request("/t?token=wrong", "")).await.0,
+        401
+    );
+    assert_eq!(
+        server
+            .http(&upgrade_request("/t?token=s3cret-token", ""))
+            .await
+            .0,
         101
     );
-    let bearer = upgrade("/t", "Authorization: Bearer s3cret-token\r\n");
+    let bearer = upgrade_request("/t", "Authorization: Bearer s3cret-token\r\n");
     assert_eq!(server.http(&bearer).await.0, 101);
-    let wrong_bearer = upgrade("/t", "Authorization: Bearer s3cret-tokeN\r\n");
+    let wrong_bearer = upgrade_request("/t", "Authorization: Bearer s3cret-tokeN\r\n");
     assert_eq!(server.http(&wrong_bearer).await.0, 401);
     server.stop().await;
 }
@@ -114,7 +118,7 @@ async fn token_is_required_by_query_or_bearer() {
 async fn an_oversized_request_head_is_431() {
     let server = start(|_| {}).await;
     let huge = format!("X-Filler: {}\r\n", "a".repeat(20 * 1024));
-    let (status, _, _) = server.http(&upgrade("/", &huge)).await;
+    let (status, _, _) = server.http(&upgrade_request("/", &huge)).await;
     assert_eq!(status, 431);
     server.assert_still_relays().await;
     server.stop().await;

@@ -6,10 +6,8 @@ mod common;
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use common::RawClient;
 use common::daemon::Daemon;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Clients that connect and never read.
 const STALLED: usize = 1000;
@@ -44,31 +42,7 @@ async fn a_thousand_stalled_readers_cost_bounded_memory_and_a_fast_reader_gets_e
         started.elapsed()
     );
 
-    let payload = |i: usize| {
-        let mut p = vec![(i % 251) as u8; SIZE];
-        p[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        Message::Binary(Bytes::from(p))
-    };
-    let mut received = 0;
-    for i in 0..MESSAGES {
-        publisher.send(payload(i)).await;
-        if i >= WINDOW {
-            assert_eq!(
-                fast.recv_relayed().await,
-                payload(received),
-                "message {received}"
-            );
-            received += 1;
-        }
-    }
-    while received < MESSAGES {
-        assert_eq!(
-            fast.recv_relayed().await,
-            payload(received),
-            "message {received}"
-        );
-        received += 1;
-    }
+    common::flood_in_step(&mut publisher, &mut fast, MESSAGES, SIZE, WINDOW).await;
     let (rss_after, peak) = daemon.rss_kib();
     eprintln!(
         "flood of {MESSAGES} x {SIZE} B done in {:?}: RSS {rss_after} KiB, peak {peak} KiB",

@@ -2,9 +2,7 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{RawClient, start};
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_1013_while_a_fast_reader_gets_everything() {
@@ -29,31 +27,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_while_a_fast_reader_gets_
         .await;
 
     // 2000 x 16 KiB = 32 MiB: far more than the socket buffers can hide from the server.
-    let payload = |i: usize| {
-        let mut p = vec![0u8; SIZE];
-        p[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        Message::Binary(Bytes::from(p))
-    };
-    let mut received = 0;
-    for i in 0..N {
-        publisher.send(payload(i)).await;
-        if i >= WINDOW {
-            assert_eq!(
-                fast.recv_relayed().await,
-                payload(received),
-                "message {received}"
-            );
-            received += 1;
-        }
-    }
-    while received < N {
-        assert_eq!(
-            fast.recv_relayed().await,
-            payload(received),
-            "message {received}"
-        );
-        received += 1;
-    }
+    common::flood_in_step(&mut publisher, &mut fast, N, SIZE, WINDOW).await;
 
     let stats = server
         .wait_stats("the slow consumer to be dropped", |s| {

@@ -266,6 +266,52 @@ fn rand_suffix() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A numbered binary payload of `size` bytes (the number in its first 8 bytes).
+pub fn numbered(i: usize, size: usize) -> Message {
+    let mut p = vec![(i % 251) as u8; size];
+    p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    Message::Binary(bytes::Bytes::from(p))
+}
+
+/// Publishes `count` numbered messages of `size` bytes, never more than `window` ahead of
+/// `reader`, and checks that the reader receives every one, in order.
+pub async fn flood_in_step(
+    publisher: &mut Client,
+    reader: &mut Client,
+    count: usize,
+    size: usize,
+    window: usize,
+) {
+    let mut received = 0;
+    for i in 0..count {
+        publisher.send(numbered(i, size)).await;
+        while received + window <= i {
+            assert_eq!(
+                reader.recv_relayed().await,
+                numbered(received, size),
+                "message {received}"
+            );
+            received += 1;
+        }
+    }
+    while received < count {
+        assert_eq!(
+            reader.recv_relayed().await,
+            numbered(received, size),
+            "message {received}"
+        );
+        received += 1;
+    }
+}
+
+/// A raw WebSocket upgrade request for `path`, with `extra` header lines.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
 /// A WebSocket client over real TLS.
 pub struct Client {
     pub ws: Ws,
