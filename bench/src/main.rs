@@ -39,49 +39,29 @@ enum Command {
     Fanout {
         #[command(flatten)]
         common: Common,
-        #[arg(short = 'n', long, default_value_t = 1000)]
-        subscribers: usize,
-        #[arg(short = 'r', long, default_value_t = 1000)]
-        rate: u64,
-        #[arg(short = 's', long, default_value_t = 64)]
-        size: usize,
-        #[arg(short = 't', long, default_value_t = 10)]
-        seconds: u64,
-        /// Send as fast as delivery keeps up (saturated fan-out) instead of at R msg/s.
-        #[arg(long)]
-        max: bool,
-        /// With --max: how many messages the publisher may run ahead of the slowest subscriber.
-        #[arg(long, default_value_t = 256)]
-        window: u64,
+        #[command(flatten)]
+        opts: scenarios::Fanout,
     },
     /// N clients each sending every P ms: N² deliveries.
     Chat {
         #[command(flatten)]
         common: Common,
-        #[arg(short = 'n', long, default_value_t = 200)]
-        clients: usize,
-        #[arg(short = 'p', long, default_value_t = 1000)]
-        period_ms: u64,
-        #[arg(short = 's', long, default_value_t = 64)]
-        size: usize,
-        #[arg(short = 't', long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        opts: scenarios::Chat,
     },
     /// N idle connections: the server's RSS per connection (needs --server-pid).
     Idle {
         #[command(flatten)]
         common: Common,
-        #[arg(short = 'n', long, default_value_t = 10_000)]
-        connections: usize,
+        #[command(flatten)]
+        opts: scenarios::Idle,
     },
     /// K workers opening, upgrading and closing connections for T s.
     Connect {
         #[command(flatten)]
         common: Common,
-        #[arg(short = 'w', long, default_value_t = 32)]
-        workers: usize,
-        #[arg(short = 't', long, default_value_t = 10)]
-        seconds: u64,
+        #[command(flatten)]
+        opts: scenarios::Connect,
     },
     /// A table of JSON result lines (from files, or stdin), each scenario's figures side by side.
     Report {
@@ -93,68 +73,32 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
-    let (common, result) = match cli.command {
+    let (common, result) = match Cli::parse().command {
         Command::Report { files } => return report::print(&files),
-        Command::Fanout {
-            common,
-            subscribers,
-            rate,
-            size,
-            seconds,
-            max,
-            window,
-        } => {
-            let o = scenarios::Fanout {
-                subscribers,
-                rate,
-                size,
-                seconds,
-                max,
-                window,
-            };
-            let r = run(&common, |t| async move {
-                scenarios::fanout(&t, &o, common.server_pid).await
+        Command::Fanout { common, opts } => {
+            let r = with_target(&common, |t, pid| async move {
+                scenarios::fanout(&t, &opts, pid).await
             })
             .await;
             (common, r)
         }
-        Command::Chat {
-            common,
-            clients,
-            period_ms,
-            size,
-            seconds,
-        } => {
-            let o = scenarios::Chat {
-                clients,
-                period_ms,
-                size,
-                seconds,
-            };
-            let r = run(&common, |t| async move {
-                scenarios::chat(&t, &o, common.server_pid).await
+        Command::Chat { common, opts } => {
+            let r = with_target(&common, |t, pid| async move {
+                scenarios::chat(&t, &opts, pid).await
             })
             .await;
             (common, r)
         }
-        Command::Idle {
-            common,
-            connections,
-        } => {
-            let r = run(&common, |t| async move {
-                scenarios::idle(&t, connections, common.server_pid).await
+        Command::Idle { common, opts } => {
+            let r = with_target(&common, |t, pid| async move {
+                scenarios::idle(&t, &opts, pid).await
             })
             .await;
             (common, r)
         }
-        Command::Connect {
-            common,
-            workers,
-            seconds,
-        } => {
-            let r = run(&common, |t| async move {
-                scenarios::connect(&t, workers, seconds, common.server_pid).await
+        Command::Connect { common, opts } => {
+            let r = with_target(&common, |t, pid| async move {
+                scenarios::connect(&t, &opts, pid).await
             })
             .await;
             (common, r)
@@ -162,7 +106,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(mut line) => {
-            line["server"] = serde_json::Value::String(common.label.clone());
+            line["server"] = serde_json::Value::String(common.label);
             println!("{line}");
             ExitCode::SUCCESS
         }
@@ -173,11 +117,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run<F, Fut>(common: &Common, scenario: F) -> Result<serde_json::Value, String>
+/// Runs a scenario against `--url`, with the server's PID if given.
+async fn with_target<F, Fut>(common: &Common, scenario: F) -> Result<serde_json::Value, String>
 where
-    F: FnOnce(client::Target) -> Fut,
+    F: FnOnce(client::Target, Option<u32>) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, String>>,
 {
     let target = client::Target::new(&common.url, common.insecure)?;
-    scenario(target).await
+    scenario(target, common.server_pid).await
 }

@@ -108,13 +108,21 @@ async fn receive(
     r
 }
 
+#[derive(clap::Args)]
 pub struct Fanout {
+    #[arg(short = 'n', long, default_value_t = 1000)]
     pub subscribers: usize,
+    #[arg(short = 'r', long, default_value_t = 1000)]
     pub rate: u64,
+    #[arg(short = 's', long, default_value_t = 64)]
     pub size: usize,
+    #[arg(short = 't', long, default_value_t = 10)]
     pub seconds: u64,
-    /// Send as fast as delivery keeps up, at most `window` ahead of the slowest subscriber.
+    /// Send as fast as delivery keeps up (saturated fan-out) instead of at R msg/s.
+    #[arg(long)]
     pub max: bool,
+    /// With --max: how many messages the publisher may run ahead of the slowest subscriber.
+    #[arg(long, default_value_t = 256)]
     pub window: u64,
 }
 
@@ -206,10 +214,29 @@ pub async fn fanout(target: &Target, o: &Fanout, pid: Option<u32>) -> Result<Val
     Ok(out)
 }
 
+#[derive(clap::Args)]
 pub struct Chat {
+    #[arg(short = 'n', long, default_value_t = 200)]
     pub clients: usize,
+    #[arg(short = 'p', long, default_value_t = 1000)]
     pub period_ms: u64,
+    #[arg(short = 's', long, default_value_t = 64)]
     pub size: usize,
+    #[arg(short = 't', long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+#[derive(clap::Args)]
+pub struct Idle {
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub connections: usize,
+}
+
+#[derive(clap::Args)]
+pub struct Connect {
+    #[arg(short = 'w', long, default_value_t = 32)]
+    pub workers: usize,
+    #[arg(short = 't', long, default_value_t = 10)]
     pub seconds: u64,
 }
 
@@ -266,7 +293,8 @@ pub async fn chat(target: &Target, o: &Chat, pid: Option<u32>) -> Result<Value, 
     Ok(out)
 }
 
-pub async fn idle(target: &Target, n: usize, pid: Option<u32>) -> Result<Value, String> {
+pub async fn idle(target: &Target, o: &Idle, pid: Option<u32>) -> Result<Value, String> {
+    let n = o.connections;
     let before = client::sample(pid).ok_or("idle needs --server-pid")?;
     let started = Instant::now();
     let conns = client::connect_many(target, n, 100, 4 * 1024).await?;
@@ -282,12 +310,8 @@ pub async fn idle(target: &Target, n: usize, pid: Option<u32>) -> Result<Value, 
     }))
 }
 
-pub async fn connect(
-    target: &Target,
-    workers: usize,
-    seconds: u64,
-    pid: Option<u32>,
-) -> Result<Value, String> {
+pub async fn connect(target: &Target, o: &Connect, pid: Option<u32>) -> Result<Value, String> {
+    let (workers, seconds) = (o.workers, o.seconds);
     let before = client::sample(pid);
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = JoinSet::new();
