@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::RawClient;
 use common::daemon::Daemon;
+use common::{RawClient, within};
 
 /// Clients that connect and never read.
 const STALLED: usize = 1000;
@@ -49,16 +49,23 @@ async fn a_thousand_stalled_readers_cost_bounded_memory_and_a_fast_reader_gets_e
         started.elapsed()
     );
 
-    // Every stalled client was closed as a slow consumer: reading its socket now reaches 1013.
-    let mut codes = std::collections::HashMap::new();
-    for client in stalled.iter_mut().take(20) {
-        *codes.entry(client.close_code().await).or_insert(0) += 1;
-    }
-    assert_eq!(
-        codes.get(&Some(1013)),
-        Some(&20),
-        "close codes of 20 stalled clients: {codes:?}"
-    );
+    // Every stalled client was closed as a slow consumer (tests/slow_consumer.rs shows that a
+    // client reading then receives the 1013 frame; here nobody reads, so the log tells).
+    let closed = within("every stalled client closed with 1013", async {
+        loop {
+            let log = daemon.log();
+            let n = log
+                .lines()
+                .filter(|l| l.contains("connection closed") && l.contains("code=1013"))
+                .count();
+            if n == STALLED {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(closed, STALLED);
     assert!(
         peak < PEAK_RSS_BOUND_MIB * 1024,
         "peak RSS {peak} KiB over the {PEAK_RSS_BOUND_MIB} MiB bound"

@@ -107,6 +107,7 @@ async fn a_burst_of_500_joins_costs_a_watcher_a_few_dozen_messages_ending_exact(
     let mut watcher = server.connect("/burst").await;
     assert_eq!(watcher.recv_presence().await["count"], 1);
 
+    let started = std::time::Instant::now();
     let joins = (0..JOINERS).map(|_| server.connect("/burst"));
     let joined = within("500 joins", futures_util::future::join_all(joins)).await;
     server
@@ -125,9 +126,13 @@ async fn a_burst_of_500_joins_costs_a_watcher_a_few_dozen_messages_ending_exact(
         assert!(!is_presence(m), "presence after the final state: {m:?}");
     }
     assert_eq!(last["total"], JOINERS + 1);
+    // At most one per 100 ms window while the joins lasted, plus the first and the final one;
+    // on this machine the joins take about a second, so a dozen or two.
+    let windows = (started.elapsed().as_millis() / 100) as usize + 2;
     assert!(
-        messages <= 60,
-        "{messages} presence messages for {JOINERS} joins"
+        messages <= windows && messages < 100,
+        "{messages} presence messages for {JOINERS} joins in {:?}",
+        started.elapsed()
     );
     drop(joined);
     server.stop().await;

@@ -188,6 +188,6 @@ async fn live_settings_apply_and_an_invalid_file_changes_nothing() {
     )
     .await;
     assert!(log.contains("server.listen"), "{log}");
-    daemon.wait_log("configuration reloaded").await;
+    daemon.wait_log_times("configuration reloaded", 2).await;
     assert_eq!(status(&daemon).await, 101, "token no longer required");
 }

@@ -26,16 +26,21 @@ async fn a_client_that_never_reads_is_closed_with_1013_while_a_fast_reader_gets_
         .wait_stats("three members", |s| s["rooms"]["flood"] == 3)
         .await;
 
-    // 2000 x 16 KiB = 32 MiB: far more than the socket buffers can hide from the server.
-    common::flood_in_step(&mut publisher, &mut fast, N, SIZE, WINDOW).await;
-
-    let stats = server
-        .wait_stats("the slow consumer to be dropped", |s| {
-            s["drops"]["slow_consumers"] == 1
-        })
-        .await;
+    // 2000 x 16 KiB = 32 MiB: far more than the socket buffers can hide from the server. While
+    // the flood runs, a watcher starts reading the stalled client as soon as it is dropped, within
+    // the few seconds the server gives a closing connection to take its close frame.
+    let flood = common::flood_in_step(&mut publisher, &mut fast, N, SIZE, WINDOW);
+    let watch = async {
+        server
+            .wait_stats("the slow consumer to be dropped", |s| {
+                s["drops"]["slow_consumers"] == 1
+            })
+            .await;
+        slow.close_code().await
+    };
+    let ((), code) = tokio::join!(flood, watch);
+    assert_eq!(code, Some(1013));
+    let stats = server.stats().await;
     assert_eq!(stats["rooms"]["flood"], 2, "{stats}");
-    // Reading now lets the server's queued bytes and then its close frame through.
-    assert_eq!(slow.close_code().await, Some(1013));
     server.stop().await;
 }

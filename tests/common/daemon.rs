@@ -117,15 +117,23 @@ impl Daemon {
 
     /// Waits until the log contains `needle`; returns the whole log.
     pub async fn wait_log(&self, needle: &str) -> String {
-        within(&format!("{needle:?} in the daemon's log"), async {
-            loop {
-                let log = self.log();
-                if log.contains(needle) {
-                    return log;
+        self.wait_log_times(needle, 1).await
+    }
+
+    /// Waits until `times` lines of the log contain `needle`; returns the whole log.
+    pub async fn wait_log_times(&self, needle: &str, times: usize) -> String {
+        within(
+            &format!("{times} x {needle:?} in the daemon's log"),
+            async {
+                loop {
+                    let log = self.log();
+                    if log.lines().filter(|l| l.contains(needle)).count() >= times {
+                        return log;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
+            },
+        )
         .await
     }
 
