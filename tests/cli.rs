@@ -232,7 +232,7 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 
-    let log = daemon.log();
+    let log = daemon.wait_log_times("connection closed", 2).await;
     assert!(log.contains("SIGTERM"), "{log}");
     let opened: Vec<&str> = log
         .lines()
@@ -271,7 +271,7 @@ async fn json_logs_are_one_object_per_line() {
         within("exit", daemon.child.wait()).await.unwrap().code(),
         Some(0)
     );
-    let log = daemon.log();
+    let log = daemon.wait_log("connection closed").await;
     let mut closed = 0;
     for line in log.lines() {
         let v: serde_json::Value =

@@ -58,6 +58,12 @@ impl Daemon {
         tokio::spawn(async move {
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
+                // Into the log first, so a test woken by the address sees its line too.
+                {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 // Text: `listening addr=127.0.0.1:PORT`; JSON: `"addr":"127.0.0.1:PORT"`.
                 if let Some(i) = line
                     .find("127.0.0.1:")
@@ -71,9 +77,6 @@ impl Daemon {
                         let _ = tx.send(format!("127.0.0.1:{port}").parse().unwrap());
                     }
                 }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = within("the daemon to listen", addr_rx)
