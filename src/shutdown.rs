@@ -41,8 +41,8 @@ impl Shutdown {
         &self.tracker
     }
 
+    /// Ends the drain: listeners and plain HTTP connections close.
     pub(crate) fn stop(&self) {
-        self.tracker.close();
         self.stopped.cancel();
     }
 
