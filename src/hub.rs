@@ -5,7 +5,8 @@
 //! from live state and cannot drift.
 //!
 //! Locks are `std::sync::Mutex`es held for a few non-blocking steps and never across `.await`. The
-//! order is always hub map, then room. Fan-out takes only the room lock: a message is put, as a
+//! order is always hub map, then room, then an outbox's queue (which its writer takes alone, for
+//! one swap). Fan-out takes only the room lock and the queues: a message is put, as a
 //! refcounted clone, into each member's bounded [`Outbox`]; nothing is written to a socket under a lock.
 //! A member whose outbox is full is evicted (its connection closes with 1013) rather than slowing
 //! anyone else down.
