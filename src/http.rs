@@ -97,8 +97,8 @@ fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Respon
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -246,12 +246,9 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
     ) {
         Ok(t) => t,
         Err(e) => {
-            debug!(%peer, uri = %req.uri(), "bad upgrade target");
-            return Response::builder()
-                .status(StatusCode::BAD_REQUEST)
-                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .body(Full::new(Bytes::from(format!("{e}\n"))))
-                .expect("valid response");
+            // The path only: the query may hold the token, which is never logged.
+            debug!(%peer, path = req.uri().path(), "bad upgrade target");
+            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
         }
     };
     if !origin_allowed(headers, &config) {
@@ -308,33 +305,31 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
-    state.shutdown.tracker().clone().spawn({
-        async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
-            };
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(conn::ws_config(&config)),
-            )
-            .await;
-            match membership {
-                Some(membership) => {
-                    let conn = Conn {
-                        state,
-                        config,
-                        peer,
-                        client,
-                        membership,
-                        outbox: outbox_rx,
-                        admission,
-                    };
-                    conn.run(ws).await
-                }
-                None => conn::refuse(ws, CloseCode::Policy, "name taken").await,
+    state.shutdown.tracker().clone().spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(conn::ws_config(&config)),
+        )
+        .await;
+        match membership {
+            Some(membership) => {
+                let conn = Conn {
+                    state,
+                    config,
+                    peer,
+                    client,
+                    membership,
+                    outbox: outbox_rx,
+                    admission,
+                };
+                conn.run(ws).await
             }
+            None => conn::refuse(ws, CloseCode::Policy, "name taken").await,
         }
     });
 

@@ -303,3 +303,35 @@ async fn rust_log_overrides_the_configured_level() {
         "info line printed although log.level = error"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_never_logged_even_at_debug() {
+    let daemon = Daemon::start(
+        "[security]\ntoken = \"s3cret-tok\"\n",
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    // A bad room with the token in the query (logged as a bad target), a wrong token, and a
+    // right one by query and by header.
+    for (path, header) in [
+        ("/bad%20room?token=s3cret-tok", ""),
+        ("/r?token=wrong-tok-9", ""),
+        ("/r?token=s3cret-tok", ""),
+        ("/r", "Authorization: Bearer s3cret-tok\r\n"),
+    ] {
+        let mut tls = daemon.tls().await;
+        let request = common::upgrade_request(path, header);
+        tokio::io::AsyncWriteExt::write_all(&mut tls, request.as_bytes())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut tls).await.unwrap();
+        common::read_response(&mut tls).await;
+    }
+    daemon.wait_log("bad upgrade target").await;
+    let log = daemon.wait_log_times("connection opened", 2).await;
+    assert!(!log.contains("s3cret-tok"), "token in the log:\n{log}");
+    assert!(
+        !log.contains("wrong-tok-9"),
+        "a presented token in the log:\n{log}"
+    );
+}

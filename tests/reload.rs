@@ -135,24 +135,8 @@ async fn live_settings_apply_and_an_invalid_file_changes_nothing() {
     let daemon = Daemon::start("", &[]).await;
     let config_path = daemon.cert.dir.path().join("wsline.toml");
     let base = std::fs::read_to_string(&config_path).unwrap();
-    let upgrade = "GET /live HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let status = |daemon: &Daemon| {
-        let daemon_addr = daemon.addr;
-        let root = daemon.cert.der.clone();
-        async move {
-            let tcp = TcpStream::connect(daemon_addr).await.unwrap();
-            let mut tls = TlsConnector::from(trusting(&root))
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .unwrap();
-            tokio::io::AsyncWriteExt::write_all(&mut tls, upgrade.as_bytes())
-                .await
-                .unwrap();
-            common::read_response(&mut tls).await.0
-        }
-    };
-    assert_eq!(status(&daemon).await, 101);
+    let live = common::upgrade_request("/live", "");
+    assert_eq!(daemon.http(&live).await.0, 101);
     let mut a = daemon.connect("/stay").await;
     let mut b = daemon.connect("/stay").await;
 
@@ -164,7 +148,7 @@ async fn live_settings_apply_and_an_invalid_file_changes_nothing() {
     .unwrap();
     daemon.signal("-HUP");
     daemon.wait_log("configuration reloaded").await;
-    assert_eq!(status(&daemon).await, 401);
+    assert_eq!(daemon.http(&live).await.0, 401);
     chat(&mut a, &mut b, "unaffected").await;
 
     // An invalid file (unknown key) changes nothing: the token stays required.
@@ -175,7 +159,7 @@ async fn live_settings_apply_and_an_invalid_file_changes_nothing() {
         log.contains("wsline.toml:") && log.contains("tokn"),
         "{log}"
     );
-    assert_eq!(status(&daemon).await, 401);
+    assert_eq!(daemon.http(&live).await.0, 401);
 
     // A new listen address is logged as needing a restart; the rest applies.
     let moved = base.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
@@ -189,5 +173,5 @@ async fn live_settings_apply_and_an_invalid_file_changes_nothing() {
     .await;
     assert!(log.contains("server.listen"), "{log}");
     daemon.wait_log_times("configuration reloaded", 2).await;
-    assert_eq!(status(&daemon).await, 101, "token no longer required");
+    assert_eq!(daemon.http(&live).await.0, 101, "token no longer required");
 }

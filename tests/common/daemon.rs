@@ -98,6 +98,11 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Sends a raw HTTP/1.1 request over TLS and returns status, head and body.
+    pub async fn http(&self, request: &str) -> (u16, String, String) {
+        super::exchange(self.tls().await, request).await
+    }
+
     pub async fn connect(&self, path: &str) -> Client {
         let tls = self.tls().await;
         let url = format!("wss://localhost:{}{path}", self.addr.port());

@@ -154,13 +154,9 @@ impl TestServer {
         }
     }
 
-    /// Sends a raw HTTP/1.1 request over TLS and returns status, head and body (read by
-    /// Content-Length, so keep-alive and 101 responses are fine).
+    /// Sends a raw HTTP/1.1 request over TLS and returns status, head and body.
     pub async fn http(&self, request: &str) -> (u16, String, String) {
-        let mut stream = self.tls().await;
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream.flush().await.unwrap();
-        read_response(&mut stream).await
+        exchange(self.tls().await, request).await
     }
 
     /// `GET path` with `Connection: close`.
@@ -209,6 +205,14 @@ impl TestServer {
         within("server to stop", self.task).await.unwrap();
         started.elapsed()
     }
+}
+
+/// Writes `request` on `stream` and reads one response: (status, head, body), read by
+/// Content-Length, so keep-alive and 101 responses are fine.
+pub async fn exchange(mut stream: TlsStream<TcpStream>, request: &str) -> (u16, String, String) {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    read_response(&mut stream).await
 }
 
 /// Reads one HTTP/1.1 response: (status, head, body).
@@ -406,10 +410,7 @@ impl RawClient {
 
     /// Upgrades an open TLS connection to a WebSocket on `path`.
     pub async fn upgrade(mut stream: TlsStream<TcpStream>, path: &str) -> RawClient {
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
+        let request = upgrade_request(path, "");
         stream.write_all(request.as_bytes()).await.unwrap();
         stream.flush().await.unwrap();
         let mut buf = Vec::new();
