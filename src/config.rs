@@ -6,7 +6,6 @@
 //! and relations between keys. Its problems name a key path, which [`locate`] turns into a line and
 //! column of the file. `--check-config` runs exactly [`Config::from_toml`], the same as start-up.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -635,16 +634,6 @@ fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
                 })
         })
         .collect()
-}
-
-impl fmt::Display for PresenceFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PresenceFormat::Json => "json",
-            PresenceFormat::Plain => "plain",
-            PresenceFormat::Off => "off",
-        })
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use tracing::{debug, info};
 
 use crate::State;
 use crate::config::Config;
-use crate::hub::{Eviction, Membership, OutboxRx};
+use crate::hub::{Membership, OutboxRx};
 use crate::limits::{Admission, TokenBucket};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -100,7 +100,7 @@ impl Conn {
             state,
             config,
             membership,
-            mut outbox,
+            outbox,
             admission,
             ..
         } = self;
@@ -108,15 +108,14 @@ impl Conn {
         let closing = outbox.closing();
         let end = tokio::select! {
             biased;
-            _ = closing.cancelled() => match outbox.eviction() {
-                Some(Eviction::SlowConsumer) => {
-                    state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    End::Close(CloseCode::Again, "slow consumer")
-                }
-                None => End::Close(CloseCode::Away, "server shutting down"),
+            _ = closing.cancelled() => if state.shutdown.is_draining() {
+                End::Close(CloseCode::Away, "server shutting down")
+            } else {
+                state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                End::Close(CloseCode::Again, "slow consumer")
             },
             end = read(&mut stream, &membership, &state, &config, opened, &last_seen) => end,
-            end = write(&mut sink, &mut outbox, config.heartbeat.ping_interval) => end,
+            end = write(&mut sink, &outbox, config.heartbeat.ping_interval) => end,
             end = idle(&last_seen, opened, config.heartbeat.idle_timeout) => end,
         };
         drop(membership);
@@ -192,7 +191,7 @@ fn end_for(e: WsError) -> End {
 /// The outbox to the socket: everything queued, then one flush; and a ping every `ping_interval`.
 async fn write(
     sink: &mut SplitSink<Ws, Message>,
-    outbox: &mut OutboxRx,
+    outbox: &OutboxRx,
     ping_interval: Duration,
 ) -> End {
     let mut ping =

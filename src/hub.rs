@@ -12,7 +12,7 @@
 //! anyone else down.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,13 +23,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PresenceFormat;
 use crate::presence::{self, Coalescer};
 use crate::stats::Stats;
-
-/// Why the hub asked a connection to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eviction {
-    /// The member's outbound queue was full (messages or bytes).
-    SlowConsumer = 1,
-}
 
 /// The sending side of one connection's bounded outbound queue. The hub's room holds it; the
 /// connection task holds the [`OutboxRx`] and writes what arrives to the socket.
@@ -49,11 +42,9 @@ struct OutboxShared {
     ready: Notify,
     max_messages: usize,
     max_bytes: usize,
-    /// Cancelled to make the connection close; a child of the server's drain token, so shutdown
-    /// reaches every connection through it too.
+    /// Cancelled to make the connection close: by the hub when the queue is full, or by the
+    /// drain, whose child token it is. Which one is told by whether the server is draining.
     close: CancellationToken,
-    /// Why `close` was cancelled by the hub (0: it was not).
-    eviction: AtomicU8,
 }
 
 #[derive(Default)]
@@ -80,7 +71,6 @@ pub fn outbox(
         max_messages,
         max_bytes,
         close,
-        eviction: AtomicU8::new(0),
     });
     (
         Outbox {
@@ -99,7 +89,8 @@ impl Outbox {
             || queue.bytes + len > self.shared.max_bytes
         {
             drop(queue);
-            self.evict(Eviction::SlowConsumer);
+            // A slow consumer: its connection closes with 1013.
+            self.shared.close.cancel();
             return false;
         }
         queue.messages.push_back(msg);
@@ -110,16 +101,6 @@ impl Outbox {
             self.shared.ready.notify_one();
         }
         true
-    }
-
-    fn evict(&self, why: Eviction) {
-        let _ = self.shared.eviction.compare_exchange(
-            0,
-            why as u8,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        self.shared.close.cancel();
     }
 }
 
@@ -143,14 +124,6 @@ impl OutboxRx {
     /// Cancelled when the connection must close (evicted or shutting down).
     pub fn closing(&self) -> CancellationToken {
         self.shared.close.clone()
-    }
-
-    /// Why the hub closed this connection, if it did.
-    pub fn eviction(&self) -> Option<Eviction> {
-        match self.shared.eviction.load(Ordering::Relaxed) {
-            1 => Some(Eviction::SlowConsumer),
-            _ => None,
-        }
     }
 }
 
@@ -288,11 +261,8 @@ impl Hub {
         let mut state = lock(&room.state);
         let name: Option<Arc<str>> = name.map(Into::into);
         if let Some(n) = &name {
+            // A taken name means a member holds it, so the room is not empty and stays.
             if opts.unique_names && state.names.contains(n) {
-                if state.members.is_empty() {
-                    // Cannot happen (names leave with members), but never keep an empty room.
-                    rooms.remove(&room.name);
-                }
                 return Err(JoinError::NameTaken);
             }
             state.names.insert(n.clone());

@@ -31,12 +31,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if args.check_config {
-        for warning in wsline::nginx::warnings(&config) {
-            eprintln!("warning: {warning}");
-        }
-    }
-    let snippet = wsline::nginx::snippet(&config);
+    // --check-config's nginx advice, worked out before the server takes the configuration.
+    let nginx_advice = args.check_config.then(|| {
+        (
+            wsline::nginx::warnings(&config),
+            wsline::nginx::snippet(&config),
+        )
+    });
     wsline::logging::init(&config.log);
     let listen = config.server.listen.clone();
     let server = match Server::new(config) {
@@ -46,7 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if args.check_config {
+    if let Some((warnings, snippet)) = nginx_advice {
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
         println!("config OK\n\n{snippet}");
         return ExitCode::SUCCESS;
     }

@@ -154,7 +154,6 @@ impl Handle {
         let old = self.state.config.load_full();
         if let Some(tls) = &self.state.tls
             && new.tls.enabled
-            && !new.tls.self_signed
         {
             tls.reload(&new.tls)?;
         }

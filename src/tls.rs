@@ -92,7 +92,8 @@ impl Tls {
         &self.acceptor
     }
 
-    /// Loads the pair again and uses it for new handshakes; on error the old pair stays.
+    /// Loads the pair again and uses it for new handshakes; on error the old pair stays. A
+    /// self-signed certificate is kept as it is.
     pub fn reload(&self, tls: &config::Tls) -> Result<(), TlsError> {
         if tls.self_signed {
             return Ok(());
