@@ -70,41 +70,25 @@ enum Command {
     },
 }
 
+/// One scenario with its options, whichever subcommand named it.
+enum Scenario {
+    Fanout(scenarios::Fanout),
+    Chat(scenarios::Chat),
+    Idle(scenarios::Idle),
+    Connect(scenarios::Connect),
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let (common, result) = match Cli::parse().command {
+    let (common, scenario) = match Cli::parse().command {
         Command::Report { files } => return report::print(&files),
-        Command::Fanout { common, opts } => {
-            let r = with_target(&common, |t, pid| async move {
-                scenarios::fanout(&t, &opts, pid).await
-            })
-            .await;
-            (common, r)
-        }
-        Command::Chat { common, opts } => {
-            let r = with_target(&common, |t, pid| async move {
-                scenarios::chat(&t, &opts, pid).await
-            })
-            .await;
-            (common, r)
-        }
-        Command::Idle { common, opts } => {
-            let r = with_target(&common, |t, pid| async move {
-                scenarios::idle(&t, &opts, pid).await
-            })
-            .await;
-            (common, r)
-        }
-        Command::Connect { common, opts } => {
-            let r = with_target(&common, |t, pid| async move {
-                scenarios::connect(&t, &opts, pid).await
-            })
-            .await;
-            (common, r)
-        }
+        Command::Fanout { common, opts } => (common, Scenario::Fanout(opts)),
+        Command::Chat { common, opts } => (common, Scenario::Chat(opts)),
+        Command::Idle { common, opts } => (common, Scenario::Idle(opts)),
+        Command::Connect { common, opts } => (common, Scenario::Connect(opts)),
     };
-    match result {
+    match run(&common, &scenario).await {
         Ok(mut line) => {
             line["server"] = serde_json::Value::String(common.label);
             println!("{line}");
@@ -118,11 +102,13 @@ async fn main() -> ExitCode {
 }
 
 /// Runs a scenario against `--url`, with the server's PID if given.
-async fn with_target<F, Fut>(common: &Common, scenario: F) -> Result<serde_json::Value, String>
-where
-    F: FnOnce(client::Target, Option<u32>) -> Fut,
-    Fut: std::future::Future<Output = Result<serde_json::Value, String>>,
-{
+async fn run(common: &Common, scenario: &Scenario) -> Result<serde_json::Value, String> {
     let target = client::Target::new(&common.url, common.insecure)?;
-    scenario(target, common.server_pid).await
+    let pid = common.server_pid;
+    match scenario {
+        Scenario::Fanout(o) => scenarios::fanout(&target, o, pid).await,
+        Scenario::Chat(o) => scenarios::chat(&target, o, pid).await,
+        Scenario::Idle(o) => scenarios::idle(&target, o, pid).await,
+        Scenario::Connect(o) => scenarios::connect(&target, o, pid).await,
+    }
 }
