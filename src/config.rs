@@ -45,6 +45,8 @@ pub struct Server {
     /// On SIGTERM: how long clients get to go before the process exits.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// The listen queue length: a reconnect storm must not overflow the OS default of 128.
+    pub backlog: u32,
 }
 
 impl Default for Server {
@@ -52,6 +54,7 @@ impl Default for Server {
         Server {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3456))],
             drain_timeout: Duration::from_secs(10),
+            backlog: 1024,
         }
     }
 }
@@ -88,8 +91,22 @@ pub struct Relay {
     #[serde(deserialize_with = "size")]
     pub max_message_size: u64,
     pub max_rooms: usize,
-    /// The last N messages of a room, replayed to a new member.
+    /// The last N messages of a room, replayed to a new member ...
     pub history: usize,
+    /// ... and at most this many bytes of them per room.
+    #[serde(deserialize_with = "size")]
+    pub history_bytes: u64,
+    /// `json`: text is relayed wrapped with the sender's checked name.
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// Raw relay: nothing wrapped.
+    None,
+    /// `{"type":"message","room":..,"from":..,"data":..}` for text; binary refused with 1003.
+    Json,
 }
 
 impl Default for Relay {
@@ -100,6 +117,8 @@ impl Default for Relay {
             max_message_size: 64 * 1024,
             max_rooms: 10_000,
             history: 0,
+            history_bytes: 256 * 1024,
+            envelope: Envelope::None,
         }
     }
 }
@@ -120,6 +139,8 @@ pub struct Presence {
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
     pub unique_names: bool,
+    /// Names listed in one presence state; beyond it they are counted (`more`).
+    pub max_names: usize,
 }
 
 impl Default for Presence {
@@ -128,6 +149,7 @@ impl Default for Presence {
             format: PresenceFormat::Json,
             interval: Duration::from_millis(100),
             unique_names: true,
+            max_names: 1000,
         }
     }
 }
@@ -255,13 +277,29 @@ pub struct Web {
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cluster {
     /// e.g. `redis://127.0.0.1:6379`; "" = single node.
     pub redis: String,
     /// "" = the host name.
     pub node_id: String,
+    /// Prefix of every Redis key and channel, so deployments can share one Redis.
+    pub prefix: String,
+    /// A node silent this long is dead: its members leave every count.
+    #[serde(deserialize_with = "duration")]
+    pub node_timeout: Duration,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis: String::new(),
+            node_id: String::new(),
+            prefix: "wsline".into(),
+            node_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 fn loopback() -> Vec<IpNet> {

@@ -25,8 +25,9 @@ use tracing::{debug, info};
 
 use crate::State;
 use crate::config::Config;
-use crate::hub::{Membership, OutboxRx};
+use crate::hub::Membership;
 use crate::limits::{Admission, TokenBucket};
+use crate::outbox::OutboxRx;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::debug;
 
 use crate::conn::{self, Conn};
-use crate::hub::{self, JoinError, JoinOptions};
+use crate::hub::{JoinError, JoinOptions};
 use crate::limits::{self, Refusal};
 use crate::request::parse_target;
 use crate::stats::{Certificate, Drops, Report, Stats};
@@ -278,7 +278,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         }
     };
 
-    let (outbox, outbox_rx) = hub::outbox(
+    let (outbox, outbox_rx) = crate::outbox::outbox(
         config.limits.queue_messages,
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),

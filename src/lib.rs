@@ -11,6 +11,7 @@
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
+//! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
 //! - [`nginx`]: `--check-config`'s nginx advice: the matching location block, heartbeat warning.
 //! - [`presence`]: presence messages and their coalescing.
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod nginx;
+pub mod outbox;
 pub mod presence;
 pub mod request;
 pub mod server;

