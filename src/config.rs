@@ -822,20 +822,25 @@ fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::E
         .collect()
 }
 
-/// CIDR blocks; a bare address means that one host.
+/// CIDR blocks; a bare address means that one host. Every invalid entry is named at once.
 fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(de)?
+    let list = Vec::<String>::deserialize(de)?;
+    let parse = |s: &String| {
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+    };
+    let invalid: Vec<String> = list
         .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "invalid address block {s:?}: write it like \"10.0.0.0/8\" or \"::1\""
-                    ))
-                })
-        })
-        .collect()
+        .filter(|s| parse(s).is_err())
+        .map(|s| format!("{s:?}"))
+        .collect();
+    if !invalid.is_empty() {
+        return Err(serde::de::Error::custom(format!(
+            "invalid address block {}: write it like \"10.0.0.0/8\" or \"::1\"",
+            invalid.join(", ")
+        )));
+    }
+    Ok(list.iter().filter_map(|s| parse(s).ok()).collect())
 }
 
 #[cfg(test)]
@@ -986,6 +991,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.security.trusted_proxies[0].prefix_len(), 32);
+        let p = problems(
+            "[tls]\nenabled = false\n[metrics]\nallow = [\"10.0.0.0/8\", \"nope\", \"300.1.1.1\"]\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("\"nope\", \"300.1.1.1\""), "{p:?}");
     }
 
     fn keys_and_lines(p: &[Problem]) -> Vec<(usize, usize, &str)> {

@@ -579,3 +579,33 @@ async fn output_to_a_closed_pipe_is_quiet_and_keeps_the_verdict() {
         assert!(!err.contains("cannot write"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_certificate_does_not_load_names_the_line() {
+    let daemon = Daemon::start("", &[]).await;
+    let path = daemon.cert.dir.path().join("wsline.toml");
+    // Line 5 is `cert = ...` in the daemon's file; point it at a file that is not there.
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config: Vec<String> = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("cert = ") {
+                "cert = \"missing.pem\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&path, config.join("\n") + "\n").unwrap();
+    daemon.signal("-HUP");
+    let log = daemon.wait_log("reload failed").await;
+    let missing = daemon.cert.dir.path().join("missing.pem");
+    assert!(
+        log.contains(&format!(
+            "{}:5:8: tls.cert {}: cannot read",
+            path.display(),
+            missing.display()
+        )),
+        "{log}"
+    );
+}
