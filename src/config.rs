@@ -458,9 +458,7 @@ impl Config {
         let rejected = &checked.rejected;
         let mut problems = checked.problems;
         for (key, message) in config.validate() {
-            let about_rejected = rejected
-                .iter()
-                .any(|r| r == key || message.contains(r.as_str()));
+            let about_rejected = rejected.iter().any(|r| r == key || mentions(&message, r));
             if !about_rejected {
                 let offset = schema::locate(&doc, key);
                 problems.push(Problem::at(text, offset, format!("{key}: {message}")));
@@ -479,6 +477,7 @@ impl Config {
         }
         Ok(config)
     }
+
     /// Checks ranges and relations serde cannot; each problem names the key it is about.
     fn validate(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
@@ -720,6 +719,13 @@ impl Config {
         );
         problems
     }
+}
+
+/// Whether `message` names the dotted `key` (`relay.history`, but not within `relay.history_bytes`).
+fn mentions(message: &str, key: &str) -> bool {
+    message.match_indices(key).any(|(at, _)| {
+        !message[at + key.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// `scheme://host[:port]` as a browser sends it in `Origin`.
@@ -976,6 +982,12 @@ mod tests {
             ],
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn a_key_is_mentioned_only_by_its_whole_name() {
+        assert!(mentions("below relay.history (5)", "relay.history"));
+        assert!(!mentions("below relay.history_bytes", "relay.history"));
     }
 
     #[test]
