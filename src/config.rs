@@ -758,7 +758,11 @@ fn hostname() -> String {
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
@@ -982,6 +986,50 @@ mod tests {
             ],
             "{p:?}"
         );
+    }
+
+    /// What the fuzz target (fuzz/fuzz_targets/config.rs) checks, on a fixed set of edits of the
+    /// sample file, so that it runs with every `cargo test`.
+    #[test]
+    fn hostile_edits_of_the_sample_are_problems_not_panics() {
+        let sample = include_str!("../config/wsline.toml");
+        let inserts = [
+            "\"",
+            "'",
+            "[",
+            "]]",
+            " = ",
+            "\n",
+            "é",
+            "\u{200b}",
+            "[[server]]\n",
+            "= -1",
+            "\"\"\"",
+            "#",
+            "{",
+            "}",
+            ".",
+            "x.y = 1\n",
+            "[limits]\n",
+            "\\u",
+            "99999999999999999999",
+        ];
+        let assert_located = |text: &str| {
+            if let Err(problems) = Config::from_toml(text) {
+                let lines = text.lines().count().max(1) + 1;
+                assert!(!problems.is_empty());
+                for p in problems {
+                    assert!((1..=lines).contains(&p.line) && p.column >= 1, "{p:?}");
+                }
+            }
+        };
+        let boundaries = (0..=sample.len()).filter(|&i| sample.is_char_boundary(i));
+        for (n, i) in boundaries.step_by(3).enumerate() {
+            let mut edited = sample.to_owned();
+            edited.insert_str(i, inserts[n % inserts.len()]);
+            assert_located(&edited);
+            assert_located(&sample[..i]);
+        }
     }
 
     #[test]
