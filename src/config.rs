@@ -1,15 +1,15 @@
 //! The TOML configuration: every key of the product contract, its default, and its checks.
 //!
 //! Loading finds every problem of a file in one run, each at its line and column. The text is
-//! parsed into a spanned TOML document; [`schema`] checks each key against the sections of
+//! parsed into a spanned TOML document; `schema` checks each key against the sections of
 //! [`Config`] and deserialises each value on its own (unknown keys and values of the wrong type
 //! are problems, those keys keep their defaults); the rest becomes a `Config`, and
-//! [`Config::validate`] checks what serde cannot: ranges, upper bounds and relations between keys.
+//! `Config::validate` checks what serde cannot: ranges, upper bounds and relations between keys.
 //! `--check-config` runs exactly [`Config::load`], the same as start-up and SIGHUP.
 //!
 //! Every duration and size has an upper bound, so that no arithmetic on a configured value (an
 //! `Instant` plus a timeout, a buffer of a configured size) can overflow or panic at run time.
-//! Errors about secret keys ([`schema::SECRET_KEYS`]) never contain their values.
+//! Errors about secret keys (`schema::SECRET_KEYS`) never contain their values.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -429,7 +429,7 @@ impl Config {
     ///
     /// A syntax error stops there (what follows it cannot be trusted). Otherwise every key is
     /// checked on its own against the schema: unknown keys and values of the wrong type are
-    /// problems, and the keys that did parse are then checked by [`Config::validate`], leaving
+    /// problems, and the keys that did parse are then checked by `validate`, leaving
     /// out its complaints about keys that already have a problem (or that mention one).
     pub fn from_toml(text: &str) -> Result<Config, Vec<Problem>> {
         let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
