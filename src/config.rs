@@ -1,10 +1,15 @@
 //! The TOML configuration: every key of the product contract, its default, and its checks.
 //!
-//! Loading is two steps. Serde turns the text into [`Config`], with `deny_unknown_fields` and typed
-//! leaves (durations, sizes, addresses, CIDRs), so an unknown key or a value of the wrong shape fails
-//! with the location the TOML parser knows. Then [`Config::validate`] checks what serde cannot: ranges
-//! and relations between keys. Its problems name a key path, which [`locate`] turns into a line and
-//! column of the file. `--check-config` runs exactly [`Config::from_toml`], the same as start-up.
+//! Loading finds every problem of a file in one run, each at its line and column. The text is
+//! parsed into a spanned TOML document; `schema` checks each key against the sections of
+//! [`Config`] and deserialises each value on its own (unknown keys and values of the wrong type
+//! are problems, those keys keep their defaults); the rest becomes a `Config`, and
+//! `Config::validate` checks what serde cannot: ranges, upper bounds and relations between keys.
+//! `--check-config` runs exactly [`Config::load`], the same as start-up and SIGHUP.
+//!
+//! Every duration and size has an upper bound, so that no arithmetic on a configured value (an
+//! `Instant` plus a timeout, a buffer of a configured size) can overflow or panic at run time.
+//! Errors about secret keys (`schema::SECRET_KEYS`) never contain their values.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,11 +18,30 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+mod schema;
+
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wsline/wsline.toml";
 
+const MIB: u64 = 1024 * 1024;
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(60 * 60);
+
 /// The largest `relay.max_message_size` accepted; beyond it one message could hold a worker hostage.
-const MAX_MESSAGE_SIZE_CEILING: u64 = 64 * 1024 * 1024;
+const MAX_MESSAGE_SIZE_CEILING: u64 = 64 * MIB;
+/// The largest `limits.queue_bytes`: one slow client may pin at most this much.
+const MAX_QUEUE_BYTES: u64 = 1024 * MIB;
+/// The largest `relay.history_bytes` per room (times `relay.max_rooms` in the worst case).
+const MAX_HISTORY_BYTES: u64 = 64 * MIB;
+/// The upper bound of each duration: far beyond any sensible value, far below an overflow.
+const MAX_DRAIN_TIMEOUT: Duration = HOUR;
+const MAX_PRESENCE_INTERVAL: Duration = MINUTE;
+const MAX_PING_INTERVAL: Duration = HOUR;
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const MAX_NODE_TIMEOUT: Duration = HOUR;
+/// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
+const MAX_BACKLOG: u32 = 65_535;
 
 /// The whole configuration, typed. Field names are the contract: a user's file must keep working.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,6 +58,9 @@ pub struct Config {
     pub metrics: Metrics,
     pub web: Web,
     pub cluster: Cluster,
+    /// Where the file was and where each key sits in it; not a key of the file.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +359,17 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    fn at(text: &str, offset: usize, message: String) -> Problem {
+        let (line, column) = line_column(text, offset);
+        Problem {
+            line,
+            column,
+            message,
+        }
+    }
+}
+
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     let lines: Vec<String> = problems
         .iter()
@@ -340,44 +378,100 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
     lines.join("\n")
 }
 
+/// Where a loaded configuration came from: the file, and the line and column of each key's value,
+/// so a problem found after parsing (a certificate that does not load) still points at its line.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The file given to [`Config::load`]; `None` for [`Config::from_toml`].
+    pub path: Option<PathBuf>,
+    /// `section.key` to (line, column), for the keys written in the file.
+    keys: std::collections::BTreeMap<String, (usize, usize)>,
+}
+
+impl Origin {
+    /// `FILE:LINE:COLUMN: message` when the key was written in the file, `FILE: message` when it
+    /// took its default, `message` alone for a configuration not read from a file.
+    pub fn describe(&self, key: &str, message: impl std::fmt::Display) -> String {
+        match (&self.path, self.keys.get(key)) {
+            (Some(path), Some((line, column))) => {
+                format!("{}:{line}:{column}: {message}", path.display())
+            }
+            (Some(path), None) => format!("{}: {message}", path.display()),
+            (None, _) => message.to_string(),
+        }
+    }
+}
+
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`. Relative `tls.cert` / `tls.key` paths are
+    /// taken from the directory of the file, so a config and its certificate can move together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|problems| ConfigError::Invalid {
+        let mut config = Config::from_toml(&text).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
-        })
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        for file in [&mut config.tls.cert, &mut config.tls.key] {
+            if !file.as_os_str().is_empty() && file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
+        config.origin.path = Some(path.to_owned());
+        Ok(config)
     }
 
-    /// Parses and validates TOML text; on failure, every problem found with its location.
+    /// Parses and validates TOML text; on failure, every problem found, in file order.
+    ///
+    /// A syntax error stops there (what follows it cannot be trusted). Otherwise every key is
+    /// checked on its own against the schema: unknown keys and values of the wrong type are
+    /// problems, and the keys that did parse are then checked by `validate`, leaving
+    /// out its complaints about keys that already have a problem (or that mention one).
     pub fn from_toml(text: &str) -> Result<Config, Vec<Problem>> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
-            vec![Problem {
-                line,
-                column,
-                message: e.message().trim_end().to_owned(),
-            }]
-        })?;
-        let problems: Vec<Problem> = config
-            .validate()
-            .into_iter()
-            .map(|(key, message)| {
-                let (line, column) = line_column(text, locate(text, key));
-                Problem {
-                    line,
-                    column,
-                    message: format!("{key}: {message}"),
-                }
-            })
-            .collect();
+        let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            return Err(syntax
+                .iter()
+                .map(|e| {
+                    let offset = e.span().map_or(0, |s| s.start);
+                    Problem::at(text, offset, e.message().trim_end().to_owned())
+                })
+                .collect());
+        }
+        let mut checked = schema::check(text, &doc);
+        let config = Config::deserialize(toml::de::Deserializer::from(checked.parsed));
+        let mut config = match config {
+            Ok(config) => config,
+            // Every key deserialised on its own above; this is a backstop, not an expected path.
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                checked
+                    .problems
+                    .push(Problem::at(text, offset, e.message().trim_end().to_owned()));
+                return Err(checked.problems);
+            }
+        };
+        let rejected = &checked.rejected;
+        let mut problems = checked.problems;
+        for (key, message) in config.validate() {
+            let about_rejected = rejected.iter().any(|r| r == key || mentions(&message, r));
+            if !about_rejected {
+                let offset = schema::locate(&doc, key);
+                problems.push(Problem::at(text, offset, format!("{key}: {message}")));
+            }
+        }
         if !problems.is_empty() {
+            problems.sort_by_key(|p| (p.line, p.column));
             return Err(problems);
         }
+        config.origin = Origin {
+            path: None,
+            keys: checked.keys,
+        };
         if config.cluster.node_id.is_empty() {
             config.cluster.node_id = hostname();
         }
@@ -405,6 +499,76 @@ impl Config {
             "server.listen",
             "needs at least one address".into(),
         );
+
+        check(
+            (1..=MAX_BACKLOG).contains(&server.backlog),
+            "server.backlog",
+            format!(
+                "must be between 1 and {MAX_BACKLOG}, not {}",
+                server.backlog
+            ),
+        );
+
+        // Upper bounds: far above any sensible setting, far below an overflow of the arithmetic
+        // done with them (an `Instant` plus a timeout, a buffer of a configured size).
+        let durations = [
+            (
+                "server.drain_timeout",
+                server.drain_timeout,
+                MAX_DRAIN_TIMEOUT,
+            ),
+            (
+                "presence.interval",
+                self.presence.interval,
+                MAX_PRESENCE_INTERVAL,
+            ),
+            (
+                "heartbeat.ping_interval",
+                heartbeat.ping_interval,
+                MAX_PING_INTERVAL,
+            ),
+            (
+                "heartbeat.idle_timeout",
+                heartbeat.idle_timeout,
+                MAX_IDLE_TIMEOUT,
+            ),
+            (
+                "limits.handshake_timeout",
+                limits.handshake_timeout,
+                MAX_HANDSHAKE_TIMEOUT,
+            ),
+            (
+                "cluster.node_timeout",
+                self.cluster.node_timeout,
+                MAX_NODE_TIMEOUT,
+            ),
+        ];
+        for (key, value, max) in durations {
+            check(
+                value <= max,
+                key,
+                format!(
+                    "must be at most {}, not {}",
+                    humantime::format_duration(max),
+                    humantime::format_duration(value)
+                ),
+            );
+        }
+        let sizes = [
+            (
+                "relay.history_bytes",
+                relay.history_bytes,
+                MAX_HISTORY_BYTES,
+            ),
+            ("limits.queue_bytes", limits.queue_bytes, MAX_QUEUE_BYTES),
+        ];
+        for (key, value, max) in sizes {
+            check(
+                value <= max,
+                key,
+                format!("must be at most {}MiB, not {value} bytes", max / MIB),
+            );
+        }
 
         if tls.enabled && tls.self_signed {
             let given = !tls.cert.as_os_str().is_empty() || !tls.key.as_os_str().is_empty();
@@ -484,6 +648,12 @@ impl Config {
         );
 
         check(
+            !self.cluster.node_timeout.is_zero(),
+            "cluster.node_timeout",
+            "must be longer than 0".into(),
+        );
+
+        check(
             limits.max_connections >= 1,
             "limits.max_connections",
             "must be at least 1".into(),
@@ -545,10 +715,17 @@ impl Config {
         check(
             redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://"),
             "cluster.redis",
-            format!("{redis:?} is not a redis:// or rediss:// URL"),
+            "must be a redis:// or rediss:// URL (the value is secret and not shown)".into(),
         );
         problems
     }
+}
+
+/// Whether `message` names the dotted `key` (`relay.history`, but not within `relay.history_bytes`).
+fn mentions(message: &str, key: &str) -> bool {
+    message.match_indices(key).any(|(at, _)| {
+        !message[at + key.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// `scheme://host[:port]` as a browser sends it in `Origin`.
@@ -579,33 +756,30 @@ fn hostname() -> String {
         .unwrap_or_else(|| "wsline".into())
 }
 
-/// The byte offset of a dotted key's value in the document, else of its table header, else 0.
-fn locate(text: &str, key: &str) -> usize {
-    let Ok(doc) = toml::de::DeTable::parse(text) else {
-        return 0;
-    };
-    let (section, leaf) = key.split_once('.').unwrap_or((key, ""));
-    let Some(table) = doc.get_ref().get(section) else {
-        return 0;
-    };
-    match table.get_ref() {
-        toml::de::DeValue::Table(t) => t
-            .get(leaf)
-            .map_or(table.span().start, |value| value.span().start),
-        _ => table.span().start,
-    }
-}
-
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)
 }
 
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(de)?;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    let Raw::Text(text) = Raw::deserialize(de)? else {
+        return Err(serde::de::Error::custom(
+            "a duration is a string with a unit, like \"30s\", \"250ms\" or \"2m\"",
+        ));
+    };
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
             "invalid duration {text:?} ({e}): write it like \"30s\", \"250ms\" or \"2m\""
@@ -658,20 +832,25 @@ fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::E
         .collect()
 }
 
-/// CIDR blocks; a bare address means that one host.
+/// CIDR blocks; a bare address means that one host. Every invalid entry is named at once.
 fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(de)?
+    let list = Vec::<String>::deserialize(de)?;
+    let parse = |s: &String| {
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+    };
+    let invalid: Vec<String> = list
         .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "invalid address block {s:?}: write it like \"10.0.0.0/8\" or \"::1\""
-                    ))
-                })
-        })
-        .collect()
+        .filter(|s| parse(s).is_err())
+        .map(|s| format!("{s:?}"))
+        .collect();
+    if !invalid.is_empty() {
+        return Err(serde::de::Error::custom(format!(
+            "invalid address block {}: write it like \"10.0.0.0/8\" or \"::1\"",
+            invalid.join(", ")
+        )));
+    }
+    Ok(list.iter().filter_map(|s| parse(s).ok()).collect())
 }
 
 #[cfg(test)]
@@ -796,16 +975,67 @@ mod tests {
             .iter()
             .map(|p| p.message.split(':').next().unwrap())
             .collect();
+        // In file order, whatever check found them.
         assert_eq!(
             keys,
             [
-                "relay.history",
                 "limits.burst",
                 "limits.queue_bytes",
+                "relay.history",
                 "log.level"
             ],
             "{p:?}"
         );
+    }
+
+    /// What the fuzz target (fuzz/fuzz_targets/config.rs) checks, on a fixed set of edits of the
+    /// sample file, so that it runs with every `cargo test`.
+    #[test]
+    fn hostile_edits_of_the_sample_are_problems_not_panics() {
+        let sample = include_str!("../config/wsline.toml");
+        let inserts = [
+            "\"",
+            "'",
+            "[",
+            "]]",
+            " = ",
+            "\n",
+            "é",
+            "\u{200b}",
+            "[[server]]\n",
+            "= -1",
+            "\"\"\"",
+            "#",
+            "{",
+            "}",
+            ".",
+            "x.y = 1\n",
+            "[limits]\n",
+            "\\u",
+            "99999999999999999999",
+        ];
+        let assert_located = |text: &str| {
+            if let Err(problems) = Config::from_toml(text) {
+                let lines = text.lines().count().max(1) + 1;
+                assert!(!problems.is_empty());
+                for p in problems {
+                    assert!((1..=lines).contains(&p.line) && p.column >= 1, "{p:?}");
+                }
+            }
+        };
+        let boundaries = (0..=sample.len()).filter(|&i| sample.is_char_boundary(i));
+        for (n, i) in boundaries.step_by(3).enumerate() {
+            let mut edited = sample.to_owned();
+            edited.insert_str(i, inserts[n % inserts.len()]);
+            assert_located(&edited);
+            assert_located(&sample[..i]);
+        }
+    }
+
+    #[test]
+    fn a_key_is_mentioned_only_by_its_whole_name() {
+        assert!(mentions("below relay.history (5)", "relay.history"));
+        assert!(!mentions("below relay.history_bytes", "relay.history"));
     }
 
     #[test]
@@ -821,5 +1051,156 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.security.trusted_proxies[0].prefix_len(), 32);
+        let p = problems(
+            "[tls]\nenabled = false\n[metrics]\nallow = [\"10.0.0.0/8\", \"nope\", \"300.1.1.1\"]\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("\"nope\", \"300.1.1.1\""), "{p:?}");
+    }
+
+    fn keys_and_lines(p: &[Problem]) -> Vec<(usize, usize, &str)> {
+        p.iter()
+            .map(|p| (p.line, p.column, p.message.split(':').next().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn every_unknown_key_type_error_and_range_problem_in_one_run() {
+        let p = problems(concat!(
+            "[tls]\n",
+            "enabled = false\n",
+            "[relay]\n",
+            "echoo = true\n",
+            "[limits]\n",
+            "max_connections = -5\n",
+            "burst = \"x\"\n",
+            "handshake_timeout = \"0s\"\n",
+            "[heartbeat]\n",
+            "pingg = \"1s\"\n",
+            "[sever]\n",
+            "listen = \"127.0.0.1:1\"\n",
+        ));
+        assert_eq!(
+            keys_and_lines(&p),
+            [
+                (4, 1, "relay.echoo"),
+                (6, 19, "limits.max_connections"),
+                (7, 9, "limits.burst"),
+                (8, 21, "limits.handshake_timeout"),
+                (10, 1, "heartbeat.pingg"),
+                (11, 2, "[sever]"),
+            ],
+            "{p:#?}"
+        );
+        assert!(p[0].message.contains("unknown key"), "{p:?}");
+        assert!(p[0].message.contains("echo, "), "lists the keys: {p:?}");
+        assert!(p[1].message.contains("-5"), "{p:?}");
+        assert!(p[3].message.contains("longer than 0"), "{p:?}");
+        assert!(p[5].message.contains("unknown section"), "{p:?}");
+    }
+
+    #[test]
+    fn a_key_that_did_not_parse_raises_no_second_complaint() {
+        // ping_interval is not a duration: idle_timeout's comparison with it would be about a
+        // default the user never wrote, so only the type error is reported.
+        let p = problems(concat!(
+            "[tls]\nenabled = false\n",
+            "[heartbeat]\nping_interval = 90\nidle_timeout = \"60s\"\n",
+        ));
+        assert_eq!(keys_and_lines(&p), [(4, 17, "heartbeat.ping_interval")]);
+        assert!(p[0].message.contains("like \"30s\""), "{p:?}");
+        let p = problems("limits = 5\n[tls]\nenabled = false\n");
+        assert_eq!(keys_and_lines(&p), [(1, 10, "limits")]);
+        assert!(p[0].message.contains("must be a table"), "{p:?}");
+    }
+
+    #[test]
+    fn a_huge_duration_is_refused_at_its_line_not_a_panic_later() {
+        let p = problems("[tls]\nenabled = false\n[heartbeat]\nidle_timeout = \"300000000000y\"\n");
+        assert_eq!(keys_and_lines(&p), [(4, 16, "heartbeat.idle_timeout")]);
+        assert!(p[0].message.contains("must be at most 1day"), "{p:?}");
+        // Every duration has its bound.
+        for (section, key) in [
+            ("server", "drain_timeout"),
+            ("presence", "interval"),
+            ("heartbeat", "ping_interval"),
+            ("limits", "handshake_timeout"),
+            ("cluster", "node_timeout"),
+        ] {
+            let text = format!("[tls]\nenabled = false\n[{section}]\n{key} = \"300000000000y\"\n");
+            let p = problems(&text);
+            let dotted = format!("{section}.{key}: must be at most");
+            assert!(
+                p.iter()
+                    .any(|p| p.line == 4 && p.message.starts_with(&dotted)),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_size_has_a_ceiling() {
+        let p = problems(concat!(
+            "[tls]\nenabled = false\n",
+            "[relay]\nmax_message_size = \"1GiB\"\nhistory_bytes = \"1TiB\"\n",
+            "[limits]\nqueue_bytes = \"2GiB\"\n",
+            "[server]\nbacklog = 4294967295\n",
+        ));
+        assert_eq!(
+            keys_and_lines(&p),
+            [
+                (4, 20, "relay.max_message_size"),
+                (5, 17, "relay.history_bytes"),
+                (7, 15, "limits.queue_bytes"),
+                (9, 11, "server.backlog"),
+            ],
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn errors_about_secrets_never_show_them() {
+        let p = problems(concat!(
+            "[tls]\nenabled = false\n",
+            "[security]\ntoken = 123456789\n",
+            "[cluster]\nredis = \"http://admin:hunter2@10.0.0.5:6379\"\n",
+        ));
+        assert_eq!(
+            keys_and_lines(&p),
+            [(4, 9, "security.token"), (6, 9, "cluster.redis")]
+        );
+        assert_eq!(
+            p[0].message,
+            "security.token: must be a string (the value is secret and not shown)"
+        );
+        let all = format!("{p:?}");
+        for secret in ["123456789", "hunter2", "admin", "10.0.0.5"] {
+            assert!(!all.contains(secret), "{secret} in {all}");
+        }
+        let p = problems("[tls]\nenabled = false\n[cluster]\nredis = [\"pw-in-a-list\"]\n");
+        assert!(!format!("{p:?}").contains("pw-in-a-list"), "{p:?}");
+    }
+
+    #[test]
+    fn relative_certificate_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wsline.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"certs/fullchain.pem\"\nkey = \"/abs/privkey.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.tls.cert, dir.path().join("certs/fullchain.pem"));
+        assert_eq!(c.tls.key, Path::new("/abs/privkey.pem"));
+        // A later problem with a key still points at its line.
+        assert_eq!(
+            c.origin.describe("tls.cert", "cannot read"),
+            format!("{}:2:8: cannot read", path.display())
+        );
+        assert_eq!(
+            c.origin.describe("tls.self_signed", "x"),
+            format!("{}: x", path.display())
+        );
     }
 }

@@ -37,7 +37,12 @@ fn reload(handle: &Handle, path: &Path) {
     info!(path = %path.display(), "SIGHUP: reloading configuration and certificate");
     systemd::reloading();
     let result = match Config::load(path) {
-        Ok(config) => handle.reload(config).map_err(|e| e.to_string()),
+        Ok(config) => {
+            let origin = config.origin.clone();
+            handle
+                .reload(config)
+                .map_err(|e| origin.describe(e.key(), &e))
+        }
         Err(ConfigError::Invalid { path, problems }) => Err(problems
             .iter()
             .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message))

@@ -46,6 +46,19 @@ pub enum TlsError {
     SelfSigned(String),
 }
 
+impl TlsError {
+    /// The configuration key the problem is about, so the error can point at its line.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::ReadCert { .. } | TlsError::NoCert { .. } => "tls.cert",
+            TlsError::ReadKey { .. } | TlsError::NoKey { .. } | TlsError::Mismatch { .. } => {
+                "tls.key"
+            }
+            TlsError::SelfSigned(_) => "tls.self_signed",
+        }
+    }
+}
+
 /// The TLS side of the server: an acceptor whose certificate can be swapped while running.
 #[derive(Clone)]
 pub struct Tls {

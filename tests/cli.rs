@@ -335,3 +335,277 @@ async fn the_token_is_never_logged_even_at_debug() {
         "a presented token in the log:\n{log}"
     );
 }
+
+/// Runs wsline with stdout going to `stdout`, returning its exit code and stderr.
+async fn wsline_to(stdout: std::process::Stdio, args: &[&str]) -> (Option<i32>, String) {
+    // Not `Command::output()`: tokio's replaces stdout with a pipe of its own.
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run wsline");
+    let out = within("wsline to exit", child.wait_with_output())
+        .await
+        .expect("wsline's stderr");
+    (out.status.code(), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn check_config_reports_every_problem_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.toml",
+        concat!(
+            "[tls]\n",
+            "self_signed = true\n",
+            "[limits]\n",
+            "max_connections = -5\n",
+            "burst = \"x\"\n",
+            "handshake_timeout = \"0s\"\n",
+            "max_conections = 10\n",
+            "[relay]\n",
+            "ecoh = false\n",
+        ),
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        "4:19: limits.max_connections: invalid value: integer `-5`",
+        "5:9: limits.burst: invalid type: string \"x\"",
+        "6:21: limits.handshake_timeout: must be longer than 0",
+        "7:1: limits.max_conections: unknown key",
+        "9:1: relay.ecoh: unknown key",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("{path}:{want}")),
+            "{want:?} in {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_huge_duration_is_one_line_at_its_key_not_a_panic_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\nself_signed = true\n\
+         [heartbeat]\nidle_timeout = \"300000000000y\"\n",
+    );
+    for args in [
+        vec!["--check-config", "--config", &path],
+        vec!["--config", &path],
+    ] {
+        let out = wsline(&args).await;
+        assert_eq!(out.status.code(), Some(78));
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "{path}:6:16: heartbeat.idle_timeout: must be at most 1day, not 300000000000years"
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn errors_about_the_token_and_the_redis_url_never_show_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.toml",
+        "[tls]\nself_signed = true\n[security]\ntoken = 123456789\n\
+         [cluster]\nredis = \"https://admin:hunter2@redis.internal:6379\"\n",
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{path}:4:9: security.token: must be a string")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:6:9: cluster.redis: must be a redis://")),
+        "{err}"
+    );
+    for secret in ["123456789", "hunter2", "admin", "redis.internal"] {
+        assert!(!err.contains(secret), "{secret:?} in {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_bad_secret_keeps_it_out_of_the_journal() {
+    let daemon = Daemon::start("", &[]).await;
+    let path = daemon.cert.dir.path().join("wsline.toml");
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str("[security]\ntoken = 987654321\n[cluster]\nredis = \"http://u:pa55w0rd@h\"\n");
+    std::fs::write(&path, config).unwrap();
+    daemon.signal("-HUP");
+    let log = daemon.wait_log("reload failed").await;
+    assert!(log.contains("security.token: must be a string"), "{log}");
+    assert!(log.contains("cluster.redis: must be a redis://"), "{log}");
+    assert!(
+        !log.contains("987654321") && !log.contains("pa55w0rd"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn certificate_errors_point_at_the_line_of_their_key() {
+    let good = TestCert::new();
+    let other = TestCert::new();
+    let dir = good.dir.path();
+    // The cert key on line 4, the key key on line 5.
+    let cases = [
+        (
+            "/nonexistent/cert.pem",
+            good.key_path.to_str().unwrap(),
+            "4:8: tls.cert /nonexistent/cert.pem: cannot read",
+        ),
+        (
+            good.cert_path.to_str().unwrap(),
+            "/nonexistent/key.pem",
+            "5:7: tls.key /nonexistent/key.pem: cannot read",
+        ),
+        (
+            good.cert_path.to_str().unwrap(),
+            other.key_path.to_str().unwrap(),
+            "5:7: tls.key ",
+        ),
+    ];
+    for (i, (cert, key, expected)) in cases.into_iter().enumerate() {
+        let config =
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n");
+        let path = write(dir, &format!("c{i}.toml"), &config);
+        let out = wsline(&["--check-config", "--config", &path]).await;
+        assert_eq!(out.status.code(), Some(78));
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with(&format!("{path}:{expected}")),
+            "{expected:?} in {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn relative_certificate_paths_are_found_next_to_the_config_file() {
+    let cert = TestCert::new();
+    let dir = cert.dir.path();
+    write(
+        dir,
+        "wsline.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"cert.pem\"\nkey = \"./key.pem\"\n",
+    );
+    // Run from elsewhere, with the config path itself relative to that directory.
+    let parent = dir.parent().unwrap();
+    let relative = dir.strip_prefix(parent).unwrap().join("wsline.toml");
+    let out = within(
+        "wsline to exit",
+        Command::new(BIN)
+            .args(["--check-config", "--config"])
+            .arg(&relative)
+            .current_dir(parent)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        text(&out.stdout).starts_with("config OK\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A relative path that does not exist is reported as the resolved, absolute path.
+    let path = write(
+        dir,
+        "missing.toml",
+        "[tls]\ncert = \"nope.pem\"\nkey = \"key.pem\"\n",
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "tls.cert {}: cannot read",
+            dir.join("nope.pem").display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn output_to_a_full_disk_is_an_error_line_and_exit_74() {
+    for args in [
+        &["--check-config", "--config", "config/dev.toml"][..],
+        &["--version"][..],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let (code, err) = wsline_to(full.into(), args).await;
+        assert_eq!(code, Some(74), "{args:?}: {err}");
+        assert!(
+            err.contains("wsline: cannot write to stdout: No space left on device"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn output_to_a_closed_pipe_is_quiet_and_keeps_the_verdict() {
+    // The reading end is closed before wsline starts: every write gets EPIPE, as with `| head -1`
+    // once head has its line.
+    for (args, verdict) in [
+        (&["--check-config", "--config", "config/dev.toml"][..], 0),
+        (&["--version"][..], 0),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (code, err) = wsline_to(writer.into(), args).await;
+        assert_eq!(code, Some(verdict), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("failed printing"),
+            "{err}"
+        );
+        assert!(!err.contains("cannot write"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_certificate_does_not_load_names_the_line() {
+    let daemon = Daemon::start("", &[]).await;
+    let path = daemon.cert.dir.path().join("wsline.toml");
+    // Line 5 is `cert = ...` in the daemon's file; point it at a file that is not there.
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config: Vec<String> = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("cert = ") {
+                "cert = \"missing.pem\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(&path, config.join("\n") + "\n").unwrap();
+    daemon.signal("-HUP");
+    let log = daemon.wait_log("reload failed").await;
+    let missing = daemon.cert.dir.path().join("missing.pem");
+    assert!(
+        log.contains(&format!(
+            "{}:5:8: tls.cert {}: cannot read",
+            path.display(),
+            missing.display()
+        )),
+        "{log}"
+    );
+}
