@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         )
     });
     wsline::logging::init(&config.log);
-    let listen = config.server.listen.clone();
+    let (listen, backlog) = (config.server.listen.clone(), config.server.backlog);
     let server = match Server::new(config) {
         Ok(server) => server,
         Err(e) => {
@@ -50,6 +50,9 @@ fn main() -> ExitCode {
     if let Some((warnings, snippet)) = nginx_advice {
         for warning in warnings {
             eprintln!("warning: {warning}");
+        }
+        if let Some(descriptors) = server.descriptor_summary() {
+            eprintln!("{descriptors}");
         }
         println!("config OK\n\n{snippet}");
         return ExitCode::SUCCESS;
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listeners = match wsline::server::bind(&listen).await {
+        let listeners = match wsline::server::bind_with_backlog(&listen, backlog) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("{}: {e}", args.config.display());
