@@ -288,10 +288,10 @@ fn refused(refusal: &Refusal, peer: SocketAddr) -> Response<Body> {
     let room = refusal.room.as_deref().unwrap_or("");
     info!(
         status = status.as_u16(),
-        reason = %reason,
+        reason = &*reason,
         %client,
         %peer,
-        room,
+        room = %room,
         "upgrade refused"
     );
     let mut r = text(status, format!("{reason}\n"));
