@@ -16,12 +16,12 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use subtle::ConstantTimeEq;
 
+use crate::State;
 use crate::config::Config;
 use crate::hub::{JoinError, JoinOptions, Membership};
 use crate::limits::{self, Admission};
 use crate::outbox::OutboxRx;
 use crate::request::{BadTarget, parse_target};
-use crate::State;
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

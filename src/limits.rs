@@ -290,7 +290,10 @@ mod tests {
         let h = headers(&[("x-real-ip", "unknown")]);
         assert_eq!(client_ip(proxy, &h, &loopback()), None);
         // No header at all: the peer is the client.
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &loopback()), Some(proxy.ip()));
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &loopback()),
+            Some(proxy.ip())
+        );
     }
 
     #[test]

@@ -196,7 +196,10 @@ mod tests {
         // "e" + combining acute is stored as the one precomposed character.
         assert_eq!(presence_name("Rene\u{301}").as_deref(), Ok("Ren\u{e9}"));
         let sixty_four = "é".repeat(64);
-        assert_eq!(presence_name(&sixty_four).as_deref(), Ok(sixty_four.as_str()));
+        assert_eq!(
+            presence_name(&sixty_four).as_deref(),
+            Ok(sixty_four.as_str())
+        );
         // 64 decomposed characters become 64 after NFC though they are 128 code points.
         assert!(presence_name(&"e\u{301}".repeat(64)).is_ok());
         assert!(presence_name("alice smith").is_ok());
@@ -214,7 +217,11 @@ mod tests {
         assert_ne!(name_key("bob"), name_key("rob"));
         // The invisible variants never get this far: they are refused as names.
         for spoof in ["bob\u{200b}", "\u{202e}bob", "\u{feff}bob"] {
-            assert_eq!(presence_name(spoof), Err(NameProblem::Invisible), "{spoof:?}");
+            assert_eq!(
+                presence_name(spoof),
+                Err(NameProblem::Invisible),
+                "{spoof:?}"
+            );
         }
     }
 
@@ -234,15 +241,15 @@ mod tests {
             ("name=a%0Ab", Invisible),
             ("name=a&name=b", Repeated),
             (&format!("name={}", "x".repeat(65)), TooLong),
-            ("name=bob%E2%80%8B", Invisible),    // U+200B zero width space (Cf)
-            ("name=%E2%80%AEbob", Invisible),    // U+202E right-to-left override (Cf)
-            ("name=%EF%BB%BFbob", Invisible),    // U+FEFF byte-order mark (Cf)
-            ("name=bob%E2%80%A8x", Invisible),   // U+2028 line separator (Zl)
-            ("name=bob%E2%80%A9x", Invisible),   // U+2029 paragraph separator (Zp)
-            ("name=bob%C2%85", Invisible),       // U+0085 next line (Cc)
-            ("name=a%09b", Invisible),           // tab (Cc)
-            ("name=a%C2%A0b", Whitespace),       // no-break space
-            ("name=a%E3%80%80b", Whitespace),    // ideographic space
+            ("name=bob%E2%80%8B", Invisible), // U+200B zero width space (Cf)
+            ("name=%E2%80%AEbob", Invisible), // U+202E right-to-left override (Cf)
+            ("name=%EF%BB%BFbob", Invisible), // U+FEFF byte-order mark (Cf)
+            ("name=bob%E2%80%A8x", Invisible), // U+2028 line separator (Zl)
+            ("name=bob%E2%80%A9x", Invisible), // U+2029 paragraph separator (Zp)
+            ("name=bob%C2%85", Invisible),    // U+0085 next line (Cc)
+            ("name=a%09b", Invisible),        // tab (Cc)
+            ("name=a%C2%A0b", Whitespace),    // no-break space
+            ("name=a%E3%80%80b", Whitespace), // ideographic space
             ("name=%20bob", Whitespace),
             ("name=bob%20", Whitespace),
             ("name=a%20%20b", Whitespace),

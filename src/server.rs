@@ -67,7 +67,11 @@ impl Server {
         let gate = limits::Gate::default();
         if let Some(d) = descriptors {
             if let Some(before) = d.raised_from {
-                info!(from = before, to = d.soft, "raised the open-files limit to the hard limit");
+                info!(
+                    from = before,
+                    to = d.soft,
+                    "raised the open-files limit to the hard limit"
+                );
             }
             let cap = limits::connection_cap(d.soft);
             gate.set_cap(cap);
@@ -293,7 +297,8 @@ impl Handle {
             ),
             ("cluster.redis", old.cluster.redis != new.cluster.redis),
         ];
-        let tls_waits = old.tls.enabled != new.tls.enabled || old.tls.self_signed != new.tls.self_signed;
+        let tls_waits =
+            old.tls.enabled != new.tls.enabled || old.tls.self_signed != new.tls.self_signed;
         if let Some(tls) = &self.state.tls
             && !tls_waits
         {
@@ -328,7 +333,10 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
 }
 
 /// Binds every configured address with `backlog` as its listen queue, naming the one that failed.
-pub fn bind_with_backlog(addrs: &[SocketAddr], backlog: u32) -> Result<Vec<TcpListener>, BindError> {
+pub fn bind_with_backlog(
+    addrs: &[SocketAddr],
+    backlog: u32,
+) -> Result<Vec<TcpListener>, BindError> {
     addrs
         .iter()
         .map(|&addr| listen(addr, backlog).map_err(|source| BindError { addr, source }))
@@ -380,7 +388,11 @@ mod tests {
         for i in 1..10 {
             assert_eq!(e.failed(t0 + ms(i * 100 - 1)), None, "failure {i}");
         }
-        assert_eq!(e.failed(t0 + ms(1000)), Some(10), "nine silent ones and this one");
+        assert_eq!(
+            e.failed(t0 + ms(1000)),
+            Some(10),
+            "nine silent ones and this one"
+        );
         assert_eq!(e.accepted(), Some(11), "a success ends the run of 11");
         assert_eq!(e.accepted(), None);
         assert_eq!(e.failed(t0 + ms(1100)), Some(1), "a new run logs at once");

@@ -36,7 +36,10 @@ fn listen_queue(port: u16) -> u64 {
         .output()
         .expect("ss runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().next().unwrap_or_else(|| panic!("no listener on {port}: {text}"));
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on {port}: {text}"));
     line.split_whitespace()
         .nth(2)
         .and_then(|v| v.parse().ok())

@@ -89,15 +89,25 @@ async fn under_a_low_descriptor_limit_the_extra_connection_gets_a_fast_503_and_s
     // count of the failures it stands for.
     let log = daemon.wait_log_times("accept failed", 2).await;
     let paced = first_failure.elapsed();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("accept failed")).collect();
-    assert!(paced >= Duration::from_millis(800), "two lines within {paced:?}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    assert!(
+        paced >= Duration::from_millis(800),
+        "two lines within {paced:?}"
+    );
     let count: u64 = lines[1]
         .split("count=")
         .nth(1)
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no count in {}", lines[1]));
-    assert!(count >= 2, "the second line stands for several failures: {}", lines[1]);
+    assert!(
+        count >= 2,
+        "the second line stands for several failures: {}",
+        lines[1]
+    );
 
     // Members leave and the silent connections go: the daemon accepts again by itself.
     drop(silent);

@@ -198,7 +198,9 @@ async fn stats_answers_only_metrics_allow_by_the_real_client_address() {
     assert!(!body.contains("secret-link-room"), "{body}");
     // Behind the (trusted, loopback) proxy, the forwarded client decides.
     let via = |ip: &str| {
-        format!("GET /stats HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {ip}\r\nConnection: close\r\n\r\n")
+        format!(
+            "GET /stats HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {ip}\r\nConnection: close\r\n\r\n"
+        )
     };
     let (status, _, body) = server.http(&via("192.0.2.7")).await;
     assert_eq!(status, 200, "{body}");
@@ -227,8 +229,16 @@ async fn an_unparsable_forwarded_address_makes_the_client_unknown() {
         "X-Forwarded-For: garbage",
         "X-Real-IP: garbage",
     ] {
-        assert_eq!(server.http(&get("/metrics", unknown)).await.0, 403, "{unknown}");
-        assert_eq!(server.http(&get("/stats", unknown)).await.0, 403, "{unknown}");
+        assert_eq!(
+            server.http(&get("/metrics", unknown)).await.0,
+            403,
+            "{unknown}"
+        );
+        assert_eq!(
+            server.http(&get("/stats", unknown)).await.0,
+            403,
+            "{unknown}"
+        );
         let (status, _, body) = server
             .http(&upgrade_request("/r", &format!("{unknown}\r\n")))
             .await;
@@ -259,7 +269,10 @@ async fn invisible_names_and_dot_rooms_are_400_with_the_reason() {
         let (status, head, body) = server.http(&upgrade_request(path, "")).await;
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains(expect), "{path}: {body}");
-        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
     }
     // A name given in decomposed form is accepted (and listed in NFC).
     let mut rene = server.connect("/n?name=Rene%CC%81").await;
@@ -280,13 +293,19 @@ async fn refused_upgrades_close_their_connection_at_once() {
     for (request, status) in [
         (upgrade_request("/r", ""), 401),
         (upgrade_request("/a/b", ""), 400),
-        (upgrade_request("/r", "").replace("Version: 13", "Version: 8"), 426),
+        (
+            upgrade_request("/r", "").replace("Version: 13", "Version: 8"),
+            426,
+        ),
     ] {
         let mut tls = server.tls().await;
         tls.write_all(request.as_bytes()).await.unwrap();
         let (got, head, _) = common::read_response(&mut tls).await;
         assert_eq!(got, status, "{head}");
-        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
         let mut rest = [0u8; 64];
         let eof = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut rest)).await;
         assert!(

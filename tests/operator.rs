@@ -37,7 +37,10 @@ async fn refused_upgrades_and_client_closes_are_logged_with_status_and_code() {
     assert_eq!(frame.code, CloseCode::Policy);
     let log = daemon.wait_log("name taken").await;
     let line = line_with(&log, &["upgrade refused", "name taken"]).unwrap();
-    assert!(line.contains("status=101") && line.contains("code=1008"), "{line}");
+    assert!(
+        line.contains("status=101") && line.contains("code=1008"),
+        "{line}"
+    );
     assert!(line.contains("room=logs"), "{line}");
 
     // HTTP refusals: one line each, with status and reason, never the token.
@@ -49,20 +52,31 @@ async fn refused_upgrades_and_client_closes_are_logged_with_status_and_code() {
     assert_eq!(status, 400);
     let log = daemon.wait_log_times("upgrade refused", 3).await;
     let line = line_with(&log, &["upgrade refused", "status=401"]).unwrap();
-    assert!(line.contains("token required") && line.contains("client=127.0.0.1"), "{line}");
+    assert!(
+        line.contains("token required") && line.contains("client=127.0.0.1"),
+        "{line}"
+    );
     let line = line_with(&log, &["upgrade refused", "status=400"]).unwrap();
     assert!(line.contains("bad room name"), "{line}");
-    assert!(!log.contains("wrong") && !log.contains("s3cret"), "a token was logged:\n{log}");
+    assert!(
+        !log.contains("wrong") && !log.contains("s3cret"),
+        "a token was logged:\n{log}"
+    );
 
     // The client closes with its own code: the close line carries it.
     let frame = CloseFrame {
         code: CloseCode::Library(4001),
         reason: "bye".into(),
     };
-    within("client close", alice.ws.close(Some(frame))).await.unwrap();
+    within("client close", alice.ws.close(Some(frame)))
+        .await
+        .unwrap();
     let log = daemon.wait_log("closed_by=\"client\"").await;
     let line = line_with(&log, &["connection closed", "closed_by=\"client\""]).unwrap();
-    assert!(line.contains("code=4001") && line.contains("room=logs"), "{line}");
+    assert!(
+        line.contains("code=4001") && line.contains("room=logs"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,9 +99,14 @@ async fn connections_cut_at_the_drain_timeout_are_logged_each() {
     daemon.signal("-TERM");
     let log = daemon.wait_log("connection cut at drain timeout").await;
     let line = line_with(&log, &["connection cut at drain timeout"]).unwrap();
-    assert!(line.contains("room=stuck") && line.contains("client=127.0.0.1"), "{line}");
+    assert!(
+        line.contains("room=stuck") && line.contains("client=127.0.0.1"),
+        "{line}"
+    );
     let mut daemon = daemon;
-    let status = within("the daemon to exit", daemon.child.wait()).await.unwrap();
+    let status = within("the daemon to exit", daemon.child.wait())
+        .await
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -112,7 +131,9 @@ async fn a_second_sigterm_during_the_drain_exits_at_once() {
     let started = Instant::now();
     daemon.signal("-TERM");
     let mut daemon = daemon;
-    let status = within("the daemon to exit", daemon.child.wait()).await.unwrap();
+    let status = within("the daemon to exit", daemon.child.wait())
+        .await
+        .unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -142,7 +163,10 @@ async fn turning_self_signed_off_on_sighup_waits_for_a_restart_as_the_log_says()
             .await
             .is_ok()
     };
-    assert!(!trusting_it().await, "the self-signed certificate is served");
+    assert!(
+        !trusting_it().await,
+        "the self-signed certificate is served"
+    );
     std::fs::write(
         daemon.config_path(),
         format!(
@@ -154,15 +178,17 @@ async fn turning_self_signed_off_on_sighup_waits_for_a_restart_as_the_log_says()
     .unwrap();
     daemon.signal("-HUP");
     let log = daemon.wait_log("configuration reloaded").await;
-    let line = line_with(&log, &["tls.self_signed", "after a restart"]).unwrap_or_else(|| panic!("{log}"));
+    let line =
+        line_with(&log, &["tls.self_signed", "after a restart"]).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("WARN"), "{line}");
     // What is served agrees with the log: still the self-signed certificate.
-    assert!(!trusting_it().await, "the new certificate was applied although the log said restart");
+    assert!(
+        !trusting_it().await,
+        "the new certificate was applied although the log said restart"
+    );
     // A second SIGHUP still knows the key waits for a restart.
     daemon.signal("-HUP");
-    daemon
-        .wait_log_times("configuration reloaded", 2)
-        .await;
+    daemon.wait_log_times("configuration reloaded", 2).await;
     let log = daemon.log();
     assert_eq!(
         log.lines()
