@@ -4,7 +4,7 @@
 //! Names are what people read in a presence list, so they are held to what a reader can see: a
 //! name is kept in NFC, must not contain control, format or invisible separator characters
 //! (Unicode Cc, Cf, Zl, Zp: `bob\u{200b}`, a right-to-left override, a byte-order mark), and no
-//! whitespace but single inner ASCII spaces. Two names are one when their NFKC case-folded forms
+//! whitespace but inner ASCII spaces. Two names are one when their NFKC case-folded forms
 //! ([`name_key`]) are equal, so `Bob`, `bob` and `ｂｏｂ` cannot stand for different people.
 
 /// The longest room name and presence name, in characters.
@@ -38,7 +38,7 @@ pub enum NameProblem {
     TooLong,
     #[error("contains a control, format or invisible character")]
     Invisible,
-    #[error("whitespace other than single spaces between words")]
+    #[error("whitespace other than spaces between words")]
     Whitespace,
     #[error("given twice")]
     Repeated,
@@ -77,11 +77,7 @@ pub fn presence_name(raw: &str) -> Result<String, NameProblem> {
         return Err(NameProblem::Invisible);
     }
     let bad_space = |c: char| c.is_whitespace() && c != ' ';
-    if name.chars().any(bad_space)
-        || name.starts_with(' ')
-        || name.ends_with(' ')
-        || name.contains("  ")
-    {
+    if name.chars().any(bad_space) || name.starts_with(' ') || name.ends_with(' ') {
         return Err(NameProblem::Whitespace);
     }
     Ok(name)
@@ -203,6 +199,7 @@ mod tests {
         // 64 decomposed characters become 64 after NFC though they are 128 code points.
         assert!(presence_name(&"e\u{301}".repeat(64)).is_ok());
         assert!(presence_name("alice smith").is_ok());
+        assert!(presence_name("a  b").is_ok(), "inner spaces, however many");
         assert!(presence_name("日本語").is_ok());
     }
 
@@ -252,7 +249,6 @@ mod tests {
             ("name=a%E3%80%80b", Whitespace), // ideographic space
             ("name=%20bob", Whitespace),
             ("name=bob%20", Whitespace),
-            ("name=a%20%20b", Whitespace),
         ] {
             assert_eq!(
                 parse_target("/", Some(q), "lobby"),

@@ -131,3 +131,40 @@ async fn under_a_low_descriptor_limit_the_extra_connection_gets_a_fast_503_and_s
     newcomer.send_text("after the storm").await;
     assert_eq!(other.recv_relayed().await, Message::text("after the storm"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_shows_the_cap_below_the_descriptor_limit() {
+    let cert = common::TestCert::new();
+    let path = cert.dir.path().join("wsline.toml");
+    std::fs::write(&path, config(&cert)).unwrap();
+    let limit = format!("--nofile={NOFILE}:{NOFILE}");
+    let out = within(
+        "--check-config",
+        tokio::process::Command::new("prlimit")
+            .args([
+                limit.as_str(),
+                "--",
+                common::daemon::BIN,
+                "--check-config",
+                "--config",
+            ])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("config OK"));
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: open files limit"))
+        .unwrap_or_else(|| panic!("no descriptor line in {stderr}"));
+    assert!(
+        line.contains(&format!("limit {NOFILE} (hard {NOFILE})"))
+            && line.contains("max_connections = 50000")
+            && line.contains(&format!("at most {CAP} connections")),
+        "{line}"
+    );
+}
