@@ -320,6 +320,16 @@ impl Handle {
             new.tls = old.tls.clone();
             warn!("the certificate in use is kept until the restart");
         }
+        let cap = self.state.gate.cap();
+        if new.limits.max_connections > cap
+            && new.limits.max_connections != old.limits.max_connections
+        {
+            warn!(
+                max_connections = new.limits.max_connections,
+                clamped_to = cap,
+                "limits.max_connections is above what the open-files limit allows; the cap holds"
+            );
+        }
         crate::logging::set_level(&new.log.level);
         self.state.config.store(Arc::new(new));
         info!("configuration reloaded");
