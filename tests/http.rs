@@ -320,12 +320,12 @@ async fn refused_upgrades_close_their_connection_at_once() {
 /// kept-alive connection gets a timeout of its own, not what a slow handshake left of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_request_after_a_slow_handshake_is_still_served() {
-    let timeout = Duration::from_millis(1500);
+    let timeout = Duration::from_millis(3000);
     let server = start(|c| c.limits.handshake_timeout = timeout).await;
-    // A poor network: the ClientHello leaves 1.1 s after the TCP connect (a stand-in for latency,
-    // not a wait for an event), leaving ~0.4 s of the handshake timeout.
+    // A poor network: the ClientHello leaves 2.2 s after the TCP connect (a stand-in for latency,
+    // not a wait for an event), leaving ~0.8 s of the handshake timeout.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let mut tls = tokio_rustls::TlsConnector::from(server.cert.client_config())
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),
@@ -337,7 +337,7 @@ async fn a_second_request_after_a_slow_handshake_is_still_served() {
     tls.write_all(healthz.as_bytes()).await.unwrap();
     assert_eq!(common::read_response(&mut tls).await.0, 200);
     // The next request is a while coming: longer than the remainder, shorter than the timeout.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     tls.write_all(healthz.as_bytes()).await.unwrap();
     let (status, _, body) = common::read_response(&mut tls).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
