@@ -57,8 +57,8 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
 /// How a connection ends, and so which close frame (if any) the server sends.
 #[derive(Debug)]
 enum End {
-    /// The peer sent a close frame; tungstenite answers it.
-    PeerClosed,
+    /// The peer sent a close frame (with this code, if any); tungstenite answers it.
+    PeerClosed(Option<u16>),
     /// The transport is gone (reset, EOF, write error): nothing more can be sent.
     Gone,
     /// The server closes with this code and reason.
@@ -120,9 +120,11 @@ impl Conn {
             end = idle(&last_seen, opened, config.heartbeat.idle_timeout) => end,
         };
         drop(membership);
-        let code = match &end {
-            End::Close(code, _) => Some(u16::from(*code)),
-            _ => None,
+        // The close code whoever closed: ours, the client's (1005: it gave none), or none at all.
+        let (code, closed_by) = match &end {
+            End::Close(code, _) => (Some(u16::from(*code)), "server"),
+            End::PeerClosed(code) => (Some(code.unwrap_or(1005)), "client"),
+            End::Gone => (None, "transport"),
         };
         close(&mut sink, &mut stream, end).await;
         drop(admission);
@@ -132,6 +134,7 @@ impl Conn {
             %room,
             duration_ms = opened.elapsed().as_millis() as u64,
             code,
+            closed_by,
             "connection closed"
         );
     }
@@ -169,7 +172,7 @@ async fn read(
                 state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 membership.publish(msg, echo, history);
             }
-            Message::Close(_) => return End::PeerClosed,
+            Message::Close(frame) => return End::PeerClosed(frame.map(|f| u16::from(f.code))),
             // tungstenite answers pings itself; pongs only prove the client is alive.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
@@ -240,7 +243,7 @@ async fn close(sink: &mut SplitSink<Ws, Message>, stream: &mut SplitStream<Ws>, 
         match end {
             End::Gone => {}
             // tungstenite queued the reply to the peer's close; get it out.
-            End::PeerClosed => {
+            End::PeerClosed(_) => {
                 let _ = sink.flush().await;
             }
             End::Close(code, reason) => {

@@ -1,14 +1,21 @@
 //! HTTP on the relay's port: routing, the plain endpoints, and admission of WebSocket upgrades.
 //!
-//! Everything a request can be refused for is decided here, before the `101`: a bad upgrade (400,
-//! 405, 426), a bad room or name (400), a foreign Origin (403), a missing token (401), a full server
-//! (503) or client address (429), too many rooms or a draining server (503).
-//! An admitted request joins its room at once and hands the upgraded stream to [`conn`].
+//! Whether an upgrade is admitted is [`crate::admit`]'s decision; this module turns a refusal into
+//! its answer (status, reason, `Retry-After` where it helps, and always `Connection: close`, so a
+//! refused client does not hold a descriptor until a timeout) and its one `upgrade refused` log
+//! line, and hands an admitted upgrade's stream to [`conn`]. `/stats` and `/metrics` answer only
+//! `metrics.allow`, judged by the real client address (see [`crate::limits::client_ip`]).
+//!
+//! The first request head on a connection must arrive by the deadline the server set when it
+//! accepted the TCP connection (TLS included); every later head on a kept-alive connection gets
+//! its own `head_timeout`, however long the handshake took.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,19 +25,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use subtle::ConstantTimeEq;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
+use crate::State;
+use crate::admit::{Admitted, Refusal, Why, admit, has_token};
 use crate::conn::{self, Conn};
-use crate::hub::{JoinError, JoinOptions};
-use crate::limits::{self, Refusal};
-use crate::request::parse_target;
-use crate::stats::{Certificate, Drops, Report, Stats};
-use crate::{State, config::Config};
+use crate::limits;
+use crate::stats::{Rooms, Snapshot};
 
 type Body = Full<Bytes>;
 
@@ -43,12 +48,20 @@ const BANNER: &str = "wsline: WebSocket relay. Connect with wss:// to / or /ROOM
 const DEMO_PAGE: &str = include_str!("web/index.html");
 
 /// Serves HTTP/1.1 on one accepted (and decrypted) connection until it closes or the server stops.
-pub async fn serve<I>(io: I, peer: SocketAddr, state: Arc<State>, head_timeout: Duration)
-where
+/// The first request head must be complete by `first_head_by`; each later one gets `head_timeout`.
+pub async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    first_head_by: Instant,
+    head_timeout: Duration,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service_state = state.clone();
+    let (first_head, mut first_head_seen) = tokio::sync::watch::channel(false);
     let service = service_fn(move |req| {
+        first_head.send_replace(true);
         let state = service_state.clone();
         async move { Ok::<_, Infallible>(route(req, peer, &state)) }
     });
@@ -58,10 +71,18 @@ where
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service)
         .with_upgrades();
+    // Resolves only if the first head is not in by its deadline.
+    let first_head_late = async {
+        let seen = tokio::time::timeout_at(first_head_by, first_head_seen.wait_for(|seen| *seen));
+        if seen.await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         result = conn => if let Err(e) = result {
             debug!(%peer, error = %e, "http connection ended with an error");
         },
+        _ = first_head_late => debug!(%peer, "handshake timed out: no request head in time"),
         _ = state.shutdown.stopped() => {}
     }
 }
@@ -76,7 +97,7 @@ fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Respon
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/stats") => stats(state),
+        (&Method::GET | &Method::HEAD, "/stats") => stats(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/") if state.config.load().web.enabled => demo_page(),
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, BANNER),
@@ -124,27 +145,25 @@ fn demo_page() -> Response<Body> {
     r
 }
 
-fn retry_later(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = text(status, body);
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_static(RETRY_AFTER_SECONDS),
-    );
-    r
+/// Whether `/stats` and `/metrics` may answer this request: the real client address (behind a
+/// trusted proxy, the forwarded one) must be in `metrics.allow`. An unknown client is refused.
+fn may_see_metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> bool {
+    let config = state.config.load();
+    limits::client_ip(peer, req.headers(), &config.security.trusted_proxies)
+        .is_some_and(|client| config.metrics.allow.iter().any(|net| net.contains(&client)))
 }
 
-/// `/metrics` for `metrics.allow` only, judged by the real client address, so that a public
-/// nginx location in front does not expose it (nginx itself connects from 127.0.0.1).
+/// `/metrics` for `metrics.allow` only, so that a public nginx location in front does not expose
+/// it (nginx itself connects from 127.0.0.1).
 fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response<Body> {
-    let config = state.config.load();
-    if !config.metrics.enabled {
+    if !state.config.load().metrics.enabled {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    let client = limits::client_ip(peer, req.headers(), &config.security.trusted_proxies);
-    if !config.metrics.allow.iter().any(|net| net.contains(&client)) {
+    if !may_see_metrics(req, peer, state) {
         return text(StatusCode::FORBIDDEN, "metrics are not for your address\n");
     }
-    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(state))));
+    let snapshot = Snapshot::take(state, Rooms::Counted);
+    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(&snapshot))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
@@ -152,32 +171,19 @@ fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response
     r
 }
 
-fn stats(state: &State) -> Response<Body> {
-    let s: &Stats = &state.stats;
-    let report = Report {
-        node_id: state.config.load().cluster.node_id.clone(),
-        uptime_seconds: s.started.elapsed().as_secs(),
-        draining: state.shutdown.is_draining(),
-        connections: state.hub.total(),
-        connections_total: Stats::get(&s.connections_total),
-        rooms: state
-            .hub
-            .room_counts()
-            .into_iter()
-            .map(|(name, n)| (name.to_string(), n))
-            .collect(),
-        messages_in: Stats::get(&s.messages_in),
-        messages_out: Stats::get(&s.messages_out),
-        presence_out: Stats::get(&s.presence_out),
-        drops: Drops {
-            slow_consumers: Stats::get(&s.slow_consumers),
-        },
-        certificate: state
-            .tls
-            .as_ref()
-            .map(|tls| Certificate::new(tls.not_after())),
+/// `/stats` for `metrics.allow` only: room names can be secret links.
+fn stats(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response<Body> {
+    if !may_see_metrics(req, peer, state) {
+        return text(StatusCode::FORBIDDEN, "stats are not for your address\n");
+    }
+    let snapshot = Snapshot::take(state, Rooms::Listed);
+    let body = match serde_json::to_vec(&snapshot) {
+        Ok(body) => body,
+        Err(e) => {
+            debug!(error = %e, "stats did not serialize");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "stats unavailable\n");
+        }
     };
-    let body = serde_json::to_vec(&report).expect("stats serialize");
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -186,122 +192,35 @@ fn stats(state: &State) -> Response<Body> {
     r
 }
 
-/// Whether a header holds `token` in its comma-separated list (case-insensitive).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
 fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
 
 fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
     let config = state.config.load_full();
-    let headers = req.headers();
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "websocket upgrade needs GET\n",
-        );
-    }
-    if !has_token(headers, header::CONNECTION, "upgrade") {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "websocket upgrade needs Connection: upgrade\n",
-        );
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        let mut r = text(
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket version 13 required\n",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    // RFC 6455: the key is 16 random bytes in base64, which is always 24 characters.
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| k.len() == 24)
-        .cloned()
-    else {
-        return text(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
+    let admitted = match admit(&req, peer, state, &config) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(&refusal, peer),
     };
-    if state.shutdown.is_draining() {
-        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
-    }
-    let target = match parse_target(
-        req.uri().path(),
-        req.uri().query(),
-        &config.relay.default_room,
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            // The path only: the query may hold the token, which is never logged.
-            debug!(%peer, path = req.uri().path(), "bad upgrade target");
-            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
-        }
-    };
-    if !origin_allowed(headers, &config) {
-        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
-    }
-    if !token_ok(headers, target.token.as_deref(), &config.security.token) {
-        let mut r = text(StatusCode::UNAUTHORIZED, "token required\n");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    let client = limits::client_ip(peer, headers, &config.security.trusted_proxies);
-    let admission = match state.gate.admit(
+    let Admitted {
+        key,
+        room,
         client,
-        config.limits.max_connections,
-        config.limits.max_connections_per_ip,
-    ) {
-        Ok(a) => a,
-        Err(Refusal::ServerFull) => {
-            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "server full\n");
-        }
-        Err(Refusal::AddressFull) => {
-            return retry_later(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from your address\n",
-            );
-        }
-    };
-
-    let (outbox, outbox_rx) = crate::outbox::outbox(
-        config.limits.queue_messages,
-        config.limits.queue_bytes as usize,
-        state.shutdown.connection_token(),
-    );
-    let joined = state.hub.join(
-        &target.room,
-        target.name.as_deref(),
+        admission,
+        membership,
         outbox,
-        &JoinOptions {
-            max_rooms: config.relay.max_rooms,
-            unique_names: config.presence.unique_names,
-            presence: config.presence.format,
-            presence_interval: config.presence.interval,
-        },
-    );
-    let membership = match joined {
-        Ok(m) => Some(m),
-        Err(JoinError::TooManyRooms) => {
-            return retry_later(StatusCode::SERVICE_UNAVAILABLE, "too many rooms\n");
-        }
-        // The contract answers a taken name with close 1008 after the upgrade.
-        Err(JoinError::NameTaken) => None,
-    };
+    } = admitted;
+    if membership.is_none() {
+        info!(
+            status = 101,
+            code = 1008,
+            reason = "name taken",
+            %client,
+            %peer,
+            %room,
+            "upgrade refused"
+        );
+    }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
@@ -318,56 +237,86 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         .await;
         match membership {
             Some(membership) => {
+                let opened = Instant::now();
+                let stopped = state.clone();
                 let conn = Conn {
                     state,
                     config,
                     peer,
                     client,
                     membership,
-                    outbox: outbox_rx,
+                    outbox,
                     admission,
                 };
-                conn.run(ws).await
+                tokio::select! {
+                    () = conn.run(ws) => {}
+                    () = stopped.shutdown.stopped() => warn!(
+                        %client,
+                        %peer,
+                        %room,
+                        duration_ms = opened.elapsed().as_millis() as u64,
+                        "connection cut at drain timeout"
+                    ),
+                }
             }
             None => conn::refuse(ws, CloseCode::Policy, "name taken").await,
         }
     });
 
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            derive_accept_key(key.as_bytes()),
-        )
-        .body(Full::new(Bytes::new()))
-        .expect("valid response")
-}
-
-/// `security.token` empty: no token needed. Otherwise `?token=` or `Authorization: Bearer` must
-/// carry it, compared in constant time.
-fn token_ok(headers: &HeaderMap, from_query: Option<&str>, expected: &str) -> bool {
-    if expected.is_empty() {
-        return true;
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    [from_query, bearer]
-        .into_iter()
-        .flatten()
-        .any(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
+    response
 }
 
-/// `security.allowed_origins` empty: any. Otherwise the Origin header must match one exactly.
-fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
-    let allowed = &config.security.allowed_origins;
-    allowed.is_empty()
-        || headers
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+/// The one place a refused upgrade becomes its answer and its log line. The answer closes the
+/// connection: a refused client has nothing more to say, and its descriptor is better spent on
+/// the next one.
+fn refused(refusal: &Refusal, peer: SocketAddr) -> Response<Body> {
+    let why = &refusal.why;
+    let status = why.status();
+    let reason = why.reason();
+    let client = refusal
+        .client
+        .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+    // The path's room only (when valid): the query may hold the token, which is never logged.
+    let room = refusal.room.as_deref().unwrap_or("");
+    info!(
+        status = status.as_u16(),
+        reason = &*reason,
+        %client,
+        %peer,
+        room = %room,
+        "upgrade refused"
+    );
+    let mut r = text(status, format!("{reason}\n"));
+    let headers = r.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if why.retry_later() {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    match why {
+        Why::Token => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        Why::Version => {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        Why::NotGet => {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
+        }
+        _ => {}
+    }
+    r
 }

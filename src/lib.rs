@@ -7,7 +7,8 @@
 //! - [`config`]: the TOML file to a typed, validated [`Config`], problems with line and column.
 //! - [`tls`]: PEM files (or a self-signed certificate) to a rustls acceptor whose certificate can swap.
 //! - [`server`]: binding, accept loops, TLS under the handshake deadline, the drain.
-//! - [`http`]: routing of `/healthz`, `/stats`, `/`, and admission of upgrades.
+//! - [`http`]: routing of `/healthz`, `/stats`, `/`, and the answer to a refused upgrade.
+//! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
@@ -22,6 +23,7 @@
 //! - [`logging`]: tracing to stderr, text or JSON.
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod config;
 pub mod conn;
 pub mod http;

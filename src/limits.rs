@@ -3,9 +3,16 @@
 //!
 //! Admission hands out an [`Admission`] guard that the connection task owns; its `Drop` gives the
 //! slot back, so counts follow live connections whatever way a connection ends.
+//!
+//! The process's open-files limit caps the connection count too: a connection is a descriptor, and
+//! a server that runs out of them can no longer even accept the client it should refuse. So the
+//! soft `RLIMIT_NOFILE` is raised to the hard one at start, and [`Gate`] admits at most that many
+//! connections minus a [`reserve`] for listeners, refusals in flight, reloads and logs: the
+//! connection beyond gets a fast `503`, never a hang in the listen queue.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,10 +29,21 @@ pub enum Refusal {
 }
 
 /// Connection counts, total and per client address. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Gate {
     /// (all connections, connections per client key); one short lock per admission and release.
     counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    /// The most connections the descriptor limit allows, whatever `max_connections` says.
+    cap: Arc<AtomicUsize>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            counts: Default::default(),
+            cap: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
+    }
 }
 
 /// One admitted connection's slot; dropping it frees the slot.
@@ -35,6 +53,16 @@ pub struct Admission {
 }
 
 impl Gate {
+    /// Caps the total below any configured `max_connections` (see [`connection_cap`]).
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// The cap from the descriptor limit (`usize::MAX` when none was set).
+    pub fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+
     /// Takes a slot for `client`, or says which limit is reached.
     pub fn admit(
         &self,
@@ -45,7 +73,7 @@ impl Gate {
         let key = client_key(client);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per_ip) = &mut *counts;
-        if *total >= max_total {
+        if *total >= max_total.min(self.cap()) {
             return Err(Refusal::ServerFull);
         }
         let mine = per_ip.entry(key).or_insert(0);
@@ -87,40 +115,97 @@ fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest untrusted
-/// address in `X-Forwarded-For` (read from the right, since each proxy appends), else `X-Real-IP`.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// The client's address as far as it can be known.
+///
+/// Not a trusted proxy: the peer itself. A trusted proxy: `X-Forwarded-For` walked from the right
+/// (each proxy appends the address it saw), skipping trusted proxies; the first untrusted entry is
+/// the client, and when every entry is trusted the left-most one is. Without `X-Forwarded-For`,
+/// `X-Real-IP`; with neither, the peer. `None` (unknown) when an entry that cannot be parsed is
+/// reached before an untrusted one: whatever stands left of it was not vouched for by anyone we
+/// trust, and falling back to the proxy's own address would hand a stranger the proxy's rights.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer_ip = peer.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer_ip) {
-        return peer_ip;
+        return Some(peer_ip);
     }
-    let forwarded: Option<Vec<IpAddr>> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.to_str().ok())
-        .collect::<Option<Vec<&str>>>()
-        .and_then(|values| {
-            values
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(|a| a.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
-                .collect()
+    let forwarded: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    if !forwarded.is_empty() {
+        // Header lines in order, entries in order: the right-most entry is the nearest hop.
+        let mut entries = Vec::new();
+        for value in forwarded {
+            match value.to_str() {
+                Ok(text) => entries.extend(text.split(',').map(parse_entry)),
+                Err(_) => entries.push(None),
+            }
+        }
+        let mut leftmost = None;
+        for entry in entries.into_iter().rev() {
+            let ip = entry?;
+            if !is_trusted(&ip) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
+        }
+        return leftmost;
+    }
+    match headers.get("x-real-ip") {
+        Some(value) => value.to_str().ok().and_then(parse_entry),
+        None => Some(peer_ip),
+    }
+}
+
+/// One forwarded address: `203.0.113.9`, `2001:db8::1`, or with a port (`203.0.113.9:4711`,
+/// `[2001:db8::1]:4711`), as some proxies write them. Anything else is unparsable.
+fn parse_entry(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    text.parse::<IpAddr>()
+        .or_else(|_| text.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// The process's open-files limit after [`raise_descriptor_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptors {
+    /// The soft limit in force now.
+    pub soft: u64,
+    /// The hard limit (the most the soft one can be raised to without privileges).
+    pub hard: u64,
+    /// The soft limit before it was raised, when it was raised.
+    pub raised_from: Option<u64>,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and says where it stands.
+pub fn raise_descriptor_limit() -> std::io::Result<Descriptors> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get()?;
+    if soft >= hard {
+        return Ok(Descriptors {
+            soft,
+            hard,
+            raised_from: None,
         });
-    if let Some(chain) = forwarded.filter(|c| !c.is_empty()) {
-        return chain
-            .iter()
-            .rev()
-            .find(|ip| !is_trusted(ip))
-            .or(chain.first())
-            .copied()
-            .unwrap_or(peer_ip);
     }
-    headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        .map_or(peer_ip, |ip| ip.to_canonical())
+    Resource::NOFILE.set(hard, hard)?;
+    let (now, hard) = Resource::NOFILE.get()?;
+    Ok(Descriptors {
+        soft: now,
+        hard,
+        raised_from: Some(soft).filter(|&before| before != now),
+    })
+}
+
+/// Descriptors kept back from connections out of `limit`: the standard streams, the runtime's
+/// epoll and wake-up descriptors, listeners, signal handling, the certificate and configuration
+/// files a reload opens, and room to accept (and refuse with `503`) connections beyond the cap.
+pub fn reserve(limit: u64) -> u64 {
+    64 + (limit / 16).min(4096)
+}
+
+/// The most WebSocket connections `limit` descriptors can hold: the limit minus [`reserve`].
+pub fn connection_cap(limit: u64) -> usize {
+    usize::try_from(limit.saturating_sub(reserve(limit)).max(1)).unwrap_or(usize::MAX)
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up; a message takes one.
@@ -178,11 +263,8 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let stranger: SocketAddr = "198.51.100.7:5000".parse().unwrap();
-        assert_eq!(
-            client_ip(proxy, &h, &loopback()),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(stranger, &h, &loopback()), stranger.ip());
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("203.0.113.9")));
+        assert_eq!(client_ip(stranger, &h, &loopback()), Some(stranger.ip()));
     }
 
     #[test]
@@ -190,22 +272,117 @@ mod tests {
         // The client sent "1.2.3.4"; nginx appended the real address.
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9")]);
         let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(
-            client_ip(proxy, &h, &loopback()),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("203.0.113.9")));
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn x_real_ip_and_garbage() {
         let proxy: SocketAddr = "[::1]:5000".parse().unwrap();
         let h = headers(&[("x-real-ip", "2001:db8::5")]);
-        assert_eq!(
-            client_ip(proxy, &h, &loopback()),
-            "2001:db8::5".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("2001:db8::5")));
+        // Garbage from a trusted proxy: nobody vouches for any address, so the client is unknown.
         let h = headers(&[("x-forwarded-for", "not an address")]);
-        assert_eq!(client_ip(proxy, &h, &loopback()), proxy.ip());
+        assert_eq!(client_ip(proxy, &h, &loopback()), None);
+        let h = headers(&[("x-real-ip", "unknown")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), None);
+        // No header at all: the peer is the client.
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &loopback()),
+            Some(proxy.ip())
+        );
+    }
+
+    #[test]
+    fn garbage_left_of_the_client_does_not_matter_but_garbage_right_of_it_does() {
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        // The case: "garbage, 203.0.113.9" used to fall back to the proxy's own address.
+        let h = headers(&[("x-forwarded-for", "garbage, 203.0.113.9")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("203.0.113.9")));
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, garbage")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), None);
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, garbage, 127.0.0.1")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), None);
+        // Several header lines are one list, in order.
+        let h = headers(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+        ]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("203.0.113.9")));
+        // Ports as some proxies write them.
+        let h = headers(&[("x-forwarded-for", "[2001:db8::7]:4711, 203.0.113.9:80")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("203.0.113.9")));
+        // Every hop trusted: the left-most is the client.
+        let h = headers(&[("x-forwarded-for", "::1, 127.0.0.1")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), Some(ip("::1")));
+        // An empty header is no address.
+        let h = headers(&[("x-forwarded-for", "")]);
+        assert_eq!(client_ip(proxy, &h, &loopback()), None);
+    }
+
+    /// Every chain of up to four entries drawn from {trusted, client A, client B, garbage},
+    /// against the rule stated plainly: from the right, skip trusted entries; the first
+    /// untrusted one is the client; garbage first means unknown; all trusted means the left-most.
+    #[test]
+    fn the_walk_matches_the_rule_for_every_short_chain() {
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let alphabet = ["127.0.0.1", "203.0.113.1", "198.51.100.2", "x"];
+        let mut chains: Vec<Vec<&str>> = vec![vec![]];
+        for _ in 0..4 {
+            let longer: Vec<Vec<&str>> = chains
+                .iter()
+                .filter(|c| c.len() == chains.last().map_or(0, Vec::len))
+                .flat_map(|c| {
+                    alphabet.iter().map(move |a| {
+                        let mut c = c.clone();
+                        c.push(*a);
+                        c
+                    })
+                })
+                .collect();
+            chains.extend(longer);
+        }
+        assert_eq!(chains.len(), 1 + 4 + 16 + 64 + 256);
+        for chain in chains.iter().filter(|c| !c.is_empty()) {
+            let mut expected = None;
+            for entry in chain.iter().rev() {
+                match *entry {
+                    "x" => {
+                        expected = None;
+                        break;
+                    }
+                    "127.0.0.1" => expected = Some(ip("127.0.0.1")),
+                    other => {
+                        expected = Some(ip(other));
+                        break;
+                    }
+                }
+            }
+            let h = headers(&[("x-forwarded-for", &chain.join(", "))]);
+            assert_eq!(client_ip(proxy, &h, &loopback()), expected, "{chain:?}");
+            // X-Real-IP is the same walk over one entry, only when X-Forwarded-For is absent.
+            let h = headers(&[("x-real-ip", chain[0])]);
+            let single = (chain[0] != "x").then(|| ip(chain[0]));
+            assert_eq!(client_ip(proxy, &h, &loopback()), single, "{chain:?}");
+        }
+    }
+
+    #[test]
+    fn the_descriptor_reserve_leaves_room_and_scales() {
+        assert_eq!(connection_cap(256), 256 - 80);
+        assert_eq!(connection_cap(20_000), 20_000 - 64 - 1250);
+        assert_eq!(connection_cap(1_048_576), 1_048_576 - 64 - 4096);
+        assert_eq!(connection_cap(10), 1, "never zero");
+        let gate = Gate::default();
+        gate.set_cap(1);
+        let _one = gate.admit(ip("203.0.113.1"), 100, 100).unwrap();
+        assert_eq!(
+            gate.admit(ip("203.0.113.2"), 100, 100).err(),
+            Some(Refusal::ServerFull)
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         )
     });
     wsline::logging::init(&config.log);
-    let listen = config.server.listen.clone();
+    let (listen, backlog) = (config.server.listen.clone(), config.server.backlog);
     let origin = config.origin.clone();
     let server = match Server::new(config) {
         Ok(server) => server,
@@ -71,6 +71,9 @@ fn main() -> ExitCode {
     if let Some((warnings, snippet)) = nginx_advice {
         for warning in warnings {
             report(format_args!("warning: {warning}"));
+        }
+        if let Some(descriptors) = server.descriptor_summary() {
+            report(format_args!("{descriptors}"));
         }
         return match print(&format!("config OK\n\n{snippet}\n")) {
             Ok(()) => ExitCode::SUCCESS,
@@ -86,7 +89,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listeners = match wsline::server::bind(&listen).await {
+        let listeners = match wsline::server::bind_with_backlog(&listen, backlog) {
             Ok(l) => l,
             Err(e) => {
                 report(format_args!("{}: {e}", args.config.display()));

@@ -1,5 +1,5 @@
-//! `GET /metrics`: the counters of [`crate::stats`] and the certificate's expiry, in the
-//! OpenMetrics text format that Prometheus scrapes, encoded by `prometheus-client`.
+//! `GET /metrics`: the [`Snapshot`] that `/stats` reports too (counters and the certificate's
+//! expiry), in the OpenMetrics text format that Prometheus scrapes, encoded by `prometheus-client`.
 //!
 //! A scrape builds a small registry of constant metrics from the live counters: nothing is kept
 //! between scrapes, and the hot path only ever touches the atomics in `Stats`.
@@ -9,8 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::State;
-use crate::stats::Stats;
+use crate::stats::Snapshot;
 
 /// The `Content-Type` of the body [`render`] returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -19,62 +18,61 @@ fn gauge(n: usize) -> ConstGauge {
     ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// The metrics text for this moment.
-pub fn render(state: &State) -> String {
-    let s = &state.stats;
+/// The metrics text for `s`.
+pub fn render(s: &Snapshot) -> String {
     let mut r = Registry::with_prefix("wsline");
     r.register(
         "connections",
         "Open WebSocket connections",
-        gauge(state.hub.total()),
+        gauge(s.connections),
     );
     r.register(
         "rooms",
         "Rooms with at least one member",
-        gauge(state.hub.room_count()),
+        gauge(s.room_count),
     );
     r.register(
         "connections_accepted",
         "WebSocket connections accepted since start",
-        ConstCounter::new(Stats::get(&s.connections_total)),
+        ConstCounter::new(s.connections_total),
     );
     r.register(
         "messages_received",
         "Text and binary messages received from clients and relayed",
-        ConstCounter::new(Stats::get(&s.messages_in)),
+        ConstCounter::new(s.messages_in),
     );
     r.register(
         "messages_delivered",
         "Relayed messages queued to receivers, one per receiver",
-        ConstCounter::new(Stats::get(&s.messages_out)),
+        ConstCounter::new(s.messages_out),
     );
     r.register(
         "presence_messages_delivered",
         "Presence messages queued to receivers",
-        ConstCounter::new(Stats::get(&s.presence_out)),
+        ConstCounter::new(s.presence_out),
     );
     r.register(
         "slow_consumer_disconnects",
         "Connections closed with 1013 because their outbound queue was full",
-        ConstCounter::new(Stats::get(&s.slow_consumers)),
+        ConstCounter::new(s.drops.slow_consumers),
     );
     r.register(
         "draining",
         "1 while the server is shutting down",
-        gauge(usize::from(state.shutdown.is_draining())),
+        gauge(usize::from(s.draining)),
     );
     r.register_with_unit(
         "uptime",
         "Time since the server started",
         Unit::Seconds,
-        ConstGauge::new(i64::try_from(s.started.elapsed().as_secs()).unwrap_or(i64::MAX)),
+        ConstGauge::new(i64::try_from(s.uptime_seconds).unwrap_or(i64::MAX)),
     );
-    if let Some(tls) = &state.tls {
+    if let Some(cert) = &s.certificate {
         r.register_with_unit(
             "certificate_expiry_timestamp",
             "When the certificate in use expires (notAfter), as a Unix time",
             Unit::Seconds,
-            ConstGauge::new(tls.not_after()),
+            ConstGauge::new(cert.not_after_unix),
         );
     }
     let mut text = String::new();

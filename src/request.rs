@@ -1,5 +1,11 @@
 //! What a WebSocket upgrade request asks for: the room from the path, the name and token from the
 //! query. Pure functions over untrusted text, so they are unit-tested and fuzzed on their own.
+//!
+//! Names are what people read in a presence list, so they are held to what a reader can see: a
+//! name is kept in NFC, must not contain control, format or invisible separator characters
+//! (Unicode Cc, Cf, Zl, Zp: `bob\u{200b}`, a right-to-left override, a byte-order mark), and no
+//! whitespace but inner ASCII spaces. Two names are one when their NFKC case-folded forms
+//! ([`name_key`]) are equal, so `Bob`, `bob` and `ｂｏｂ` cannot stand for different people.
 
 /// The longest room name and presence name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
@@ -15,31 +21,80 @@ pub struct Target {
 /// Why a target was refused; the text is sent to the client with status 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadTarget {
-    #[error("bad room name: use 1-64 characters of A-Z a-z 0-9 . _ -")]
+    #[error("bad room name: use 1-64 characters of A-Z a-z 0-9 . _ - (not . or ..)")]
     Room,
-    #[error("bad name: use 1-64 printable characters")]
-    Name,
+    #[error("bad name: {0}")]
+    Name(NameProblem),
     #[error("bad query string")]
     Query,
 }
 
-/// A room name is 1–64 characters of `A-Z a-z 0-9 . _ -`.
+/// Why a presence name was refused (the text after "bad name: " in the `400`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameProblem {
+    #[error("empty")]
+    Empty,
+    #[error("longer than 64 characters")]
+    TooLong,
+    #[error("contains a control, format or invisible character")]
+    Invisible,
+    #[error("whitespace other than spaces between words")]
+    Whitespace,
+    #[error("given twice")]
+    Repeated,
+}
+
+/// A room name is 1–64 characters of `A-Z a-z 0-9 . _ -`, and not `.` or `..` (which a proxy or
+/// a browser would resolve as path steps).
 pub fn is_room_name(s: &str) -> bool {
     (1..=MAX_NAME_CHARS).contains(&s.len())
+        && s != "."
+        && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A presence name is 1–64 printable characters (no control characters).
+/// Checks a presence name and returns it in NFC, the form it is shown and listed in.
+pub fn presence_name(raw: &str) -> Result<String, NameProblem> {
+    use unicode_general_category::{GeneralCategory as G, get_general_category};
+    use unicode_normalization::UnicodeNormalization;
+
+    let name: String = raw.nfc().collect();
+    let count = name.chars().count();
+    if count == 0 {
+        return Err(NameProblem::Empty);
+    }
+    if count > MAX_NAME_CHARS {
+        return Err(NameProblem::TooLong);
+    }
+    let invisible = |c: char| {
+        matches!(
+            get_general_category(c),
+            G::Control | G::Format | G::LineSeparator | G::ParagraphSeparator
+        )
+    };
+    if name.chars().any(invisible) {
+        return Err(NameProblem::Invisible);
+    }
+    let bad_space = |c: char| c.is_whitespace() && c != ' ';
+    if name.chars().any(bad_space) || name.starts_with(' ') || name.ends_with(' ') {
+        return Err(NameProblem::Whitespace);
+    }
+    Ok(name)
+}
+
+/// Whether `s` is an acceptable presence name as given (see [`presence_name`]).
 pub fn is_presence_name(s: &str) -> bool {
-    let count = s.chars().count();
-    (1..=MAX_NAME_CHARS).contains(&count) && !s.chars().any(char::is_control)
+    presence_name(s).is_ok()
 }
 
 /// The form of a presence name that uniqueness is judged on: two names with the same key are one
-/// name in a room (SPEC §4: the NFKC case-folded form).
+/// name in a room (SPEC §4: the NFKC case-folded form, so `Bob`, `bob` and `ｂｏｂ` are one).
 pub fn name_key(name: &str) -> String {
-    name.to_owned()
+    use unicode_normalization::UnicodeNormalization;
+    let folded = caseless::default_case_fold_str(&name.nfkc().collect::<String>());
+    // Folding can undo a composition (e.g. U+0130), so normalise once more.
+    folded.nfkc().collect()
 }
 
 /// Parses `path` and `query` of an upgrade request. `/` is `default_room`, `/abc` is room `abc`.
@@ -63,10 +118,10 @@ pub fn parse_target(
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "name" => {
-                if target.name.is_some() || !is_presence_name(&value) {
-                    return Err(BadTarget::Name);
+                if target.name.is_some() {
+                    return Err(BadTarget::Name(NameProblem::Repeated));
                 }
-                target.name = Some(value.into_owned());
+                target.name = Some(presence_name(&value).map_err(BadTarget::Name)?);
             }
             "token" => {
                 if target.token.is_some() {
@@ -104,7 +159,18 @@ mod tests {
     #[test]
     fn bad_rooms_are_refused() {
         let long = format!("/{}", "a".repeat(65));
-        for path in ["/a/b", "/a b", "/%41", "/é", "", "//", long.as_str(), "/a?"] {
+        for path in [
+            "/a/b",
+            "/a b",
+            "/%41",
+            "/é",
+            "",
+            "//",
+            long.as_str(),
+            "/a?",
+            "/.",
+            "/..",
+        ] {
             assert_eq!(
                 parse_target(path, None, "lobby"),
                 Err(BadTarget::Room),
@@ -122,19 +188,78 @@ mod tests {
     }
 
     #[test]
-    fn bad_names_are_refused() {
-        for q in [
-            "name=",
-            "name=a%0Ab",
-            "name=a&name=b",
-            &format!("name={}", "x".repeat(65)),
+    fn names_are_kept_in_nfc_and_counted_in_characters() {
+        // "e" + combining acute is stored as the one precomposed character.
+        assert_eq!(presence_name("Rene\u{301}").as_deref(), Ok("Ren\u{e9}"));
+        let sixty_four = "é".repeat(64);
+        assert_eq!(
+            presence_name(&sixty_four).as_deref(),
+            Ok(sixty_four.as_str())
+        );
+        // 64 decomposed characters become 64 after NFC though they are 128 code points.
+        assert!(presence_name(&"e\u{301}".repeat(64)).is_ok());
+        assert!(presence_name("alice smith").is_ok());
+        assert!(presence_name("a  b").is_ok(), "inner spaces, however many");
+        assert!(presence_name("日本語").is_ok());
+    }
+
+    #[test]
+    fn uniqueness_is_judged_on_the_nfkc_case_folded_form() {
+        let bob = name_key("bob");
+        assert_eq!(name_key("Bob"), bob);
+        assert_eq!(name_key("BOB"), bob);
+        assert_eq!(name_key("ｂｏｂ"), bob, "fullwidth");
+        assert_eq!(name_key("Ｂｏｂ"), bob, "fullwidth capital");
+        assert_eq!(name_key("Straße"), name_key("STRASSE"));
+        assert_ne!(name_key("bob"), name_key("rob"));
+        // The invisible variants never get this far: they are refused as names.
+        for spoof in ["bob\u{200b}", "\u{202e}bob", "\u{feff}bob"] {
+            assert_eq!(
+                presence_name(spoof),
+                Err(NameProblem::Invisible),
+                "{spoof:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dots_are_rooms_only_with_something_else() {
+        assert!(is_room_name("..."));
+        assert!(is_room_name(".a"));
+        assert!(!is_room_name("."));
+        assert!(!is_room_name(".."));
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_reason() {
+        use NameProblem::*;
+        for (q, why) in [
+            ("name=", Empty),
+            ("name=a%0Ab", Invisible),
+            ("name=a&name=b", Repeated),
+            (&format!("name={}", "x".repeat(65)), TooLong),
+            ("name=bob%E2%80%8B", Invisible), // U+200B zero width space (Cf)
+            ("name=%E2%80%AEbob", Invisible), // U+202E right-to-left override (Cf)
+            ("name=%EF%BB%BFbob", Invisible), // U+FEFF byte-order mark (Cf)
+            ("name=bob%E2%80%A8x", Invisible), // U+2028 line separator (Zl)
+            ("name=bob%E2%80%A9x", Invisible), // U+2029 paragraph separator (Zp)
+            ("name=bob%C2%85", Invisible),    // U+0085 next line (Cc)
+            ("name=a%09b", Invisible),        // tab (Cc)
+            ("name=a%C2%A0b", Whitespace),    // no-break space
+            ("name=a%E3%80%80b", Whitespace), // ideographic space
+            ("name=%20bob", Whitespace),
+            ("name=bob%20", Whitespace),
         ] {
             assert_eq!(
                 parse_target("/", Some(q), "lobby"),
-                Err(BadTarget::Name),
+                Err(BadTarget::Name(why)),
                 "{q}"
             );
         }
+        let message = parse_target("/", Some("name=bob%E2%80%8B"), "lobby")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("invisible"), "{message}");
         assert_eq!(
             parse_target("/", Some("token=a&token=b"), "lobby"),
             Err(BadTarget::Query)

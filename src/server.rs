@@ -3,6 +3,12 @@
 //! [`Server::run`] takes listeners that are already bound, so `main` and the tests share one entry
 //! point and tests bind port 0. Each accepted connection gets its own task; nothing one connection
 //! does can end an accept loop.
+//!
+//! Listeners are bound with `server.backlog` (through `socket2`; the kernel caps it at
+//! `net.core.somaxconn`), so the reconnect storm after a restart waits in the queue instead of
+//! waiting a second for a SYN retransmit. An accept that fails (out of descriptors, out of memory)
+//! pauses the loop briefly and is logged at most once a second with a count; it resumes by itself.
+//! TLS and the first request head share `limits.handshake_timeout`; later heads get their own.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +19,8 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
+
+use crate::limits::{self, Descriptors};
 
 use crate::State;
 use crate::config::Config;
@@ -26,10 +34,16 @@ use crate::tls::{Tls, TlsError};
 const TLS_BUFFER_BYTES: usize = 16 * 1024 + 512;
 /// How long the accept loop rests after an error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// At most one "accept failed" line per this period; the line counts the failures since the last.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
+/// After the drain timeout, how long the connections still open get to log that they were cut.
+const CUT_LOG_GRACE: Duration = Duration::from_millis(500);
 
 /// A configured server, ready to run on bound listeners.
 pub struct Server {
     state: Arc<State>,
+    /// The open-files limit after raising it (`None` if it could not be read).
+    descriptors: Option<Descriptors>,
 }
 
 /// What a running server can be asked to do from outside: drain, or reload its configuration.
@@ -39,19 +53,76 @@ pub struct Handle {
 }
 
 impl Server {
-    /// Prepares the server: loads the certificate (or makes a self-signed one).
+    /// Prepares the server: loads the certificate (or makes a self-signed one), raises the soft
+    /// open-files limit to the hard one and caps connections below it (logged once).
     pub fn new(config: Config) -> Result<Server, TlsError> {
         let tls = Tls::from_config(&config.tls)?;
+        let descriptors = match limits::raise_descriptor_limit() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(error = %e, "cannot read or raise the open-files limit (RLIMIT_NOFILE)");
+                None
+            }
+        };
+        let gate = limits::Gate::default();
+        if let Some(d) = descriptors {
+            if let Some(before) = d.raised_from {
+                info!(
+                    from = before,
+                    to = d.soft,
+                    "raised the open-files limit to the hard limit"
+                );
+            }
+            let cap = limits::connection_cap(d.soft);
+            gate.set_cap(cap);
+            let configured = config.limits.max_connections;
+            if cap < configured {
+                warn!(
+                    soft = d.soft,
+                    hard = d.hard,
+                    max_connections = configured,
+                    clamped_to = cap,
+                    "the open-files limit is below limits.max_connections: at most {cap} \
+                     connections (the limit {} minus {} held back); raise LimitNOFILE",
+                    d.soft,
+                    limits::reserve(d.soft)
+                );
+            }
+        }
         let stats = Arc::new(Stats::default());
         let state = Arc::new(State {
             config: ArcSwap::from_pointee(config),
             hub: Hub::new(stats.clone()),
-            gate: Default::default(),
+            gate,
             stats,
             shutdown: Shutdown::default(),
             tls,
         });
-        Ok(Server { state })
+        Ok(Server { state, descriptors })
+    }
+
+    /// The open-files limit in force, when it could be read.
+    pub fn descriptors(&self) -> Option<Descriptors> {
+        self.descriptors
+    }
+
+    /// What `--check-config` prints about descriptors: the limits and the connection cap.
+    pub fn descriptor_summary(&self) -> Option<String> {
+        let d = self.descriptors?;
+        let configured = self.state.config.load().limits.max_connections;
+        let cap = self.state.gate.cap();
+        Some(if cap < configured {
+            format!(
+                "warning: open files limit {} (hard {}) is below limits.max_connections = {configured}: \
+                 at most {cap} connections (raise LimitNOFILE)",
+                d.soft, d.hard
+            )
+        } else {
+            format!(
+                "open files limit {} (hard {}): room for limits.max_connections = {configured} (cap {cap})",
+                d.soft, d.hard
+            )
+        })
     }
 
     /// The handle that starts the drain; clone it before `run`.
@@ -86,16 +157,66 @@ impl Server {
         let drained = tokio::time::timeout(drain, shutdown.tracker().wait()).await;
         match drained {
             Ok(()) => info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained"),
-            Err(_) => warn!(
-                remaining = shutdown.tracker().len(),
-                "drain timeout: closing the remaining connections"
-            ),
+            Err(_) => {
+                warn!(
+                    remaining = shutdown.tracker().len(),
+                    "drain timeout: closing the remaining connections"
+                );
+            }
         }
         shutdown.stop();
+        // Each connection still open logs its own "connection cut at drain timeout" line.
+        let _ = tokio::time::timeout(CUT_LOG_GRACE, shutdown.tracker().wait()).await;
+    }
+}
+
+/// Paces the log of failed accepts: at most one line per period, counting what it stands for.
+#[derive(Debug)]
+struct AcceptErrors {
+    every: Duration,
+    last_line: Option<Instant>,
+    /// Failures since the last line.
+    unlogged: u64,
+    /// Failures since accepting last worked.
+    in_a_row: u64,
+}
+
+impl AcceptErrors {
+    fn new(every: Duration) -> AcceptErrors {
+        AcceptErrors {
+            every,
+            last_line: None,
+            unlogged: 0,
+            in_a_row: 0,
+        }
+    }
+
+    /// Records a failure at `now`; `Some(n)` when a line is due, for `n` failures.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        self.in_a_row += 1;
+        let due = self
+            .last_line
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
+        due.then(|| {
+            self.last_line = Some(now);
+            std::mem::take(&mut self.unlogged)
+        })
+    }
+
+    /// Records a success; `Some(n)` when it ends a run of `n` failures.
+    fn accepted(&mut self) -> Option<u64> {
+        if self.in_a_row == 0 {
+            return None;
+        }
+        self.unlogged = 0;
+        self.last_line = None;
+        Some(std::mem::take(&mut self.in_a_row))
     }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let mut errors = AcceptErrors::new(ACCEPT_ERROR_LOG_EVERY);
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.stopped() => return,
@@ -103,27 +224,40 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         match accepted {
             Ok((tcp, peer)) => {
+                if let Some(failed) = errors.accepted() {
+                    info!(failed, "accepting again");
+                }
                 tokio::spawn(handle(tcp, peer, state.clone()));
             }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out of something.
-                warn!(error = %e, "accept failed");
+                if let Some(count) = errors.failed(Instant::now()) {
+                    warn!(
+                        error = %e,
+                        count,
+                        "accept failed; pausing accepts briefly (at most one line a second)"
+                    );
+                }
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
             }
         }
     }
 }
 
-/// One TCP connection: TLS (if on) and the request head must both arrive within
-/// `limits.handshake_timeout`.
+/// One TCP connection: TLS (if on) and the first request head must both arrive within
+/// `limits.handshake_timeout`; later heads get a `handshake_timeout` of their own.
 async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let _ = tcp.set_nodelay(true);
-    let deadline = state.config.load().limits.handshake_timeout;
-    let started = Instant::now();
+    let timeout = state.config.load().limits.handshake_timeout;
+    let started = tokio::time::Instant::now();
+    // A timeout too large to add is no deadline at all (validation bounds it anyway).
+    let first_head_by = started
+        .checked_add(timeout)
+        .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365));
     match state.tls.clone() {
-        None => crate::http::serve(TokioIo::new(tcp), peer, state, deadline).await,
+        None => crate::http::serve(TokioIo::new(tcp), peer, state, first_head_by, timeout).await,
         Some(tls) => {
-            let accepted = tokio::time::timeout(deadline, tls.acceptor().accept(tcp)).await;
+            let accepted = tokio::time::timeout_at(first_head_by, tls.acceptor().accept(tcp)).await;
             let mut stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
@@ -132,10 +266,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
             // rustls buffers up to 64 KiB of ciphertext per connection by default; for a client
             // that stopped reading that is memory held until it is closed. One record is enough.
             stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_BYTES));
-            let left = deadline
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_millis(1));
-            crate::http::serve(TokioIo::new(stream), peer, state, left).await
+            crate::http::serve(TokioIo::new(stream), peer, state, first_head_by, timeout).await
         }
     }
 }
@@ -148,17 +279,17 @@ impl Handle {
 
     /// Applies a new, already validated configuration: the certificate and key are loaded first,
     /// and if they fail nothing changes. Admission limits, origins, token, rate, queue, presence and
-    /// heartbeat settings apply to connections admitted from now on; `log.level` at once. Keys
-    /// that need a restart are logged as such and keep their old effect.
-    pub fn reload(&self, new: Config) -> Result<(), TlsError> {
+    /// heartbeat settings apply to connections admitted from now on; `log.level` at once.
+    ///
+    /// Keys that need a restart (`server.listen`, `server.backlog`, `tls.enabled`,
+    /// `tls.self_signed`, `cluster.redis`) keep their running value, and the log says so: the
+    /// configuration in force keeps them too, so what is served and what is logged agree. While
+    /// `tls.enabled` or `tls.self_signed` waits for a restart, the certificate in use is kept.
+    pub fn reload(&self, mut new: Config) -> Result<(), TlsError> {
         let old = self.state.config.load_full();
-        if let Some(tls) = &self.state.tls
-            && new.tls.enabled
-        {
-            tls.reload(&new.tls)?;
-        }
         let restart_only = [
             ("server.listen", old.server.listen != new.server.listen),
+            ("server.backlog", old.server.backlog != new.server.backlog),
             ("tls.enabled", old.tls.enabled != new.tls.enabled),
             (
                 "tls.self_signed",
@@ -166,13 +297,38 @@ impl Handle {
             ),
             ("cluster.redis", old.cluster.redis != new.cluster.redis),
         ];
+        let tls_waits =
+            old.tls.enabled != new.tls.enabled || old.tls.self_signed != new.tls.self_signed;
+        if let Some(tls) = &self.state.tls
+            && !tls_waits
+        {
+            tls.reload(&new.tls)?;
+        }
         for (key, changed) in restart_only {
             if changed {
                 warn!(
                     key,
-                    "changed in the configuration file; takes effect after a restart"
+                    "changed in the configuration file; takes effect after a restart \
+                     (until then the running value is kept)"
                 );
             }
+        }
+        new.server.listen = old.server.listen.clone();
+        new.server.backlog = old.server.backlog;
+        new.cluster.redis = old.cluster.redis.clone();
+        if tls_waits {
+            new.tls = old.tls.clone();
+            warn!("the certificate in use is kept until the restart");
+        }
+        let cap = self.state.gate.cap();
+        if new.limits.max_connections > cap
+            && new.limits.max_connections != old.limits.max_connections
+        {
+            warn!(
+                max_connections = new.limits.max_connections,
+                clamped_to = cap,
+                "limits.max_connections is above what the open-files limit allows; the cap holds"
+            );
         }
         crate::logging::set_level(&new.log.level);
         self.state.config.store(Arc::new(new));
@@ -181,16 +337,35 @@ impl Handle {
     }
 }
 
-/// Binds every configured address, naming the one that failed.
+/// Binds every configured address with the default backlog (see [`bind_with_backlog`]).
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for &addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BindError { addr, source })?;
-        listeners.push(listener);
+    bind_with_backlog(addrs, crate::config::Server::default().backlog)
+}
+
+/// Binds every configured address with `backlog` as its listen queue, naming the one that failed.
+pub fn bind_with_backlog(
+    addrs: &[SocketAddr],
+    backlog: u32,
+) -> Result<Vec<TcpListener>, BindError> {
+    addrs
+        .iter()
+        .map(|&addr| listen(addr, backlog).map_err(|source| BindError { addr, source }))
+        .collect()
+}
+
+/// One listening socket: `SO_REUSEADDR` (a restart need not wait for TIME_WAIT), IPv6 only for an
+/// IPv6 address (so `[::]` and `0.0.0.0` can both be listed), non-blocking, then `listen(backlog)`.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
     }
-    Ok(listeners)
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,5 +382,29 @@ fn hint(e: &io::Error, addr: &SocketAddr) -> &'static str {
         }
         io::ErrorKind::AddrInUse => " (another process has this port; see `ss -ltnp`)",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_logged_at_most_once_a_period_with_a_count() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut e = AcceptErrors::new(Duration::from_secs(1));
+        assert_eq!(e.failed(t0), Some(1), "the first failure is logged");
+        for i in 1..10 {
+            assert_eq!(e.failed(t0 + ms(i * 100 - 1)), None, "failure {i}");
+        }
+        assert_eq!(
+            e.failed(t0 + ms(1000)),
+            Some(10),
+            "nine silent ones and this one"
+        );
+        assert_eq!(e.accepted(), Some(11), "a success ends the run of 11");
+        assert_eq!(e.accepted(), None);
+        assert_eq!(e.failed(t0 + ms(1100)), Some(1), "a new run logs at once");
     }
 }

@@ -1,11 +1,12 @@
 //! Signals: SIGTERM and SIGINT start the drain; SIGHUP re-reads the configuration file and the
 //! certificate (certbot renewals) and applies them without dropping anyone. A file or certificate
-//! that does not load changes nothing and is logged as one error line.
+//! that does not load changes nothing and is logged as one error line. A second SIGTERM or SIGINT
+//! during the drain exits at once (status 1): the operator has decided not to wait.
 
 use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::server::Handle;
@@ -17,10 +18,11 @@ pub fn spawn(handle: Handle, config_path: PathBuf) -> std::io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
+        let mut draining = false;
         loop {
             tokio::select! {
-                _ = term.recv() => drain(&handle, "SIGTERM"),
-                _ = int.recv() => drain(&handle, "SIGINT"),
+                _ = term.recv() => drain(&handle, "SIGTERM", &mut draining),
+                _ = int.recv() => drain(&handle, "SIGINT", &mut draining),
                 _ = hup.recv() => reload(&handle, &config_path),
             }
         }
@@ -28,8 +30,19 @@ pub fn spawn(handle: Handle, config_path: PathBuf) -> std::io::Result<()> {
     Ok(())
 }
 
-fn drain(handle: &Handle, signal: &str) {
-    info!(signal, "shutting down: draining connections");
+/// Exit status when a second signal cuts the drain short.
+pub const EXIT_FORCED: i32 = 1;
+
+fn drain(handle: &Handle, signal: &str, draining: &mut bool) {
+    if *draining {
+        warn!(signal, "second signal during the drain: exiting now");
+        std::process::exit(EXIT_FORCED);
+    }
+    *draining = true;
+    info!(
+        signal,
+        "shutting down: draining connections (send it again to exit at once)"
+    );
     handle.shutdown();
 }
 

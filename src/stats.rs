@@ -1,4 +1,5 @@
-//! Counters shared by the connection tasks and reported by `/stats`.
+//! Counters shared by the connection tasks, and the one [`Snapshot`] of them that both `/stats`
+//! (as JSON) and `/metrics` (as OpenMetrics text) report, so the two cannot drift apart.
 //!
 //! Plain relaxed atomics: each is a monotonic count read for reporting only, so no ordering between
 //! them is promised. Fan-out adds its deliveries once per message, not once per receiver.
@@ -36,15 +37,20 @@ impl Default for Stats {
     }
 }
 
-/// The JSON body of `GET /stats`.
+/// The server's counters at one moment: the JSON body of `GET /stats`, and what `/metrics`
+/// renders.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct Snapshot {
     pub node_id: String,
     pub uptime_seconds: u64,
     pub draining: bool,
     pub connections: usize,
     pub connections_total: u64,
-    pub rooms: std::collections::BTreeMap<String, usize>,
+    /// How many rooms have members.
+    pub room_count: usize,
+    /// Every room and its member count; taken for `/stats` only (`/metrics` has the count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<std::collections::BTreeMap<String, usize>>,
     pub messages_in: u64,
     pub messages_out: u64,
     pub presence_out: u64,
@@ -87,5 +93,47 @@ pub struct Drops {
 impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether a snapshot lists every room (for `/stats`) or only counts them (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rooms {
+    Listed,
+    Counted,
+}
+
+impl Snapshot {
+    pub fn take(state: &crate::State, rooms: Rooms) -> Snapshot {
+        let s: &Stats = &state.stats;
+        let listed = (rooms == Rooms::Listed).then(|| {
+            state
+                .hub
+                .room_counts()
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), n))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        });
+        Snapshot {
+            node_id: state.config.load().cluster.node_id.clone(),
+            uptime_seconds: s.started.elapsed().as_secs(),
+            draining: state.shutdown.is_draining(),
+            connections: state.hub.total(),
+            connections_total: Stats::get(&s.connections_total),
+            room_count: listed
+                .as_ref()
+                .map_or_else(|| state.hub.room_count(), |r| r.len()),
+            rooms: listed,
+            messages_in: Stats::get(&s.messages_in),
+            messages_out: Stats::get(&s.messages_out),
+            presence_out: Stats::get(&s.presence_out),
+            drops: Drops {
+                slow_consumers: Stats::get(&s.slow_consumers),
+            },
+            certificate: state
+                .tls
+                .as_ref()
+                .map(|tls| Certificate::new(tls.not_after())),
+        }
     }
 }

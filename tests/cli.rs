@@ -311,7 +311,7 @@ async fn the_token_is_never_logged_even_at_debug() {
         &[("RUST_LOG", "debug")],
     )
     .await;
-    // A bad room with the token in the query (logged as a bad target), a wrong token, and a
+    // A bad room with the token in the query (logged as a refused upgrade), a wrong token, and a
     // right one by query and by header.
     for (path, header) in [
         ("/bad%20room?token=s3cret-tok", ""),
@@ -327,7 +327,7 @@ async fn the_token_is_never_logged_even_at_debug() {
         tokio::io::AsyncWriteExt::flush(&mut tls).await.unwrap();
         common::read_response(&mut tls).await;
     }
-    daemon.wait_log("bad upgrade target").await;
+    daemon.wait_log("bad room name").await;
     let log = daemon.wait_log_times("connection opened", 2).await;
     assert!(!log.contains("s3cret-tok"), "token in the log:\n{log}");
     assert!(

@@ -300,8 +300,14 @@ async fn health_and_chat_through_nginx_with_the_real_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_and_the_demo_page_work_under_the_prefix() {
-    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    // The operator's own address may read /stats (and /metrics) through nginx; others may not.
+    let daemon = Daemon::start(
+        "[web]\nenabled = true\n[metrics]\nallow = [\"127.0.0.2/32\"]\n",
+        &[],
+    )
+    .await;
     let nginx = Nginx::start(daemon.addr).await;
+    assert_eq!(nginx.get("127.0.0.3", "/wsline/stats").await.0, 403);
     let (status, body) = nginx.get("127.0.0.2", "/wsline/stats").await;
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -312,8 +318,9 @@ async fn stats_and_the_demo_page_work_under_the_prefix() {
     let (status, page) = nginx.get("127.0.0.2", "/wsline/").await;
     assert_eq!(status, 200);
     assert!(page.contains("location.href"), "the demo page");
-    // /metrics is for local scrapers only: through a public nginx the client is not 127.0.0.1.
-    assert_eq!(nginx.get("127.0.0.2", "/wsline/metrics").await.0, 403);
+    // /metrics is for metrics.allow only: through nginx the client is judged, not nginx.
+    assert_eq!(nginx.get("127.0.0.3", "/wsline/metrics").await.0, 403);
+    assert_eq!(nginx.get("127.0.0.2", "/wsline/metrics").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,7 +102,7 @@ fn the_unit_is_hardened_as_documented() {
         "CapabilityBoundingSet=\n",
         "SystemCallFilter=@system-service",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-        "LimitNOFILE=65536",
+        "LimitNOFILE=1048576",
         "#LoadCredential=privkey.pem:",
     ] {
         assert!(unit.contains(line), "missing {line:?}");

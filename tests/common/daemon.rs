@@ -34,15 +34,36 @@ impl Daemon {
     }
 
     async fn start_with(listen: std::net::SocketAddr, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let config = |cert: &TestCert| {
+            format!(
+                "[server]\nlisten = \"{listen}\"\ndrain_timeout = \"5s\"\n\
+                 [tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+                cert.cert_path, cert.key_path
+            )
+        };
+        Self::start_custom(config, &[], env).await
+    }
+
+    /// Starts the daemon with the whole configuration file from `config` (given the test's
+    /// certificate), run through `wrapper` when it is not empty (e.g. `["prlimit", "--nofile=256"]`).
+    /// The file is [`Daemon::config_path`], so a test can rewrite it before a SIGHUP.
+    pub async fn start_custom(
+        config: impl FnOnce(&TestCert) -> String,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let cert = TestCert::new();
-        let config = format!(
-            "[server]\nlisten = \"{listen}\"\ndrain_timeout = \"5s\"\n\
-             [tls]\ncert = {:?}\nkey = {:?}\n{extra}",
-            cert.cert_path, cert.key_path
-        );
         let path = cert.dir.path().join("wsline.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
+        std::fs::write(&path, config(&cert)).unwrap();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .env_remove("RUST_LOG")
@@ -117,6 +138,11 @@ impl Daemon {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The configuration file the daemon was started with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.cert.dir.path().join("wsline.toml")
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,284 @@
+//! Admission of a WebSocket upgrade: every reason a request can be refused, decided in one place
+//! and in one order, before the `101`.
+//!
+//! [`admit`] checks the handshake (405, 400, 426), the drain (503), the room and name (400), the
+//! client's address (400 when a trusted proxy's headers leave it unknown), the Origin (403), the
+//! token (401), the connection limits (503 with the descriptor cap folded in, 429) and the room
+//! limit (503), and joins the room. It returns what the connection needs ([`Admitted`]) or a
+//! [`Refusal`] that says its status and reason; `http` turns that into the response, with
+//! `Connection: close`, and the one log line. A name already taken is not a refusal here: the
+//! contract answers it after the upgrade with close `1008`, so [`Admitted::membership`] is `None`.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use subtle::ConstantTimeEq;
+
+use crate::State;
+use crate::config::Config;
+use crate::hub::{JoinError, JoinOptions, Membership};
+use crate::limits::{self, Admission};
+use crate::outbox::OutboxRx;
+use crate::request::{BadTarget, parse_target};
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    NotGet,
+    NoConnectionUpgrade,
+    Version,
+    BadKey,
+    Draining,
+    Target(BadTarget),
+    UnknownClient,
+    Origin,
+    Token,
+    ServerFull,
+    AddressFull,
+    TooManyRooms,
+}
+
+/// A refused upgrade: why, and what is known of who asked (for the log line).
+#[derive(Debug)]
+pub struct Refusal {
+    pub why: Why,
+    /// The client's address, when it could be told.
+    pub client: Option<IpAddr>,
+    /// The room asked for, when its name was valid.
+    pub room: Option<String>,
+}
+
+impl Why {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Why::NotGet => StatusCode::METHOD_NOT_ALLOWED,
+            Why::NoConnectionUpgrade | Why::BadKey | Why::Target(_) | Why::UnknownClient => {
+                StatusCode::BAD_REQUEST
+            }
+            Why::Version => StatusCode::UPGRADE_REQUIRED,
+            Why::Origin => StatusCode::FORBIDDEN,
+            Why::Token => StatusCode::UNAUTHORIZED,
+            Why::Draining | Why::ServerFull | Why::TooManyRooms => StatusCode::SERVICE_UNAVAILABLE,
+            Why::AddressFull => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The reason, as the response body (plus a newline) and the log line's `reason`.
+    pub fn reason(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Why::NotGet => "websocket upgrade needs GET",
+            Why::NoConnectionUpgrade => "websocket upgrade needs Connection: upgrade",
+            Why::Version => "websocket version 13 required",
+            Why::BadKey => "bad Sec-WebSocket-Key",
+            Why::Draining => "server shutting down",
+            Why::Target(bad) => return Cow::Owned(bad.to_string()),
+            Why::UnknownClient => "client address unknown: unparsable X-Forwarded-For or X-Real-IP",
+            Why::Origin => "origin not allowed",
+            Why::Token => "token required",
+            Why::ServerFull => "server full",
+            Why::AddressFull => "too many connections from your address",
+            Why::TooManyRooms => "too many rooms",
+        })
+    }
+
+    /// Whether the refusal is for now only, so the answer carries `Retry-After`.
+    pub fn retry_later(&self) -> bool {
+        matches!(
+            self,
+            Why::Draining | Why::ServerFull | Why::AddressFull | Why::TooManyRooms
+        )
+    }
+}
+
+/// What an admitted upgrade carries into its connection task.
+pub struct Admitted {
+    /// `Sec-WebSocket-Key`, for the `101`'s `Sec-WebSocket-Accept`.
+    pub key: HeaderValue,
+    pub room: String,
+    pub client: IpAddr,
+    /// The connection's slot in the limits, freed when the task ends.
+    pub admission: Admission,
+    /// The room membership; `None` when the name is taken (closed with `1008` after the upgrade).
+    pub membership: Option<Membership>,
+    pub outbox: OutboxRx,
+}
+
+/// Decides an upgrade request (its `Upgrade: websocket` already seen) and joins its room.
+pub fn admit<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+    state: &State,
+    config: &Config,
+) -> Result<Admitted, Refusal> {
+    let refuse = |why, client, room: Option<&str>| Refusal {
+        why,
+        client,
+        room: room.map(str::to_owned),
+    };
+    let headers = req.headers();
+    let claimed = limits::client_ip(peer, headers, &config.security.trusted_proxies);
+    let handshake = check_handshake(req);
+    let key = handshake.map_err(|why| refuse(why, claimed, None))?;
+    if state.shutdown.is_draining() {
+        return Err(refuse(Why::Draining, claimed, None));
+    }
+    let target = parse_target(
+        req.uri().path(),
+        req.uri().query(),
+        &config.relay.default_room,
+    )
+    .map_err(|bad| refuse(Why::Target(bad), claimed, None))?;
+    let room = Some(target.room.as_str());
+    let client = claimed.ok_or_else(|| refuse(Why::UnknownClient, None, room))?;
+    if !origin_allowed(headers, config) {
+        return Err(refuse(Why::Origin, Some(client), room));
+    }
+    if !token_ok(headers, target.token.as_deref(), &config.security.token) {
+        return Err(refuse(Why::Token, Some(client), room));
+    }
+    let admission = state
+        .gate
+        .admit(
+            client,
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        )
+        .map_err(|full| {
+            let why = match full {
+                limits::Refusal::ServerFull => Why::ServerFull,
+                limits::Refusal::AddressFull => Why::AddressFull,
+            };
+            refuse(why, Some(client), room)
+        })?;
+
+    let (outbox, outbox_rx) = crate::outbox::outbox(
+        config.limits.queue_messages,
+        config.limits.queue_bytes as usize,
+        state.shutdown.connection_token(),
+    );
+    let joined = state.hub.join(
+        &target.room,
+        target.name.as_deref(),
+        outbox,
+        &JoinOptions {
+            max_rooms: config.relay.max_rooms,
+            unique_names: config.presence.unique_names,
+            presence: config.presence.format,
+            presence_interval: config.presence.interval,
+        },
+    );
+    let membership = match joined {
+        Ok(m) => Some(m),
+        Err(JoinError::TooManyRooms) => return Err(refuse(Why::TooManyRooms, Some(client), room)),
+        Err(JoinError::NameTaken) => None,
+    };
+    Ok(Admitted {
+        key,
+        room: target.room,
+        client,
+        admission,
+        membership,
+        outbox: outbox_rx,
+    })
+}
+
+/// RFC 6455's request checks; the key when they pass.
+fn check_handshake<B>(req: &Request<B>) -> Result<HeaderValue, Why> {
+    let headers = req.headers();
+    if req.method() != Method::GET {
+        return Err(Why::NotGet);
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(Why::NoConnectionUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Why::Version);
+    }
+    // The key is 16 random bytes in base64, which is always 24 characters.
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| k.len() == 24)
+        .cloned()
+        .ok_or(Why::BadKey)
+}
+
+/// Whether a header holds `token` in its comma-separated list (case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// `security.token` empty: no token needed. Otherwise `?token=` or `Authorization: Bearer` must
+/// carry it, compared in constant time.
+fn token_ok(headers: &HeaderMap, from_query: Option<&str>, expected: &str) -> bool {
+    if expected.is_empty() {
+        return true;
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    [from_query, bearer]
+        .into_iter()
+        .flatten()
+        .any(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
+}
+
+/// `security.allowed_origins` empty: any. Otherwise the Origin header must match one exactly.
+fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
+    let allowed = &config.security.allowed_origins;
+    allowed.is_empty()
+        || headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_its_status_and_a_reason() {
+        use crate::request::NameProblem;
+        let all = [
+            (Why::NotGet, 405),
+            (Why::NoConnectionUpgrade, 400),
+            (Why::Version, 426),
+            (Why::BadKey, 400),
+            (Why::Draining, 503),
+            (Why::Target(BadTarget::Room), 400),
+            (Why::Target(BadTarget::Name(NameProblem::Invisible)), 400),
+            (Why::UnknownClient, 400),
+            (Why::Origin, 403),
+            (Why::Token, 401),
+            (Why::ServerFull, 503),
+            (Why::AddressFull, 429),
+            (Why::TooManyRooms, 503),
+        ];
+        for (why, status) in all {
+            assert_eq!(why.status().as_u16(), status, "{why:?}");
+            assert!(!why.reason().is_empty());
+            assert_eq!(
+                why.retry_after_expected(),
+                why.retry_later(),
+                "{why:?}: Retry-After exactly for 503 and 429"
+            );
+        }
+    }
+
+    impl Why {
+        fn retry_after_expected(&self) -> bool {
+            matches!(self.status().as_u16(), 503 | 429)
+        }
+    }
+}
