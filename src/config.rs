@@ -547,6 +547,16 @@ impl Config {
             "cluster.redis",
             format!("{redis:?} is not a redis:// or rediss:// URL"),
         );
+        // The JSON envelope makes a message larger than what was sent (escaping, at most 6x).
+        let wrapped = crate::envelope::max_relayed_bytes(self);
+        check(
+            relay.envelope == Envelope::None || limits.queue_bytes >= wrapped,
+            "limits.queue_bytes",
+            format!(
+                "must hold one wrapped message with relay.envelope = \"json\" ({wrapped} bytes: \
+                 6 x relay.max_message_size + 512 for the envelope)"
+            ),
+        );
         problems
     }
 }

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::debug;
 
 use crate::conn::{self, Conn};
+use crate::envelope::Envelope;
 use crate::hub::{JoinError, JoinOptions};
 use crate::limits::{self, Refusal};
 use crate::request::parse_target;
@@ -39,8 +40,6 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// What `Retry-After` suggests when the server refuses for now.
 const RETRY_AFTER_SECONDS: &str = "5";
 const BANNER: &str = "wsline: WebSocket relay. Connect with wss:// to / or /ROOM.\n";
-/// The demo chat page (`web.enabled`); it builds its socket URL relative to its own location.
-const DEMO_PAGE: &str = include_str!("web/index.html");
 
 /// Serves HTTP/1.1 on one accepted (and decrypted) connection until it closes or the server stops.
 pub async fn serve<I>(io: I, peer: SocketAddr, state: Arc<State>, head_timeout: Duration)
@@ -78,7 +77,11 @@ fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Respon
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/stats") => stats(state),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
-        (&Method::GET | &Method::HEAD, "/") if state.config.load().web.enabled => demo_page(),
+        (&Method::GET | &Method::HEAD, path)
+            if crate::web::serves(path) && state.config.load().web.enabled =>
+        {
+            crate::web::respond(path, &state.config.load())
+        }
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, BANNER),
         (_, "/healthz" | "/stats" | "/metrics" | "/") => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -103,23 +106,6 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn demo_page() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
-    let headers = r.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // The page runs only its own inline script and talks only to this origin.
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
-        ),
     );
     r
 }
@@ -303,6 +289,11 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         Err(JoinError::NameTaken) => None,
     };
 
+    let envelope = Envelope::new(
+        config.relay.envelope,
+        &target.room,
+        target.name.as_deref(),
+    );
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
     state.shutdown.tracker().clone().spawn(async move {
@@ -326,6 +317,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
                     membership,
                     outbox: outbox_rx,
                     admission,
+                    envelope,
                 };
                 conn.run(ws).await
             }

@@ -10,6 +10,7 @@
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and admission of upgrades.
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
+//! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
@@ -20,10 +21,12 @@
 //! - [`stats`], [`metrics`]: counters behind `/stats` and `/metrics`.
 //! - [`systemd`]: readiness, reload, stopping and watchdog notifications.
 //! - [`logging`]: tracing to stderr, text or JSON.
+//! - [`web`]: the demo page and the browser client module (`web.enabled`).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod conn;
+pub mod envelope;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -39,6 +42,7 @@ pub mod signals;
 pub mod stats;
 pub mod systemd;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 
