@@ -85,13 +85,18 @@ export class Room extends EventTarget {
     return true;
   }
 
-  /** Closes for good: no reconnect. */
+  /** Closes for good (no reconnect); resolves once the socket is closed. */
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
     this.timer = null;
-    if (this.socket) this.socket.close(1000);
-    else this.status("closed");
+    const socket = this.socket;
+    if (!socket) {
+      this.status("closed");
+      return Promise.resolve();
+    }
+    socket.close(1000);
+    return new Promise((resolve) => socket.addEventListener("close", () => resolve()));
   }
 
   open() {

@@ -105,8 +105,11 @@ function showStatus({ state, code, reason, delay, attempt }) {
   }
 }
 
-function join(roomName, name) {
-  if (room) room.close();
+async function join(roomName, name) {
+  // One socket at a time: the old room's closes before the new one opens.
+  const previous = room;
+  room = null;
+  if (previous) await previous.close();
   if (joinedRoom !== null && joinedRoom !== roomName) {
     line("sep", `── ${roomLabel(roomName)} ──`);
   }

@@ -23,7 +23,7 @@ const SETTINGS_SLOT: &str = "/*wsline:settings*/ {} /*end*/";
 
 /// The page runs only scripts from this origin and talks only to this origin.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Whether `path` is one of ours (when `web.enabled`): `/`, the two scripts, or `/ROOM`.
 pub fn serves(path: &str) -> bool {
