@@ -50,7 +50,9 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * envelope::max_relayed_bytes(config) as usize + 1024)
+        .max_write_buffer_size(
+            WRITE_BUFFER_BYTES + 2 * envelope::max_relayed_bytes(config) as usize + 1024,
+        )
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

@@ -147,7 +147,9 @@ mod tests {
         let envelope = Envelope::new(Mode::Json, "r", Some("bob"));
         assert_eq!(
             apply(envelope.as_ref(), Message::text("hi")),
-            Some(Message::text(r#"{"type":"message","room":"r","from":"bob","data":"hi"}"#))
+            Some(Message::text(
+                r#"{"type":"message","room":"r","from":"bob","data":"hi"}"#
+            ))
         );
         assert_eq!(apply(envelope.as_ref(), Message::binary(vec![1u8])), None);
     }
@@ -188,15 +190,20 @@ mod tests {
 
     #[test]
     fn the_config_check_makes_a_queue_hold_one_wrapped_message() {
-        let base = "[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\nmax_message_size = \"1MiB\"\n";
+        let base =
+            "[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\nmax_message_size = \"1MiB\"\n";
         let problems = Config::from_toml(base).unwrap_err();
         assert!(
-            problems.iter().any(|p| p.message.contains("limits.queue_bytes")),
+            problems
+                .iter()
+                .any(|p| p.message.contains("limits.queue_bytes")),
             "{:?}",
             problems.iter().map(|p| &p.message).collect::<Vec<_>>()
         );
         assert!(Config::from_toml(&format!("{base}[limits]\nqueue_bytes = \"7MiB\"\n")).is_ok());
-        assert!(Config::from_toml("[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\n").is_ok());
+        assert!(
+            Config::from_toml("[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\n").is_ok()
+        );
     }
 
     #[test]

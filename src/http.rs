@@ -289,11 +289,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         Err(JoinError::NameTaken) => None,
     };
 
-    let envelope = Envelope::new(
-        config.relay.envelope,
-        &target.room,
-        target.name.as_deref(),
-    );
+    let envelope = Envelope::new(config.relay.envelope, &target.room, target.name.as_deref());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
     state.shutdown.tracker().clone().spawn(async move {

@@ -68,7 +68,10 @@ async fn two_pages_chat_both_ways_with_join_and_leave_lines_and_matching_presenc
             .await;
     }
     alice.wait_text("#log", "bob joined").await;
-    wait_stats(&daemon, "two members in room1", |s| s["rooms"]["room1"] == 2).await;
+    wait_stats(&daemon, "two members in room1", |s| {
+        s["rooms"]["room1"] == 2
+    })
+    .await;
 
     alice.say("#text", "#send", "hello bob").await;
     bob.wait_text("#log .msg", "hello bob").await;
@@ -83,7 +86,10 @@ async fn two_pages_chat_both_ways_with_join_and_leave_lines_and_matching_presenc
         "alice: hello bob",
     );
     // The name is fixed once joined.
-    assert_eq!(alice.eval("document.getElementById('name').disabled").await, true);
+    assert_eq!(
+        alice.eval("document.getElementById('name').disabled").await,
+        true
+    );
 
     // Switching rooms draws a separator; leaving shows a leave line to the others.
     bob.fill("#room", "room2").await;
@@ -108,8 +114,12 @@ async fn a_taken_name_shows_the_1008_refusal_and_does_not_reconnect() {
     let first = open(&s, "first", &url(&daemon, "/r?name=carol")).await;
     connected(&first).await;
     let second = open(&s, "second", &url(&daemon, "/r?name=carol")).await;
-    second.wait_text("#status", "refused: name taken (1008)").await;
-    second.wait_text("#log", "refused by the server: name taken (1008)").await;
+    second
+        .wait_text("#status", "refused: name taken (1008)")
+        .await;
+    second
+        .wait_text("#log", "refused by the server: name taken (1008)")
+        .await;
     // The first reconnect would come after at most 500 ms: wait three times that, in the page.
     let made = second
         .wait(
@@ -119,7 +129,12 @@ async fn a_taken_name_shows_the_1008_refusal_and_does_not_reconnect() {
         .await;
     assert_eq!(made, 1, "a refused page must not reconnect");
     assert_eq!(stats(&daemon).await["connections"], 1);
-    assert_eq!(second.eval("document.getElementById('name').disabled").await, false);
+    assert_eq!(
+        second
+            .eval("document.getElementById('name').disabled")
+            .await,
+        false
+    );
     for page in [&first, &second] {
         page.assert_no_errors(|_| false).await;
     }
@@ -162,7 +177,8 @@ async fn pages_reconnect_after_a_daemon_restart_with_one_socket_each() {
         assert_eq!((live, max), (1, 1), "made {made}");
         assert!(page.text("#log").await.contains("reconnecting"));
         // While the daemon was down the browser itself reports the failed attempts.
-        page.assert_no_errors(|e| e.contains("WebSocket connection to")).await;
+        page.assert_no_errors(|e| e.contains("WebSocket connection to"))
+            .await;
     }
 }
 
@@ -171,7 +187,12 @@ async fn a_phone_viewport_shows_every_control() {
     let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
     let s = Session::new("phone");
     let page = s
-        .open("phone", &url(&daemon, "/room1?name=alice"), PHONE.0, PHONE.1)
+        .open(
+            "phone",
+            &url(&daemon, "/room1?name=alice"),
+            PHONE.0,
+            PHONE.1,
+        )
         .await;
     connected(&page).await;
     let boxes = page
@@ -191,7 +212,8 @@ async fn a_phone_viewport_shows_every_control() {
         );
     }
     assert_eq!(
-        page.eval("document.documentElement.scrollWidth <= 380").await,
+        page.eval("document.documentElement.scrollWidth <= 380")
+            .await,
         true,
         "no sideways scrolling"
     );
@@ -213,9 +235,13 @@ async fn with_the_json_envelope_a_message_shows_the_checked_sender() {
     let shown = dave
         .eval("[...document.querySelectorAll('#log .msg')].map(e => e.textContent)")
         .await;
-    assert_eq!(shown, serde_json::json!(["eve: dave: send me your password"]));
     assert_eq!(
-        dave.eval("document.querySelector('#log .from').className").await,
+        shown,
+        serde_json::json!(["eve: dave: send me your password"])
+    );
+    assert_eq!(
+        dave.eval("document.querySelector('#log .from').className")
+            .await,
         "from",
         "a checked name is not marked unverified"
     );
@@ -226,7 +252,11 @@ async fn with_the_json_envelope_a_message_shows_the_checked_sender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_counts_are_shown_as_presence_not_as_chat_lines() {
-    let daemon = Daemon::start("[web]\nenabled = true\n[presence]\nformat = \"plain\"\n", &[]).await;
+    let daemon = Daemon::start(
+        "[web]\nenabled = true\n[presence]\nformat = \"plain\"\n",
+        &[],
+    )
+    .await;
     let s = Session::new("plain");
     let page = open(&s, "plain", &url(&daemon, "/counted")).await;
     connected(&page).await;
@@ -235,7 +265,11 @@ async fn plain_counts_are_shown_as_presence_not_as_chat_lines() {
     page.wait_text("#members", "2 here").await;
     other.send(Message::text("7 apples")).await;
     page.wait_text("#log .msg", "7 apples").await;
-    assert_eq!(page.eval("document.querySelectorAll('#log .msg').length").await, 1);
+    assert_eq!(
+        page.eval("document.querySelectorAll('#log .msg').length")
+            .await,
+        1
+    );
     page.assert_no_errors(|_| false).await;
 }
 
@@ -280,7 +314,14 @@ impl Nginx {
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
         let child = Command::new(nginx)
-            .args(["-p", &d.to_string(), "-c", path.to_str().unwrap(), "-g", "daemon off;"])
+            .args([
+                "-p",
+                &d.to_string(),
+                "-c",
+                path.to_str().unwrap(),
+                "-g",
+                "daemon off;",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -370,7 +411,11 @@ async fn the_count_only_example_works() {
     b.wait_text("#count", "2").await;
     b.say("#input", "button", "hello everyone").await;
     a.wait_text("#messages", "hello everyone").await;
-    assert_eq!(a.eval("document.querySelectorAll('#messages li').length").await, 1);
+    assert_eq!(
+        a.eval("document.querySelectorAll('#messages li').length")
+            .await,
+        1
+    );
     for page in [&a, &b] {
         page.assert_no_errors(|_| false).await;
     }
@@ -428,7 +473,8 @@ async fn the_rooms_example_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heartbeat_example_pings_and_reconnects_once() {
-    let config = "[heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'\n";
+    let config =
+        "[heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'\n";
     let mut daemon = Daemon::start(config, &[]).await;
     let addr = daemon.addr;
     let root = site();
@@ -436,13 +482,20 @@ async fn the_heartbeat_example_pings_and_reconnects_once() {
     let s = Session::new("heartbeat");
     let page = open(&s, "a", &nginx.url("/heartbeat.html?ping_ms=200")).await;
     page.wait_text("#status", "open").await;
-    page.wait("two pongs", "Number(document.getElementById('pongs').textContent) >= 2")
-        .await;
+    page.wait(
+        "two pongs",
+        "Number(document.getElementById('pongs').textContent) >= 2",
+    )
+    .await;
     // A raw client in the room never sees the pings: they are answered, not relayed.
     let mut other = daemon.connect("/heartbeat").await;
     other.send(Message::text("relayed")).await;
     page.wait_text("#messages", "relayed").await;
-    assert_eq!(page.eval("document.querySelectorAll('#messages li').length").await, 1);
+    assert_eq!(
+        page.eval("document.querySelectorAll('#messages li').length")
+            .await,
+        1
+    );
     drop(other);
 
     daemon.signal("-TERM");
@@ -455,7 +508,8 @@ async fn the_heartbeat_example_pings_and_reconnects_once() {
     wait_stats(&daemon, "the page back", |s| s["connections"] == 1).await;
     let (_, live, max) = page.sockets().await;
     assert_eq!((live, max), (1, 1));
-    page.assert_no_errors(|e| e.contains("WebSocket connection to")).await;
+    page.assert_no_errors(|e| e.contains("WebSocket connection to"))
+        .await;
     let mut sink = daemon.connect("/heartbeat").await;
     sink.ws.send(Message::text("back")).await.unwrap();
     page.wait_text("#messages", "back").await;

@@ -18,12 +18,18 @@ async fn text_is_wrapped_with_the_checked_name_for_everyone_the_sender_too() {
     let server = start(|c| c.relay.envelope = Envelope::Json).await;
     let mut alice = server.connect("/r?name=al%22ice").await;
     let mut anon = server.connect("/r").await;
-    server.wait_stats("both joined", |s| s["rooms"]["r"] == 2).await;
+    server
+        .wait_stats("both joined", |s| s["rooms"]["r"] == 2)
+        .await;
     let text = "bob: \"quoted\" \\ and a\nnewline 🎉";
     alice.send_text(text).await;
     let expected = json!({"type": "message", "room": "r", "from": "al\"ice", "data": text});
     assert_eq!(next_json(&mut anon).await, expected);
-    assert_eq!(next_json(&mut alice).await, expected, "the echo is wrapped too");
+    assert_eq!(
+        next_json(&mut alice).await,
+        expected,
+        "the echo is wrapped too"
+    );
     anon.send_text("who am i").await;
     assert_eq!(
         next_json(&mut alice).await,
@@ -36,7 +42,9 @@ async fn binary_is_refused_with_1003_and_the_room_keeps_relaying() {
     let server = start(|c| c.relay.envelope = Envelope::Json).await;
     let mut sender = server.connect("/r?name=bin").await;
     let mut other = server.connect("/r?name=other").await;
-    server.wait_stats("both joined", |s| s["rooms"]["r"] == 2).await;
+    server
+        .wait_stats("both joined", |s| s["rooms"]["r"] == 2)
+        .await;
     sender.send(Message::binary(vec![1u8, 2, 3])).await;
     let frame = sender.closed().await;
     assert_eq!(u16::from(frame.code), 1003);
@@ -74,4 +82,20 @@ async fn without_the_envelope_nothing_is_wrapped() {
     assert_eq!(a.recv_relayed().await, Message::text("as sent"));
     a.send(Message::binary(vec![0u8, 255])).await;
     assert_eq!(a.recv_relayed().await, Message::binary(vec![0u8, 255]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_largest_message_of_control_characters_is_relayed_six_times_larger() {
+    let server = start(|c| {
+        c.relay.envelope = Envelope::Json;
+        c.relay.max_message_size = 20_000;
+    })
+    .await;
+    let mut a = server.connect("/big?name=a").await;
+    let text = "\u{1}".repeat(20_000);
+    a.send_text(&text).await;
+    let m = a.recv_relayed().await;
+    assert!(m.len() > 6 * 20_000, "{}", m.len());
+    let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+    assert_eq!(v["data"], text.as_str());
 }

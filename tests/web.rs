@@ -25,14 +25,20 @@ async fn the_page_the_client_and_rooms_are_served_with_a_strict_policy() {
     ] {
         let (status, head, body) = server.get(path).await;
         assert_eq!(status, 200, "{path}");
-        assert!(header(&head, "content-type").unwrap().starts_with(ty), "{path}: {head}");
+        assert!(
+            header(&head, "content-type").unwrap().starts_with(ty),
+            "{path}: {head}"
+        );
         let csp = header(&head, "content-security-policy").unwrap();
         assert!(csp.contains("script-src 'self';"), "{csp}");
         assert!(!csp.contains("unsafe-eval") && !csp.contains("script-src 'unsafe-inline'"));
         assert!(!body.is_empty());
     }
     let (_, _, page) = server.get("/room1").await;
-    assert!(page.contains(r#"<script type="module" src="demo.js">"#), "relative script");
+    assert!(
+        page.contains(r#"<script type="module" src="demo.js">"#),
+        "relative script"
+    );
     // Fixed routes win over rooms of the same name; bad room names are not pages.
     assert_eq!(server.get("/healthz").await.2, "ok\n");
     for path in ["/a/b", "/..", "/%41", "/no%20spaces"] {
@@ -56,7 +62,10 @@ async fn the_client_carries_this_servers_settings() {
         .find(|l| l.starts_with("export const settings = "))
         .expect("settings line");
     assert!(line.contains(r#""envelope":"json""#), "{line}");
-    assert!(line.contains(r#""appPing":"{\"type\":\"ping\"}""#), "{line}");
+    assert!(
+        line.contains(r#""appPing":"{\"type\":\"ping\"}""#),
+        "{line}"
+    );
     assert!(!js.contains("never-shown"), "no token in the client");
 }
 
@@ -65,7 +74,11 @@ async fn without_web_only_the_banner_remains() {
     let server = start(|_| {}).await;
     let (status, head, body) = server.get("/").await;
     assert_eq!(status, 200);
-    assert!(header(&head, "content-type").unwrap().starts_with("text/plain"));
+    assert!(
+        header(&head, "content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
     assert!(body.starts_with("wsline:"), "{body}");
     for path in ["/room1", "/client.js", "/demo.js"] {
         assert_eq!(server.get(path).await.0, 404, "{path}");

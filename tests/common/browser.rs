@@ -32,9 +32,12 @@ pub const SOCKET_COUNTER: &str = r#"(() => {
   };
 })();"#;
 
+/// Requests in flight: id -> where its answer goes.
+type Waiting = Arc<Mutex<HashMap<u64, mpsc::Sender<Result<Value, String>>>>>;
+
 struct Driver {
     stdin: Mutex<ChildStdin>,
-    waiting: Arc<Mutex<HashMap<u64, mpsc::Sender<Result<Value, String>>>>>,
+    waiting: Waiting,
     next: AtomicU64,
     _child: Child,
 }
@@ -60,7 +63,23 @@ fn driver() -> &'static Driver {
         });
         let node = require(
             "node",
-            "install Node.js 18 or newer (`apt-get install nodejs npm`)",
+            "install Node.js 20 or newer (`apt-get install nodejs npm` on Debian 13)",
+        );
+        let version = Command::new(&node)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let major: u32 = version
+            .trim()
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            major >= 20,
+            "the browser tests need Node.js 20 or newer (playwright-core's minimum), found {version:?}"
         );
         let dir = repo("tests/browser");
         if !dir.join("node_modules/playwright-core").is_dir() {
@@ -85,8 +104,7 @@ fn driver() -> &'static Driver {
             .expect("start tests/browser/driver.mjs");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let waiting: Arc<Mutex<HashMap<u64, mpsc::Sender<Result<Value, String>>>>> =
-            Arc::default();
+        let waiting: Waiting = Arc::default();
         let (ready_tx, ready_rx) = mpsc::channel();
         waiting.lock().unwrap().insert(0, ready_tx);
         let table = waiting.clone();
@@ -177,8 +195,10 @@ impl Session {
     pub async fn open(&self, tag: &str, url: &str, width: u32, height: u32) -> Page<'_> {
         let id = format!("{}/{tag}", self.name);
         self.pages.lock().unwrap().push(id.clone());
-        call(json!({"op": "open", "page": id, "url": url, "width": width, "height": height,
-                    "init": SOCKET_COUNTER}))
+        call(
+            json!({"op": "open", "page": id, "url": url, "width": width, "height": height,
+                    "init": SOCKET_COUNTER}),
+        )
         .await
         .unwrap_or_else(|e| panic!("open {url}: {e}"));
         Page { session: self, id }
@@ -201,7 +221,11 @@ impl Drop for Session {
         if std::thread::panicking() {
             let dir = self.dir.take().unwrap().keep();
             self.screenshots(&dir);
-            eprintln!("browser test {}: screenshots in {}", self.name, dir.display());
+            eprintln!(
+                "browser test {}: screenshots in {}",
+                self.name,
+                dir.display()
+            );
         }
         for id in self.pages.lock().unwrap().iter() {
             let _ = call_blocking(json!({"op": "close", "page": id}));
@@ -231,7 +255,10 @@ impl Page<'_> {
             Err(e) => {
                 let log = self.text("#log").await;
                 let status = self.text("#status").await;
-                panic!("{}: waiting for {what} ({js}): {e}\nstatus: {status}\nlog: {log}", self.id)
+                panic!(
+                    "{}: waiting for {what} ({js}): {e}\nstatus: {status}\nlog: {log}",
+                    self.id
+                )
             }
         }
     }
@@ -296,7 +323,11 @@ impl Page<'_> {
             .into_iter()
             .filter(|e| !allowed(e))
             .collect();
-        assert!(errors.is_empty(), "{}: console errors: {errors:#?}", self.id);
+        assert!(
+            errors.is_empty(),
+            "{}: console errors: {errors:#?}",
+            self.id
+        );
     }
 
     pub fn session(&self) -> &Session {
