@@ -181,6 +181,36 @@ mod tests {
     }
 
     #[test]
+    fn any_text_round_trips() {
+        // A fixed-seed generator over ASCII, controls, BMP and astral characters.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let len = (next() % 40) as usize;
+            let text: String = (0..len)
+                .filter_map(|_| {
+                    let r = next();
+                    let c = match r % 4 {
+                        0 => (r >> 8) % 0x20,
+                        1 => 0x20 + (r >> 8) % 0x60,
+                        2 => (r >> 8) % 0x1_0000,
+                        _ => (r >> 8) % 0x11_0000,
+                    };
+                    char::from_u32(c as u32)
+                })
+                .collect();
+            let mut ours = String::new();
+            escape_into(&mut ours, &text);
+            assert_eq!(serde_json::from_str::<String>(&ours).unwrap(), text);
+        }
+    }
+
+    #[test]
     fn escapes_match_serde_json() {
         let text: String = (0u8..0x80).map(char::from).collect();
         let mut ours = String::new();
