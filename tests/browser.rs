@@ -514,3 +514,41 @@ async fn the_heartbeat_example_pings_and_reconnects_once() {
     sink.ws.send(Message::text("back")).await.unwrap();
     page.wait_text("#messages", "back").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_applies_presence_states_and_changes() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("presence-model");
+    let page = open(&s, "p", &url(&daemon, "/")).await;
+    // SPEC §4: a state (names) replaces the list, a change (joined/left) is applied to it, and a
+    // later state is diffed against the list; "more" and the counts pass through.
+    let events = page
+        .eval(
+            r#"import("./client.js").then((m) => {
+                 const r = Object.create(m.Room.prototype);
+                 r.presenceFormat = "json";
+                 r.members = new Set();
+                 const seen = [];
+                 r.emit = (type, detail) => seen.push(detail);
+                 r.applyPresence({count: 2, total: 9, names: ["bob", "alice"], more: 1}, true);
+                 r.applyPresence({count: 3, total: 10, joined: ["carol"], left: []}, false);
+                 r.applyPresence({count: 2, total: 9, joined: [], left: ["alice"]}, false);
+                 r.applyPresence({count: 2, total: 9, names: ["bob", "dave"]}, false);
+                 r.applyPresence({count: 1, total: 5}, false);
+                 return seen.map((e) => [e.count, e.total, e.members.join(","), e.joined.join(","),
+                                         e.left.join(","), e.more, e.initial]);
+               })"#,
+        )
+        .await;
+    assert_eq!(
+        events,
+        serde_json::json!([
+            [2, 9, "alice,bob", "", "", 1, true],
+            [3, 10, "alice,bob,carol", "carol", "", 0, false],
+            [2, 9, "bob,carol", "", "alice", 0, false],
+            [2, 9, "bob,dave", "dave", "carol", 0, false],
+            [1, 5, "", "", "bob,dave", 0, false],
+        ])
+    );
+    page.assert_no_errors(|_| false).await;
+}

@@ -90,6 +90,7 @@ function showStatus({ state, code, reason, delay, attempt }) {
     setStatus(`connecting to ${where} …`, "wait");
   } else if (connected) {
     setStatus(`connected to ${where}`);
+    if (settings.presence === "off") $("members").textContent = "(this server does not announce who is here)";
     pending = [];
     $("text").focus();
   } else if (state === "reconnecting") {
