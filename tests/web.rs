@@ -67,6 +67,9 @@ async fn the_client_carries_this_servers_settings() {
         "{line}"
     );
     assert!(!js.contains("never-shown"), "no token in the client");
+    // Importable as a module from pages on other origins.
+    let (_, head, _) = server.get("/client.js").await;
+    assert_eq!(header(&head, "access-control-allow-origin"), Some("*"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

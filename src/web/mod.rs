@@ -38,7 +38,16 @@ pub fn serves(path: &str) -> bool {
 /// The response for a path [`serves`] accepted.
 pub fn respond(path: &str, config: &Config) -> Response<Full<Bytes>> {
     match path {
-        "/client.js" => file(client_js(config), "text/javascript; charset=utf-8"),
+        "/client.js" => {
+            let mut r = file(client_js(config), "text/javascript; charset=utf-8");
+            // A module import from another origin needs CORS; the file is public and no
+            // credentials are involved (the socket itself is still judged by allowed_origins).
+            r.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            r
+        }
         "/demo.js" => file(DEMO_JS.into(), "text/javascript; charset=utf-8"),
         _ => file(PAGE.into(), "text/html; charset=utf-8"),
     }
