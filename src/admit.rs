@@ -97,6 +97,8 @@ pub struct Admitted {
     /// `Sec-WebSocket-Key`, for the `101`'s `Sec-WebSocket-Accept`.
     pub key: HeaderValue,
     pub room: String,
+    /// The checked `?name=`, in NFC.
+    pub name: Option<String>,
     pub client: IpAddr,
     /// The connection's slot in the limits, freed when the task ends.
     pub admission: Admission,
@@ -177,6 +179,7 @@ pub fn admit<B>(
     Ok(Admitted {
         key,
         room: target.room,
+        name: target.name,
         client,
         admission,
         membership,

@@ -717,6 +717,16 @@ impl Config {
             "cluster.redis",
             "must be a redis:// or rediss:// URL (the value is secret and not shown)".into(),
         );
+        // The JSON envelope makes a message larger than what was sent (escaping, at most 6x).
+        let wrapped = crate::envelope::max_relayed_bytes(self);
+        check(
+            relay.envelope == Envelope::None || limits.queue_bytes >= wrapped,
+            "limits.queue_bytes",
+            format!(
+                "must hold one wrapped message with relay.envelope = \"json\" ({wrapped} bytes: \
+                 6 x relay.max_message_size + 512 for the envelope)"
+            ),
+        );
         problems
     }
 }

@@ -25,6 +25,7 @@ use tracing::{debug, info};
 
 use crate::State;
 use crate::config::Config;
+use crate::envelope::{self, Envelope};
 use crate::hub::Membership;
 use crate::limits::{Admission, TokenBucket};
 use crate::outbox::OutboxRx;
@@ -49,7 +50,9 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max + 1024)
+        .max_write_buffer_size(
+            WRITE_BUFFER_BYTES + 2 * envelope::max_relayed_bytes(config) as usize + 1024,
+        )
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
@@ -77,6 +80,8 @@ pub struct Conn {
     pub outbox: OutboxRx,
     /// This connection's slot in the connection limits, freed when the task ends.
     pub admission: Admission,
+    /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
+    pub envelope: Option<Envelope>,
 }
 
 /// Closes a connection that was admitted only to be told why it cannot stay (e.g. name taken).
@@ -103,6 +108,7 @@ impl Conn {
             membership,
             outbox,
             admission,
+            envelope,
             ..
         } = self;
         let last_seen = AtomicU64::new(0);
@@ -115,7 +121,7 @@ impl Conn {
                 state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 End::Close(CloseCode::Again, "slow consumer")
             },
-            end = read(&mut stream, &membership, &state, &config, opened, &last_seen) => end,
+            end = read(&mut stream, &membership, &state, &config, opened, &last_seen, envelope.as_ref()) => end,
             end = write(&mut sink, &outbox, config.heartbeat.ping_interval) => end,
             end = idle(&last_seen, opened, config.heartbeat.idle_timeout) => end,
         };
@@ -148,6 +154,7 @@ async fn read(
     config: &Config,
     opened: Instant,
     last_seen: &AtomicU64,
+    envelope: Option<&Envelope>,
 ) -> End {
     let app_ping = config.heartbeat.app_ping.as_bytes();
     let app_pong = Utf8Bytes::from(config.heartbeat.app_pong.clone());
@@ -169,6 +176,9 @@ async fn read(
                 membership.reply(Message::Text(app_pong.clone()));
             }
             Message::Text(_) | Message::Binary(_) => {
+                let Some(msg) = envelope::apply(envelope, msg) else {
+                    return End::Close(CloseCode::Unsupported, envelope::BINARY_REFUSED);
+                };
                 state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 membership.publish(msg, echo, history);
             }

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::State;
 use crate::admit::{Admitted, Refusal, Why, admit, has_token};
 use crate::conn::{self, Conn};
+use crate::envelope::Envelope;
 use crate::limits;
 use crate::stats::{Rooms, Snapshot};
 
@@ -44,8 +45,6 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// What `Retry-After` suggests when the server refuses for now.
 const RETRY_AFTER_SECONDS: &str = "5";
 const BANNER: &str = "wsline: WebSocket relay. Connect with wss:// to / or /ROOM.\n";
-/// The demo chat page (`web.enabled`); it builds its socket URL relative to its own location.
-const DEMO_PAGE: &str = include_str!("web/index.html");
 
 /// Serves HTTP/1.1 on one accepted (and decrypted) connection until it closes or the server stops.
 /// The first request head must be complete by `first_head_by`; each later one gets `head_timeout`.
@@ -99,7 +98,11 @@ fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Respon
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/stats") => stats(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
-        (&Method::GET | &Method::HEAD, "/") if state.config.load().web.enabled => demo_page(),
+        (&Method::GET | &Method::HEAD, path)
+            if crate::web::serves(path) && state.config.load().web.enabled =>
+        {
+            crate::web::respond(path, &state.config.load())
+        }
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, BANNER),
         (_, "/healthz" | "/stats" | "/metrics" | "/") => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -124,23 +127,6 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn demo_page() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
-    let headers = r.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // The page runs only its own inline script and talks only to this origin.
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
-        ),
     );
     r
 }
@@ -205,6 +191,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
     let Admitted {
         key,
         room,
+        name,
         client,
         admission,
         membership,
@@ -222,6 +209,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         );
     }
 
+    let envelope = Envelope::new(config.relay.envelope, &room, name.as_deref());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
     state.shutdown.tracker().clone().spawn(async move {
@@ -247,6 +235,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
                     membership,
                     outbox,
                     admission,
+                    envelope,
                 };
                 tokio::select! {
                     () = conn.run(ws) => {}

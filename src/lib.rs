@@ -11,6 +11,7 @@
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
+//! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
@@ -21,11 +22,13 @@
 //! - [`stats`], [`metrics`]: counters behind `/stats` and `/metrics`.
 //! - [`systemd`]: readiness, reload, stopping and watchdog notifications.
 //! - [`logging`]: tracing to stderr, text or JSON.
+//! - [`web`]: the demo page and the browser client module (`web.enabled`).
 #![forbid(unsafe_code)]
 
 pub mod admit;
 pub mod config;
 pub mod conn;
+pub mod envelope;
 pub mod http;
 pub mod hub;
 pub mod limits;
@@ -41,6 +44,7 @@ pub mod signals;
 pub mod stats;
 pub mod systemd;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 

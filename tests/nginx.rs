@@ -317,7 +317,7 @@ async fn stats_and_the_demo_page_work_under_the_prefix() {
     );
     let (status, page) = nginx.get("127.0.0.2", "/wsline/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("location.href"), "the demo page");
+    assert!(page.contains(r#"src="demo.js""#), "the demo page");
     // /metrics is for metrics.allow only: through nginx the client is judged, not nginx.
     assert_eq!(nginx.get("127.0.0.3", "/wsline/metrics").await.0, 403);
     assert_eq!(nginx.get("127.0.0.2", "/wsline/metrics").await.0, 200);

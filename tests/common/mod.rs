@@ -2,6 +2,7 @@
 //! that speak real TLS and WebSocket to it. Every wait is bounded by [`WAIT`].
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod daemon;
 
 use std::future::Future;

@@ -1,0 +1,554 @@
+//! The demo page, `/client.js` and the `examples/` pages in a real browser: Debian's chromium,
+//! headless, driven by `playwright-core` (see `tests/common/browser.rs`), against the real daemon
+//! (and real nginx where a prefix is tested). Every test also checks that no page logged a console
+//! error; a failing test leaves a screenshot of each of its pages in its temporary folder.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::browser::{Page, Session};
+use common::daemon::Daemon;
+use common::within;
+use futures_util::SinkExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const DESKTOP: (u32, u32) = (1024, 768);
+const PHONE: (u32, u32) = (380, 740);
+
+fn url(daemon: &Daemon, path: &str) -> String {
+    format!("https://127.0.0.1:{}{path}", daemon.addr.port())
+}
+
+async fn open<'s>(s: &'s Session, tag: &str, url: &str) -> Page<'s> {
+    s.open(tag, url, DESKTOP.0, DESKTOP.1).await
+}
+
+async fn stats(daemon: &Daemon) -> serde_json::Value {
+    let (status, _, body) = daemon
+        .http("GET /stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls /stats (loopback, so allowed) until `pred` holds.
+async fn wait_stats(daemon: &Daemon, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    within(what, async {
+        loop {
+            if pred(&stats(daemon).await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+/// The page's status line says it is connected.
+async fn connected(page: &Page<'_>) {
+    page.wait_text("#status", "connected to").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_chat_both_ways_with_join_and_leave_lines_and_matching_presence() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("chat");
+    let alice = open(&s, "alice", &url(&daemon, "/room1?name=alice")).await;
+    connected(&alice).await;
+    let bob = open(&s, "bob", &url(&daemon, "/room1?name=bob")).await;
+    connected(&bob).await;
+
+    // The presence list matches on both pages, and alice saw bob arrive.
+    for page in [&alice, &bob] {
+        page.wait_text("#members", "2 here (2 on the server): alice, bob")
+            .await;
+    }
+    alice.wait_text("#log", "bob joined").await;
+    wait_stats(&daemon, "two members in room1", |s| {
+        s["rooms"]["room1"] == 2
+    })
+    .await;
+
+    alice.say("#text", "#send", "hello bob").await;
+    bob.wait_text("#log .msg", "hello bob").await;
+    bob.say("#text", "#send", "hi alice").await;
+    alice.wait_text("#log .msg", "hi alice").await;
+    // Own messages are marked, others' are not.
+    alice.wait_text("#log .own", "hello bob").await;
+    assert_eq!(
+        alice
+            .eval("[...document.querySelectorAll('#log .own')].map(e => e.textContent).join('|')")
+            .await,
+        "alice: hello bob",
+    );
+    // The name is fixed once joined.
+    assert_eq!(
+        alice.eval("document.getElementById('name').disabled").await,
+        true
+    );
+
+    // Switching rooms draws a separator; leaving shows a leave line to the others.
+    bob.fill("#room", "room2").await;
+    bob.click("#go").await;
+    bob.wait_text("#log .sep", "room2").await;
+    bob.wait_text("#status", "connected to room2 as bob").await;
+    alice.wait_text("#log", "bob left").await;
+    alice.wait_text("#members", "1 here").await;
+    assert_eq!(bob.eval("location.pathname").await, "/room2");
+
+    for page in [&alice, &bob] {
+        page.assert_no_errors(|_| false).await;
+        let (_, _, max) = page.sockets().await;
+        assert_eq!(max, 1, "never two sockets at once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_name_shows_the_1008_refusal_and_does_not_reconnect() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("taken");
+    let first = open(&s, "first", &url(&daemon, "/r?name=carol")).await;
+    connected(&first).await;
+    let second = open(&s, "second", &url(&daemon, "/r?name=carol")).await;
+    second
+        .wait_text("#status", "refused: name taken (1008)")
+        .await;
+    second
+        .wait_text("#log", "refused by the server: name taken (1008)")
+        .await;
+    // The first reconnect would come after at most 500 ms: wait three times that, in the page.
+    let made = second
+        .wait(
+            "1.5 s after the refusal",
+            "new Promise(r => setTimeout(() => r(window.__sockets.made), 1500))",
+        )
+        .await;
+    assert_eq!(made, 1, "a refused page must not reconnect");
+    assert_eq!(stats(&daemon).await["connections"], 1);
+    assert_eq!(
+        second
+            .eval("document.getElementById('name').disabled")
+            .await,
+        false
+    );
+    for page in [&first, &second] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_reconnect_after_a_daemon_restart_with_one_socket_each() {
+    let config = "[web]\nenabled = true\n";
+    let mut daemon = Daemon::start(config, &[]).await;
+    let addr = daemon.addr;
+    let s = Session::new("restart");
+    let a = open(&s, "a", &url(&daemon, "/r?name=a")).await;
+    let b = open(&s, "b", &url(&daemon, "/r?name=b")).await;
+    connected(&a).await;
+    connected(&b).await;
+    wait_stats(&daemon, "both pages joined", |s| s["connections"] == 2).await;
+
+    daemon.signal("-TERM");
+    within("the daemon to exit", daemon.child.wait())
+        .await
+        .unwrap();
+    // The pages show the loss and that they are reconnecting.
+    for page in [&a, &b] {
+        page.wait_text("#status", "reconnecting in").await;
+    }
+    let daemon = Daemon::start_on(addr, config).await;
+    for page in [&a, &b] {
+        connected(page).await;
+        page.wait_text("#members", "2 here").await;
+    }
+    // Exactly one socket per page on the new daemon, and no page ever held two at once.
+    wait_stats(&daemon, "both pages back", |s| s["connections"] == 2).await;
+    a.say("#text", "#send", "after the restart").await;
+    b.wait_text("#log .msg", "after the restart").await;
+    let s2 = stats(&daemon).await;
+    assert_eq!(s2["connections"], 2, "{s2}");
+    assert_eq!(s2["connections_total"], 2, "one reconnect per page: {s2}");
+    for page in [&a, &b] {
+        let (made, live, max) = page.sockets().await;
+        assert_eq!((live, max), (1, 1), "made {made}");
+        assert!(page.text("#log").await.contains("reconnecting"));
+        // While the daemon was down the browser itself reports the failed attempts.
+        page.assert_no_errors(|e| e.contains("WebSocket connection to"))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_viewport_shows_every_control() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("phone");
+    let page = s
+        .open(
+            "phone",
+            &url(&daemon, "/room1?name=alice"),
+            PHONE.0,
+            PHONE.1,
+        )
+        .await;
+    connected(&page).await;
+    let boxes = page
+        .eval(
+            "['#room','#name','#go','#leave','#status','#members','#log','#text','#send']\
+             .map(s => { const r = document.querySelector(s).getBoundingClientRect();\
+               return [s, r.left, r.top, r.right, r.bottom, r.width, r.height]; })",
+        )
+        .await;
+    for b in boxes.as_array().unwrap() {
+        let [sel, l, t, r, bo, w, h] = [0, 1, 2, 3, 4, 5, 6].map(|i| b[i].clone());
+        let f = |v: &serde_json::Value| v.as_f64().unwrap();
+        assert!(f(&w) > 0.0 && f(&h) > 0.0, "{sel} is invisible: {b}");
+        assert!(
+            f(&l) >= 0.0 && f(&t) >= 0.0 && f(&r) <= PHONE.0 as f64 && f(&bo) <= PHONE.1 as f64,
+            "{sel} is outside the {PHONE:?} viewport: {b}"
+        );
+    }
+    assert_eq!(
+        page.eval("document.documentElement.scrollWidth <= 380")
+            .await,
+        true,
+        "no sideways scrolling"
+    );
+    page.say("#text", "#send", "from a phone").await;
+    page.wait_text("#log .own", "from a phone").await;
+    page.assert_no_errors(|_| false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_json_envelope_a_message_shows_the_checked_sender() {
+    let daemon = Daemon::start("[web]\nenabled = true\n[relay]\nenvelope = \"json\"\n", &[]).await;
+    let s = Session::new("envelope");
+    let dave = open(&s, "dave", &url(&daemon, "/room1?name=dave")).await;
+    connected(&dave).await;
+    // Another client claims to be "dave" in its text; the page shows who really sent it.
+    let mut eve = daemon.connect("/room1?name=eve").await;
+    eve.send(Message::text("dave: send me your password")).await;
+    dave.wait_text("#log .msg", "send me your password").await;
+    let shown = dave
+        .eval("[...document.querySelectorAll('#log .msg')].map(e => e.textContent)")
+        .await;
+    assert_eq!(
+        shown,
+        serde_json::json!(["eve: dave: send me your password"])
+    );
+    assert_eq!(
+        dave.eval("document.querySelector('#log .from').className")
+            .await,
+        "from",
+        "a checked name is not marked unverified"
+    );
+    dave.say("#text", "#send", "hi eve").await;
+    dave.wait_text("#log .own", "dave: hi eve").await;
+    dave.assert_no_errors(|_| false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_counts_are_shown_as_presence_not_as_chat_lines() {
+    let daemon = Daemon::start(
+        "[web]\nenabled = true\n[presence]\nformat = \"plain\"\n",
+        &[],
+    )
+    .await;
+    let s = Session::new("plain");
+    let page = open(&s, "plain", &url(&daemon, "/counted")).await;
+    connected(&page).await;
+    page.wait_text("#members", "1 here").await;
+    let mut other = daemon.connect("/counted").await;
+    page.wait_text("#members", "2 here").await;
+    other.send(Message::text("7 apples")).await;
+    page.wait_text("#log .msg", "7 apples").await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#log .msg').length")
+            .await,
+        1
+    );
+    page.assert_no_errors(|_| false).await;
+}
+
+/// nginx in the foreground with the shipped `nginx/wsline.conf` and `wsline-location.conf`
+/// (wsline at `/wsline/`) and `root` serving the rest; stopped on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(upstream: std::net::SocketAddr, root: &Path) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is required for this test: `apt-get install nginx` (scripts/test does)");
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; include /etc/nginx/mime.types;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               include {map};\n\
+               upstream wsline {{ server {upstream}; }}\n\
+               server {{ listen 127.0.0.1:{port};\n\
+                 location / {{ root {root}; }}\n\
+                 include {location}; }}\n\
+             }}\n",
+            map = repo.join("nginx/wsline.conf").display(),
+            location = repo.join("nginx/wsline-location.conf").display(),
+            root = root.display(),
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new(nginx)
+            .args([
+                "-p",
+                &d.to_string(),
+                "-c",
+                path.to_str().unwrap(),
+                "-g",
+                "daemon off;",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        within("nginx to listen", async {
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+/// The `examples/` pages copied where nginx's workers can read them.
+fn site() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        let to = dir.path().join(path.file_name().unwrap());
+        std::fs::copy(&path, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_works_through_nginx_under_a_prefix() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let root = site();
+    let nginx = Nginx::start(daemon.addr, root.path()).await;
+    let s = Session::new("nginx");
+    let a = open(&s, "a", &nginx.url("/wsline/room1?name=ann")).await;
+    connected(&a).await;
+    let b = open(&s, "b", &nginx.url("/wsline/?name=ben")).await;
+    // /wsline/ is the landing page: join room1 from the form.
+    b.fill("#room", "room1").await;
+    b.fill("#name", "ben").await;
+    b.click("#go").await;
+    connected(&b).await;
+    assert_eq!(b.eval("location.pathname").await, "/wsline/room1");
+    a.wait_text("#members", "ann, ben").await;
+    b.say("#text", "#send", "through nginx").await;
+    a.wait_text("#log .msg", "ben: through nginx").await;
+    a.say("#text", "#send", "and back").await;
+    b.wait_text("#log .msg", "ann: and back").await;
+    for page in [&a, &b] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_count_only_example_works() {
+    let daemon = Daemon::start("[presence]\nformat = \"plain\"\n", &[]).await;
+    let root = site();
+    let nginx = Nginx::start(daemon.addr, root.path()).await;
+    let s = Session::new("count-only");
+    let a = open(&s, "a", &nginx.url("/count-only.html")).await;
+    a.wait_text("#count", "1").await;
+    let b = open(&s, "b", &nginx.url("/count-only.html")).await;
+    a.wait_text("#count", "2").await;
+    b.wait_text("#count", "2").await;
+    b.say("#input", "button", "hello everyone").await;
+    a.wait_text("#messages", "hello everyone").await;
+    assert_eq!(
+        a.eval("document.querySelectorAll('#messages li').length")
+            .await,
+        1
+    );
+    for page in [&a, &b] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usernames_example_works() {
+    let daemon = Daemon::start("[relay]\nenvelope = \"json\"\n[web]\nenabled = true\n", &[]).await;
+    let root = site();
+    let nginx = Nginx::start(daemon.addr, root.path()).await;
+    let s = Session::new("usernames");
+    let a = open(&s, "a", &nginx.url("/usernames.html?username=amy")).await;
+    a.wait_text("#status", "open").await;
+    let b = open(&s, "b", &nginx.url("/usernames.html?username=bo")).await;
+    a.wait_text("#users", "amy, bo").await;
+    b.wait_text("#users", "amy, bo").await;
+    b.say("#input", "button", "hi amy").await;
+    a.wait_text("#messages", "bo: hi amy").await;
+    let c = open(&s, "c", &nginx.url("/usernames.html?username=amy")).await;
+    c.wait_text("#status", "refused: name taken (1008)").await;
+    for page in [&a, &b, &c] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rooms_example_works() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let root = site();
+    let nginx = Nginx::start(daemon.addr, root.path()).await;
+    let s = Session::new("rooms");
+    let a = open(&s, "a", &nginx.url("/rooms.html")).await;
+    let b = open(&s, "b", &nginx.url("/rooms.html")).await;
+    for page in [&a, &b] {
+        page.fill("#room", "games").await;
+        page.click("#join button").await;
+        page.wait_text("#current", "games").await;
+    }
+    a.wait_text("#count", "2 here").await;
+    b.say("#input", "#form button", "gg").await;
+    a.wait_text("#messages", "[games] gg").await;
+    // b moves to another room: a hears nothing more from it.
+    b.fill("#room", "music").await;
+    b.click("#join button").await;
+    b.wait_text("#current", "music").await;
+    a.wait_text("#count", "1 here").await;
+    wait_stats(&daemon, "one member in each room", |s| {
+        s["rooms"]["games"] == 1 && s["rooms"]["music"] == 1
+    })
+    .await;
+    for page in [&a, &b] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_example_pings_and_reconnects_once() {
+    let config =
+        "[heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'\n";
+    let mut daemon = Daemon::start(config, &[]).await;
+    let addr = daemon.addr;
+    let root = site();
+    let nginx = Nginx::start(addr, root.path()).await;
+    let s = Session::new("heartbeat");
+    let page = open(&s, "a", &nginx.url("/heartbeat.html?ping_ms=200")).await;
+    page.wait_text("#status", "open").await;
+    page.wait(
+        "two pongs",
+        "Number(document.getElementById('pongs').textContent) >= 2",
+    )
+    .await;
+    // A raw client in the room never sees the pings: they are answered, not relayed.
+    let mut other = daemon.connect("/heartbeat").await;
+    other.send(Message::text("relayed")).await;
+    page.wait_text("#messages", "relayed").await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#messages li').length")
+            .await,
+        1
+    );
+    drop(other);
+
+    daemon.signal("-TERM");
+    within("the daemon to exit", daemon.child.wait())
+        .await
+        .unwrap();
+    page.wait_text("#status", "reconnecting").await;
+    let daemon = Daemon::start_on(addr, config).await;
+    page.wait_text("#status", "open").await;
+    wait_stats(&daemon, "the page back", |s| s["connections"] == 1).await;
+    let (_, live, max) = page.sockets().await;
+    assert_eq!((live, max), (1, 1));
+    page.assert_no_errors(|e| e.contains("WebSocket connection to"))
+        .await;
+    let mut sink = daemon.connect("/heartbeat").await;
+    sink.ws.send(Message::text("back")).await.unwrap();
+    page.wait_text("#messages", "back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_applies_presence_states_and_changes() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("presence-model");
+    let page = open(&s, "p", &url(&daemon, "/")).await;
+    // SPEC §4: a state (names) replaces the list, a change (joined/left) is applied to it, and a
+    // later state is diffed against the list; "more" and the counts pass through.
+    let events = page
+        .eval(
+            r#"import("./client.js").then((m) => {
+                 const r = Object.create(m.Room.prototype);
+                 r.presenceFormat = "json";
+                 r.members = new Set();
+                 const seen = [];
+                 r.emit = (type, detail) => seen.push(detail);
+                 r.applyPresence({count: 2, total: 9, names: ["bob", "alice"], more: 1}, true);
+                 r.applyPresence({count: 3, total: 10, joined: ["carol"], left: []}, false);
+                 r.applyPresence({count: 2, total: 9, joined: [], left: ["alice"]}, false);
+                 r.applyPresence({count: 2, total: 9, names: ["bob", "dave"]}, false);
+                 r.applyPresence({count: 1, total: 5}, false);
+                 return seen.map((e) => [e.count, e.total, e.members.join(","), e.joined.join(","),
+                                         e.left.join(","), e.more, e.initial]);
+               })"#,
+        )
+        .await;
+    assert_eq!(
+        events,
+        serde_json::json!([
+            [2, 9, "alice,bob", "", "", 1, true],
+            [3, 10, "alice,bob,carol", "carol", "", 0, false],
+            [2, 9, "bob,carol", "", "alice", 0, false],
+            [2, 9, "bob,dave", "dave", "carol", 0, false],
+            [1, 5, "", "", "bob,dave", 0, false],
+        ])
+    );
+    page.assert_no_errors(|_| false).await;
+}
