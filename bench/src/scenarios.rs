@@ -14,11 +14,11 @@ use crate::client::{self, ProcSample, SETTLE, Target, Ws, now_ns, parse, payload
 /// How long receivers keep reading after the senders stop, for messages still in flight.
 const GRACE: Duration = Duration::from_secs(3);
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
 }
 
-fn latency(h: &Histogram<u64>) -> Value {
+pub(crate) fn latency(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1000.0;
     json!({
         "p50": ms(h.value_at_quantile(0.50)),
@@ -44,7 +44,7 @@ fn cpu(before: Option<ProcSample>, after: Option<ProcSample>, deliveries: u64) -
     }
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
