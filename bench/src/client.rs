@@ -133,7 +133,8 @@ impl Target {
     pub async fn get(&self, path: &str) -> Result<(u16, usize, Duration), String> {
         let mut io = self.open(None).await?;
         let (host, port) = self.host_port();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
         let started = Instant::now();
         io.write_all(request.as_bytes())
             .await
@@ -147,8 +148,8 @@ impl Target {
             Ok(Ok(_)) => {}
         }
         let elapsed = started.elapsed();
-        let (status, body) = parse_response(&response)
-            .ok_or_else(|| format!("GET {path}: not an HTTP response"))?;
+        let (status, body) =
+            parse_response(&response).ok_or_else(|| format!("GET {path}: not an HTTP response"))?;
         Ok((status, body, elapsed))
     }
 }

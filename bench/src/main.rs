@@ -125,3 +125,12 @@ async fn run(common: &Common, scenario: &Scenario) -> Result<serde_json::Value, 
         Scenario::Scale(o) => scale::scale(&target, o, pid).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

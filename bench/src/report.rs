@@ -47,6 +47,171 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
     ),
     ("connect", "/handshakes_per_s", "handshakes/s", true),
     ("connect", "/latency_ms/p99", "handshake p99 ms", false),
+    ("scale", "/opened", "connections open", true),
+    ("scale", "/open/handshakes_per_s", "handshakes/s", true),
+    ("scale", "/open/handshake_ms/p99", "handshake p99 ms", false),
+    (
+        "scale",
+        "/open/loadgen_cpu_pct",
+        "loadgen CPU % opening",
+        false,
+    ),
+    (
+        "scale",
+        "/rss/per_connection_kib",
+        "RSS KiB per connection",
+        false,
+    ),
+    ("scale", "/hold/ping_rounds", "ping rounds in hold", true),
+    (
+        "scale",
+        "/hold/server_cpu_pct_per_10k",
+        "idle CPU % per 10k conns",
+        false,
+    ),
+    (
+        "scale",
+        "/hold/server_us_per_ping",
+        "idle server us per ping",
+        false,
+    ),
+    (
+        "scale",
+        "/broadcast/latency_ms/p50",
+        "1-to-all p50 ms",
+        false,
+    ),
+    (
+        "scale",
+        "/broadcast/latency_ms/p99",
+        "1-to-all p99 ms",
+        false,
+    ),
+    (
+        "scale",
+        "/broadcast/server_us_per_delivery",
+        "server us per delivery",
+        false,
+    ),
+    (
+        "scale",
+        "/broadcast/loadgen_us_per_delivery",
+        "loadgen us per delivery",
+        false,
+    ),
+    ("scale-count", "/opened", "connections open", true),
+    (
+        "scale-count",
+        "/open/handshakes_per_s",
+        "handshakes/s",
+        true,
+    ),
+    (
+        "scale-count",
+        "/open/handshake_ms/p99",
+        "handshake p99 ms",
+        false,
+    ),
+    (
+        "scale-count",
+        "/open/loadgen_cpu_pct",
+        "loadgen CPU % opening",
+        false,
+    ),
+    (
+        "scale-count",
+        "/rss/per_connection_kib",
+        "RSS KiB per connection",
+        false,
+    ),
+    (
+        "scale-count",
+        "/hold/ping_rounds",
+        "ping rounds in hold",
+        true,
+    ),
+    (
+        "scale-count",
+        "/hold/server_cpu_pct_per_10k",
+        "idle CPU % per 10k conns",
+        false,
+    ),
+    (
+        "scale-count",
+        "/hold/server_us_per_ping",
+        "idle server us per ping",
+        false,
+    ),
+    (
+        "scale-count",
+        "/broadcast/latency_ms/p50",
+        "1-to-all p50 ms",
+        false,
+    ),
+    (
+        "scale-count",
+        "/broadcast/latency_ms/p99",
+        "1-to-all p99 ms",
+        false,
+    ),
+    (
+        "scale-count",
+        "/broadcast/server_us_per_delivery",
+        "server us per delivery",
+        false,
+    ),
+    (
+        "scale-count",
+        "/broadcast/loadgen_us_per_delivery",
+        "loadgen us per delivery",
+        false,
+    ),
+    ("scale-count", "/storm/joined", "storm members joined", true),
+    (
+        "scale-count",
+        "/storm/join_spread_s",
+        "storm joins spread s",
+        false,
+    ),
+    (
+        "scale-count",
+        "/storm/messages_per_member/mean",
+        "storm msgs per member",
+        false,
+    ),
+    (
+        "scale-count",
+        "/storm/bytes_per_member/mean",
+        "storm bytes per member",
+        false,
+    ),
+    (
+        "scale-count",
+        "/storm/exact_pct",
+        "storm members exact %",
+        true,
+    ),
+    (
+        "scale-count",
+        "/storm/exact_s",
+        "storm s to exact count",
+        false,
+    ),
+    ("scale-count", "/rooms/rooms", "rooms open", true),
+    ("scale-count", "/rooms/stats/ms/p50", "/stats ms p50", false),
+    ("scale-count", "/rooms/stats/bytes", "/stats bytes", false),
+    (
+        "scale-count",
+        "/rooms/metrics/ms/p50",
+        "/metrics ms p50",
+        false,
+    ),
+    (
+        "scale-count",
+        "/rooms/metrics/bytes",
+        "/metrics bytes",
+        false,
+    ),
 ];
 
 pub fn print(files: &[PathBuf]) -> ExitCode {
@@ -72,14 +237,19 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
     }
     // Servers in order of first appearance; the first is the one the ratios are of.
     let mut servers: Vec<String> = Vec::new();
-    let mut results: BTreeMap<(String, String), &Value> = BTreeMap::new();
-    for v in &lines {
+    // Lines of one scenario and server are merged (a later figure wins): `scale` measures some
+    // phases against a fresh server process each, one line per process.
+    let mut results: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for v in lines {
         let server = v["server"].as_str().unwrap_or("server").to_owned();
         if !servers.contains(&server) {
             servers.push(server.clone());
         }
-        results.insert(
-            (v["scenario"].as_str().unwrap_or("?").to_owned(), server),
+        let key = (v["scenario"].as_str().unwrap_or("?").to_owned(), server);
+        merge(
+            results
+                .entry(key)
+                .or_insert_with(|| Value::Object(Default::default())),
             v,
         );
     }
@@ -87,7 +257,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
         eprintln!("wsline-bench report: no result lines");
         return ExitCode::FAILURE;
     };
-    let mut header = format!("| {:<10} | {:<28} |", "scenario", "figure");
+    let mut header = format!("| {:<11} | {:<28} |", "scenario", "figure");
     for s in &servers {
         header += &format!(" {s:>12} |");
     }
@@ -115,7 +285,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
         if values.iter().all(Option::is_none) {
             continue;
         }
-        let mut row = format!("| {scenario:<10} | {label:<28} |");
+        let mut row = format!("| {scenario:<11} | {label:<28} |");
         for v in &values {
             row += &format!(" {:>12} |", v.map_or("-".into(), fmt));
         }
@@ -129,6 +299,12 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
         println!("{row}");
     }
     ExitCode::SUCCESS
+}
+
+fn merge(into: &mut Value, more: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), more) {
+        a.extend(b);
+    }
 }
 
 fn fmt(x: f64) -> String {

@@ -81,6 +81,7 @@ pub enum Phase {
 }
 
 #[derive(clap::Args)]
+#[group(id = "scale_options")] // the subcommand is also called `scale`
 pub struct Scale {
     /// Connections to hold [default: this process's open-files limit minus 1000, at most 100 000].
     #[arg(short = 'n', long)]
@@ -97,7 +98,12 @@ pub struct Scale {
     #[arg(long, value_enum, default_value_t = Presence::Off)]
     pub presence: Presence,
     /// Phases to run, comma-separated; `hold` and `broadcast` need `open`.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "open,hold,broadcast")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "open,hold,broadcast"
+    )]
     pub phases: Vec<Phase>,
     /// Give up opening (N connections, or the storm's TLS sessions) after this many seconds.
     #[arg(long, default_value_t = 120)]
@@ -141,6 +147,9 @@ pub async fn scale(target: &Target, o: &Scale, pid: Option<u32>) -> Result<Value
         merge(&mut out, figures);
     }
     if has(Phase::Storm) && o.storm > 0 {
+        if o.presence == Presence::Off {
+            return Err("the storm measures presence counts: give --presence count".into());
+        }
         if has(Phase::Open) {
             tokio::time::sleep(SETTLE).await; // the server closes the N connections first
         }
@@ -262,7 +271,10 @@ async fn broadcast(
         deliveries.goal.store(goal, Ordering::Release);
         expected += live;
         let (server0, loadgen0) = (client::sample(pid), client::sample(me));
-        let sender = opened.sinks.first_mut().ok_or("no connection to send from")?;
+        let sender = opened
+            .sinks
+            .first_mut()
+            .ok_or("no connection to send from")?;
         sender
             .send(payload(seq, o.size))
             .await
@@ -422,7 +434,9 @@ async fn storm(
 fn exact(tracks: &[Arc<Track>], joined: u64) -> usize {
     tracks
         .iter()
-        .filter(|t| t.joined.load(Ordering::Acquire) && t.last_count.load(Ordering::Acquire) == joined)
+        .filter(|t| {
+            t.joined.load(Ordering::Acquire) && t.last_count.load(Ordering::Acquire) == joined
+        })
         .count()
 }
 
@@ -517,7 +531,9 @@ async fn open(
                 let (sink, stream) = ws.split();
                 let track = Arc::new(Track::default());
                 let (t, d) = (track.clone(), deliveries.clone());
-                opened._readers.spawn(async move { read(stream, &t, &d).await });
+                opened
+                    ._readers
+                    .spawn(async move { read(stream, &t, &d).await });
                 opened.sinks.push(sink);
                 opened.tracks.push(track);
             }
@@ -806,10 +822,7 @@ mod tests {
 
     #[test]
     fn spread_gives_mean_median_and_max() {
-        assert_eq!(
-            spread(&[1, 9, 2]),
-            json!({"mean": 4.0, "p50": 2, "max": 9})
-        );
+        assert_eq!(spread(&[1, 9, 2]), json!({"mean": 4.0, "p50": 2, "max": 9}));
         assert_eq!(spread(&[]), Value::Null);
     }
 }

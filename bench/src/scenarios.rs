@@ -109,6 +109,7 @@ async fn receive(
 }
 
 #[derive(clap::Args)]
+#[group(id = "fanout_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Fanout {
     #[arg(short = 'n', long, default_value_t = 1000)]
     pub subscribers: usize,
@@ -215,6 +216,7 @@ pub async fn fanout(target: &Target, o: &Fanout, pid: Option<u32>) -> Result<Val
 }
 
 #[derive(clap::Args)]
+#[group(id = "chat_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Chat {
     #[arg(short = 'n', long, default_value_t = 200)]
     pub clients: usize,
@@ -227,12 +229,14 @@ pub struct Chat {
 }
 
 #[derive(clap::Args)]
+#[group(id = "idle_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Idle {
     #[arg(short = 'n', long, default_value_t = 10_000)]
     pub connections: usize,
 }
 
 #[derive(clap::Args)]
+#[group(id = "connect_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Connect {
     #[arg(short = 'w', long, default_value_t = 32)]
     pub workers: usize,
