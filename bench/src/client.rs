@@ -81,6 +81,9 @@ impl Target {
         }
         .map_err(|e| format!("socket: {e}"))?;
         if let Some(ip) = local {
+            // A port of this address still in TIME_WAIT from an earlier run may be bound again
+            // (the kernel still refuses a clashing 4-tuple at connect).
+            let _ = socket.set_reuseaddr(true);
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(|e| format!("bind {ip}: {e}"))?;

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 /// (scenario, figure as a JSON pointer, label, higher is better)
-const FIGURES: &[(&str, &str, &str, bool)] = &[
+type Figure = (&'static str, &'static str, &'static str, bool);
+
+const FIGURES: &[Figure] = &[
     ("fanout", "/delivered_per_s", "delivered msg/s", true),
     ("fanout", "/lost", "lost", false),
     ("fanout", "/latency_ms/p50", "latency p50 ms", false),
@@ -47,172 +49,77 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
     ),
     ("connect", "/handshakes_per_s", "handshakes/s", true),
     ("connect", "/latency_ms/p99", "handshake p99 ms", false),
-    ("scale", "/opened", "connections open", true),
-    ("scale", "/open/handshakes_per_s", "handshakes/s", true),
-    ("scale", "/open/handshake_ms/p99", "handshake p99 ms", false),
+];
+
+/// `scale` (presence off) and `scale-count` (counts on): (figure, label, higher is better).
+const SCALE: &[(&str, &str, bool)] = &[
+    ("/opened", "connections open", true),
+    ("/open/handshakes_per_s", "handshakes/s", true),
+    ("/open/handshake_ms/p99", "handshake p99 ms", false),
     (
-        "scale",
-        "/open/loadgen_cpu_pct",
-        "loadgen CPU % opening",
+        "/open/server_us_per_handshake",
+        "server us per handshake",
         false,
     ),
+    ("/open/loadgen_cpu_pct", "loadgen CPU % opening", false),
+    ("/rss/per_connection_kib", "RSS KiB per connection", false),
+    ("/hold/ping_rounds", "ping rounds in hold", true),
     (
-        "scale",
-        "/rss/per_connection_kib",
-        "RSS KiB per connection",
-        false,
-    ),
-    ("scale", "/hold/ping_rounds", "ping rounds in hold", true),
-    (
-        "scale",
         "/hold/server_cpu_pct_per_10k",
         "idle CPU % per 10k conns",
         false,
     ),
+    ("/hold/server_us_per_ping", "idle server us per ping", false),
+    ("/broadcast/latency_ms/p50", "1-to-all p50 ms", false),
+    ("/broadcast/latency_ms/p99", "1-to-all p99 ms", false),
     (
-        "scale",
-        "/hold/server_us_per_ping",
-        "idle server us per ping",
-        false,
-    ),
-    (
-        "scale",
-        "/broadcast/latency_ms/p50",
-        "1-to-all p50 ms",
-        false,
-    ),
-    (
-        "scale",
-        "/broadcast/latency_ms/p99",
-        "1-to-all p99 ms",
-        false,
-    ),
-    (
-        "scale",
         "/broadcast/server_us_per_delivery",
         "server us per delivery",
         false,
     ),
     (
-        "scale",
         "/broadcast/loadgen_us_per_delivery",
         "loadgen us per delivery",
         false,
     ),
-    ("scale-count", "/opened", "connections open", true),
+];
+
+/// `scale-count` only: the presence storm and the monitoring endpoints at many rooms.
+const SCALE_COUNT: &[(&str, &str, bool)] = &[
+    ("/storm/joined", "storm members joined", true),
+    ("/storm/join_spread_s", "storm joins spread s", false),
     (
-        "scale-count",
-        "/open/handshakes_per_s",
-        "handshakes/s",
-        true,
-    ),
-    (
-        "scale-count",
-        "/open/handshake_ms/p99",
-        "handshake p99 ms",
-        false,
-    ),
-    (
-        "scale-count",
-        "/open/loadgen_cpu_pct",
-        "loadgen CPU % opening",
-        false,
-    ),
-    (
-        "scale-count",
-        "/rss/per_connection_kib",
-        "RSS KiB per connection",
-        false,
-    ),
-    (
-        "scale-count",
-        "/hold/ping_rounds",
-        "ping rounds in hold",
-        true,
-    ),
-    (
-        "scale-count",
-        "/hold/server_cpu_pct_per_10k",
-        "idle CPU % per 10k conns",
-        false,
-    ),
-    (
-        "scale-count",
-        "/hold/server_us_per_ping",
-        "idle server us per ping",
-        false,
-    ),
-    (
-        "scale-count",
-        "/broadcast/latency_ms/p50",
-        "1-to-all p50 ms",
-        false,
-    ),
-    (
-        "scale-count",
-        "/broadcast/latency_ms/p99",
-        "1-to-all p99 ms",
-        false,
-    ),
-    (
-        "scale-count",
-        "/broadcast/server_us_per_delivery",
-        "server us per delivery",
-        false,
-    ),
-    (
-        "scale-count",
-        "/broadcast/loadgen_us_per_delivery",
-        "loadgen us per delivery",
-        false,
-    ),
-    ("scale-count", "/storm/joined", "storm members joined", true),
-    (
-        "scale-count",
-        "/storm/join_spread_s",
-        "storm joins spread s",
-        false,
-    ),
-    (
-        "scale-count",
         "/storm/messages_per_member/mean",
         "storm msgs per member",
         false,
     ),
     (
-        "scale-count",
         "/storm/bytes_per_member/mean",
         "storm bytes per member",
         false,
     ),
-    (
-        "scale-count",
-        "/storm/exact_pct",
-        "storm members exact %",
-        true,
-    ),
-    (
-        "scale-count",
-        "/storm/exact_s",
-        "storm s to exact count",
-        false,
-    ),
-    ("scale-count", "/rooms/rooms", "rooms open", true),
-    ("scale-count", "/rooms/stats/ms/p50", "/stats ms p50", false),
-    ("scale-count", "/rooms/stats/bytes", "/stats bytes", false),
-    (
-        "scale-count",
-        "/rooms/metrics/ms/p50",
-        "/metrics ms p50",
-        false,
-    ),
-    (
-        "scale-count",
-        "/rooms/metrics/bytes",
-        "/metrics bytes",
-        false,
-    ),
+    ("/storm/exact_pct", "storm members exact %", true),
+    ("/storm/exact_s", "storm s to exact count", false),
+    ("/rooms/rooms", "rooms open", true),
+    ("/rooms/stats/ms/p50", "/stats ms p50", false),
+    ("/rooms/stats/bytes", "/stats bytes", false),
+    ("/rooms/metrics/ms/p50", "/metrics ms p50", false),
+    ("/rooms/metrics/bytes", "/metrics bytes", false),
 ];
+
+/// Every row of the table, in order.
+fn figures() -> Vec<Figure> {
+    let scale = |scenario: &'static str, rows: &[(&'static str, &'static str, bool)]| {
+        rows.iter()
+            .map(move |&(pointer, label, higher)| (scenario, pointer, label, higher))
+            .collect::<Vec<_>>()
+    };
+    let mut all = FIGURES.to_vec();
+    all.extend(scale("scale", SCALE));
+    all.extend(scale("scale-count", SCALE));
+    all.extend(scale("scale-count", SCALE_COUNT));
+    all
+}
 
 pub fn print(files: &[PathBuf]) -> ExitCode {
     let mut lines: Vec<Value> = Vec::new();
@@ -272,7 +179,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
             .map(|c| if c == '|' { '|' } else { '-' })
             .collect::<String>()
     );
-    for (scenario, pointer, label, _higher_better) in FIGURES {
+    for (scenario, pointer, label, _higher_better) in figures() {
         let values: Vec<Option<f64>> = servers
             .iter()
             .map(|s| {
@@ -312,5 +219,35 @@ fn fmt(x: f64) -> String {
         format!("{x:.0}")
     } else {
         format!("{x:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_one_figure_of_one_scenario() {
+        let all = figures();
+        let mut keys: Vec<_> = all.iter().map(|(s, p, _, _)| (*s, *p)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all.len());
+        assert!(all.iter().all(|(_, _, label, _)| label.len() <= 28));
+    }
+
+    #[test]
+    fn lines_of_one_scenario_and_server_merge() {
+        let mut v =
+            serde_json::json!({"scenario": "scale-count", "open": {"handshakes_per_s": 1.0}});
+        merge(
+            &mut v,
+            serde_json::json!({"scenario": "scale-count", "storm": {"joined": 2}}),
+        );
+        assert_eq!(
+            v.pointer("/open/handshakes_per_s"),
+            Some(&serde_json::json!(1.0))
+        );
+        assert_eq!(v.pointer("/storm/joined"), Some(&serde_json::json!(2)));
     }
 }

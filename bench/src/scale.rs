@@ -185,6 +185,10 @@ async fn hold_and_broadcast(
             "handshakes_per_s": (count as f64 / opened.seconds.max(1e-9)).round(),
             "handshake_ms": latency(&opened.handshakes),
             "server_cpu_pct": cpu_pct(server0, server1, opened.seconds),
+            "server_us_per_handshake": match (server0, server1) {
+                (Some(a), Some(b)) if count > 0 => json!(round(a.cpu_until(&b) / count as f64 * 1e6)),
+                _ => Value::Null,
+            },
             "loadgen_cpu_pct": cpu_pct(loadgen0, loadgen1, opened.seconds),
         },
     });
