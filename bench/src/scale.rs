@@ -482,7 +482,7 @@ struct Opened {
     sinks: Vec<SplitSink<Ws, Message>>,
     tracks: Vec<Arc<Track>>,
     /// Dropped with `Opened`: aborting the readers closes the connections.
-    _readers: JoinSet<()>,
+    readers: JoinSet<()>,
     failed: u64,
     first_error: Option<String>,
     handshakes: Histogram<u64>,
@@ -516,7 +516,7 @@ async fn open(
     let mut opened = Opened {
         sinks: Vec::with_capacity(n),
         tracks: Vec::with_capacity(n),
-        _readers: JoinSet::new(),
+        readers: JoinSet::new(),
         failed: 0,
         first_error: None,
         handshakes: histogram(),
@@ -536,7 +536,7 @@ async fn open(
                 let track = Arc::new(Track::default());
                 let (t, d) = (track.clone(), deliveries.clone());
                 opened
-                    ._readers
+                    .readers
                     .spawn(async move { read(stream, &t, &d).await });
                 opened.sinks.push(sink);
                 opened.tracks.push(track);
