@@ -83,7 +83,8 @@ pub enum Phase {
 #[derive(clap::Args)]
 #[group(id = "scale_options")] // the subcommand is also called `scale`
 pub struct Scale {
-    /// Connections to hold [default: this process's open-files limit minus 1000, at most 100 000].
+    /// Connections to hold [default: this process's open-files limit minus 1000, at most 100 000;
+    /// raise the soft limit first: `ulimit -n "$(ulimit -Hn)"`].
     #[arg(short = 'n', long)]
     pub connections: Option<usize>,
     /// Spread connections over the source addresses 127.0.0.1 … 127.0.0.K (0: the OS chooses;
@@ -117,7 +118,9 @@ pub struct Scale {
     /// Bytes per broadcast message.
     #[arg(short = 's', long, default_value_t = 64)]
     pub size: usize,
-    /// Members joining one room at once in the storm.
+    /// Members joining one room at once in the storm. They finish TLS first and then upgrade
+    /// together, so the server's handshake deadline (wsline `limits.handshake_timeout`) must
+    /// outlast the TLS phase (about 4 s for 10 000 here).
     #[arg(long, default_value_t = 10_000)]
     pub storm: usize,
     /// Seconds the storm may take until every member holds the final count.
