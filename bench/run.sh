@@ -25,7 +25,9 @@ SCALE_STORM="${SCALE_STORM:-10000}"
 SCALE_ROOMS="${SCALE_ROOMS:-10000}"
 SCALE_OPEN_TIMEOUT="${SCALE_OPEN_TIMEOUT:-60}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
-LOADGEN_CPUS="${LOADGEN_CPUS:-$([ "$(nproc)" -gt 1 ] && echo "1-$(($(nproc) - 1))" || echo 0)}"
+# The load generator gets the cores the server does not (all of them on a one-core machine).
+cores=$(nproc)
+LOADGEN_CPUS="${LOADGEN_CPUS:-$(if [ "$cores" -gt 2 ]; then echo "1-$((cores - 1))"; elif [ "$cores" -eq 2 ]; then echo 1; else echo 0; fi)}"
 # BUILD=debug for a quick smoke run on a busy machine (figures are then not comparable).
 BUILD="${BUILD:-release}"
 
