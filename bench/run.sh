@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Measures wsline and the tutorial Node `ws` server side by side, on this machine, in one run:
-#   bench/run.sh                       # every scenario, defaults of the issue (about 4 minutes)
+#   bench/run.sh                       # the five short scenarios, defaults of the issue (about 4 minutes)
 #   SCENARIOS="fanout chat" bench/run.sh
+#   SCENARIOS=scale bench/run.sh       # connections to the open-files limit (about 6 minutes)
 # Each scenario runs against a fresh process of each server (wss, the same self-signed
 # certificate), then a table shows each figure per server and the ratio wsline/node.
-# Result lines are kept in bench/results/LAST.jsonl. Needs cargo, node and npm, openssl.
+# Result lines are kept in bench/results/LAST.jsonl. Needs cargo, node and npm, openssl, taskset.
+#
+# `scale` pins the server to SERVER_CPUS (default core 0) and the load generator to the other
+# cores, and runs against a fresh server each: presence off (open, hold, broadcast), then counts
+# on (the same, then a presence storm, then /stats and /metrics at 10 000 rooms, wsline only:
+# the tutorial server has neither rooms nor /stats). Knobs: SCALE_N (default: the open-files
+# limit less 1000), SCALE_HOLD (seconds at rest, default 35: one 30 s heartbeat round),
+# SCALE_STORM (joins, default 10000), SCALE_ROOMS (default 10000), SCALE_OPEN_TIMEOUT (default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +20,23 @@ SCENARIOS="${SCENARIOS:-fanout fanout-max chat idle connect}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 WSLINE_PORT="${WSLINE_PORT:-4456}"
 NODE_PORT="${NODE_PORT:-4457}"
+SCALE_HOLD="${SCALE_HOLD:-35}"
+SCALE_STORM="${SCALE_STORM:-10000}"
+SCALE_ROOMS="${SCALE_ROOMS:-10000}"
+SCALE_OPEN_TIMEOUT="${SCALE_OPEN_TIMEOUT:-60}"
+SERVER_CPUS="${SERVER_CPUS:-0}"
+# The load generator gets the cores the server does not (all of them on a one-core machine).
+cores=$(nproc)
+LOADGEN_CPUS="${LOADGEN_CPUS:-$(if [ "$cores" -gt 2 ]; then echo "1-$((cores - 1))"; elif [ "$cores" -eq 2 ]; then echo 1; else echo 0; fi)}"
+# BUILD=debug for a quick smoke run on a busy machine (figures are then not comparable).
+BUILD="${BUILD:-release}"
 
-cargo build --release --locked -p wsline -p wsline-bench >&2
+if [ "$BUILD" = release ]; then
+    cargo build --release --locked -p wsline -p wsline-bench >&2
+else
+    cargo build --locked -p wsline -p wsline-bench >&2
+fi
+bin="target/$BUILD"
 (cd bench/node && [ -d node_modules/ws ] || npm ci --no-audit --no-fund >&2)
 
 work="$(mktemp -d)"
@@ -24,26 +47,37 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 # Each side of 10 000 connections needs a descriptor each: raise the soft limit to the hard one.
 ulimit -n "$(ulimit -Hn)"
 
-# wsline with its defaults, except what a benchmark from one address needs: every client comes
-# from 127.0.0.1, and the publisher sends faster than a chat user.
-wsline_config() {
+# wsline with its defaults, except what a benchmark from loopback needs: every client comes
+# from 127.0.0.1 (scale: 127.0.0.1-8), and the publisher sends faster than a chat user. Scale
+# also gets a deeper listen queue and room for 10 000 rooms, and its storm holds TLS sessions
+# open for seconds before upgrading them all at once, so the handshake deadline is longer.
+wsline_config() { # scenario
+    local presence=json scale=false
+    case "$1" in
+        idle | scale) presence=off ;; # no presence traffic, so memory and CPU are measured at rest
+        scale-count) presence=plain ;; # the count alone, as the tutorial server sends it
+    esac
+    case "$1" in scale*) scale=true ;; esac
     cat <<TOML
 [server]
 listen = "127.0.0.1:$WSLINE_PORT"
 drain_timeout = "1s"
+$($scale && echo 'backlog = 4096' || true)
 [tls]
 cert = "$work/cert.pem"
 key = "$work/key.pem"
+[relay]
+$($scale && echo 'max_rooms = 20000' || true)
+[presence]
+format = "$presence"
 [limits]
 max_connections_per_ip = 100000
 messages_per_second = 1000000
 burst = 1000000
+$($scale && echo 'handshake_timeout = "60s"' || true)
 [log]
 level = "warn"
 TOML
-    # Idle: no presence traffic on either server, so memory is measured at rest.
-    [ "$1" = idle ] && printf '[presence]\nformat = "off"\n'
-    return 0
 }
 
 wait_port() {
@@ -55,39 +89,89 @@ wait_port() {
     return 1
 }
 
-bench() { # scenario label port pid
+bench() { # scenario label port pid [scale options]
     local scenario=$1 label=$2 port=$3 pid=$4
+    shift 4
     local common=(--url "wss://127.0.0.1:$port/bench" --insecure --server-pid "$pid" --label "$label")
     case "$scenario" in
-        fanout) target/release/wsline-bench fanout "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        fanout-max) target/release/wsline-bench fanout --max "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        chat) target/release/wsline-bench chat "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        idle) target/release/wsline-bench idle "${common[@]}" ;;
-        connect) target/release/wsline-bench connect "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        fanout) $bin/wsline-bench fanout "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        fanout-max) $bin/wsline-bench fanout --max "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        chat) $bin/wsline-bench chat "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        idle) $bin/wsline-bench idle "${common[@]}" ;;
+        connect) $bin/wsline-bench connect "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        scale*) taskset -c "$LOADGEN_CPUS" $bin/wsline-bench scale "${common[@]}" \
+            ${SCALE_N:+-n "$SCALE_N"} --hold "$SCALE_HOLD" --storm "$SCALE_STORM" \
+            --rooms "$SCALE_ROOMS" --open-timeout "$SCALE_OPEN_TIMEOUT" "$@" ;;
     esac
+}
+
+# Starts a fresh server for `scenario` (sets pid and port); `scale` pins it to SERVER_CPUS.
+start() { # server scenario
+    local pin=()
+    case "$2" in scale*) pin=(taskset -c "$SERVER_CPUS") ;; esac
+    case "$1" in
+        wsline)
+            wsline_config "$2" > "$work/wsline.toml"
+            "${pin[@]}" $bin/wsline --config "$work/wsline.toml" &
+            pid=$!
+            port=$WSLINE_PORT
+            ;;
+        node)
+            # The count on every join and leave, except where wsline's presence is off; scale
+            # adds the ws README's 30 s heartbeat, as wsline pings every 30 s by default.
+            local count=1 heartbeat=0
+            case "$2" in idle | scale) count=0 ;; esac
+            case "$2" in scale*) heartbeat=30000 ;; esac
+            COUNT=$count HEARTBEAT_MS=$heartbeat "${pin[@]}" node bench/node/server.js \
+                "$NODE_PORT" "$work/cert.pem" "$work/key.pem" >/dev/null &
+            pid=$!
+            port=$NODE_PORT
+            ;;
+    esac
+    wait_port "$port"
+}
+
+stop() {
+    kill -TERM "$pid"
+    wait "$pid" || true
+}
+
+# One measurement against a fresh server; its result line is kept.
+measure() { # server scenario [scale options]
+    local server=$1 scenario=$2
+    shift 2
+    echo "== $scenario: $server $*" >&2
+    start "$server" "$scenario"
+    bench "$scenario" "$server" "$port" "$pid" "$@" | tee -a "$results"
+    stop
 }
 
 mkdir -p bench/results
 results=bench/results/LAST.jsonl
 : > "$results"
 for scenario in $SCENARIOS; do
-    echo "== $scenario: wsline" >&2
-    wsline_config "$scenario" > "$work/wsline.toml"
-    target/release/wsline --config "$work/wsline.toml" &
-    pid=$!
-    wait_port "$WSLINE_PORT"
-    bench "$scenario" wsline "$WSLINE_PORT" "$pid" | tee -a "$results"
-    kill -TERM "$pid"; wait "$pid" || true
-
-    echo "== $scenario: node" >&2
-    count=1; [ "$scenario" = idle ] && count=0
-    COUNT=$count node bench/node/server.js "$NODE_PORT" "$work/cert.pem" "$work/key.pem" >/dev/null &
-    pid=$!
-    wait_port "$NODE_PORT"
-    bench "$scenario" node "$NODE_PORT" "$pid" | tee -a "$results"
-    kill -TERM "$pid"; wait "$pid" || true
+    case "$scenario" in
+        scale)
+            for server in wsline node; do
+                measure "$server" scale --presence off
+            done
+            for server in wsline node; do
+                measure "$server" scale-count --presence count
+                measure "$server" scale-count --presence count --phases storm
+            done
+            measure wsline scale-count --presence count --phases rooms
+            ;;
+        *)
+            for server in wsline node; do
+                measure "$server" "$scenario"
+            done
+            ;;
+    esac
 done
 
 echo
 echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d), node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version')"
-target/release/wsline-bench report "$results"
+case " $SCENARIOS " in
+    *" scale "*) echo "scale: server on CPU $SERVER_CPUS, load generator on CPU $LOADGEN_CPUS, $(ulimit -n) open files each, hold ${SCALE_HOLD}s" ;;
+esac
+$bin/wsline-bench report "$results"

@@ -1,14 +1,15 @@
 //! Connecting (ws or wss, optionally trusting any certificate), the payload format, and reading
 //! a server process's CPU time and memory from /proc.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -40,16 +41,59 @@ impl Target {
 
     /// Opens a WebSocket to this target's URL with `path` instead of its own, if given.
     pub async fn connect(&self, path: Option<&str>, read_buffer: usize) -> Result<Ws, String> {
+        self.connect_from(None, path, read_buffer).await
+    }
+
+    /// [`connect`](Self::connect) from the local address `local` (bind before connect), so that
+    /// many connections can come from several loopback addresses.
+    pub async fn connect_from(
+        &self,
+        local: Option<IpAddr>,
+        path: Option<&str>,
+        read_buffer: usize,
+    ) -> Result<Ws, String> {
+        let io = self.open(local).await?;
+        self.upgrade(io, path, read_buffer).await
+    }
+
+    fn host_port(&self) -> (&str, u16) {
         let host = self.uri.host().unwrap_or("127.0.0.1");
         let port = self
             .uri
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let tcp = TcpStream::connect((host, port))
+        (host, port)
+    }
+
+    /// The TCP connection (from `local`, if given) and, for wss, the TLS session: everything
+    /// before the HTTP upgrade, so that a caller can hold many of these and upgrade them at once.
+    pub async fn open(&self, local: Option<IpAddr>) -> Result<Box<dyn Io>, String> {
+        let (host, port) = self.host_port();
+        let addr = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+            .map_err(|e| format!("resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("resolve {host}: no address"))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(ip) = local {
+            // A port of this address still in TIME_WAIT from an earlier run may be bound again
+            // (the kernel still refuses a clashing 4-tuple at connect).
+            let _ = socket.set_reuseaddr(true);
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
+        let tcp = socket
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let io: Box<dyn Io> = match &self.tls {
+        Ok(match &self.tls {
             Some(tls) => {
                 let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
                 Box::new(
@@ -59,7 +103,17 @@ impl Target {
                 )
             }
             None => Box::new(tcp),
-        };
+        })
+    }
+
+    /// The WebSocket upgrade over a stream from [`open`](Self::open).
+    pub async fn upgrade(
+        &self,
+        io: Box<dyn Io>,
+        path: Option<&str>,
+        read_buffer: usize,
+    ) -> Result<Ws, String> {
+        let (host, port) = self.host_port();
         let url = match path {
             Some(p) => format!(
                 "{}://{host}:{port}{p}",
@@ -75,6 +129,48 @@ impl Target {
             .map_err(|e| format!("upgrade: {e}"))?;
         Ok(ws)
     }
+
+    /// One plain HTTP GET of `path` on a fresh connection (`Connection: close`): the status, the
+    /// body's length, and the time from writing the request to the end of the response (the
+    /// TCP and TLS handshakes are not counted).
+    pub async fn get(&self, path: &str) -> Result<(u16, usize, Duration), String> {
+        let mut io = self.open(None).await?;
+        let (host, port) = self.host_port();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        let started = Instant::now();
+        io.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let mut response = Vec::new();
+        match tokio::time::timeout(HTTP_TIMEOUT, io.read_to_end(&mut response)).await {
+            Err(_) => return Err(format!("GET {path}: no answer in {HTTP_TIMEOUT:?}")),
+            // A server may close without TLS close_notify; what arrived is the response.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Ok(Err(e)) => return Err(format!("GET {path}: {e}")),
+            Ok(Ok(_)) => {}
+        }
+        let elapsed = started.elapsed();
+        let (status, body) =
+            parse_response(&response).ok_or_else(|| format!("GET {path}: not an HTTP response"))?;
+        Ok((status, body, elapsed))
+    }
+}
+
+/// How long [`Target::get`] waits for a whole response.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The status code and body length of a whole HTTP/1.1 response (read until the server closed).
+fn parse_response(response: &[u8]) -> Option<(u16, usize)> {
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let status_line = response.split(|&b| b == b'\r').next()?;
+    let status = std::str::from_utf8(status_line)
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((status, response.len() - head_end))
 }
 
 fn client_config(insecure: bool) -> Arc<rustls::ClientConfig> {
@@ -177,9 +273,30 @@ pub fn parse(msg: &Message) -> Option<(u64, u64)> {
 /// A server process's CPU seconds (user + system) and resident memory, from /proc.
 #[derive(Clone, Copy)]
 pub struct ProcSample {
+    /// From `/proc/PID/stat`: the whole process, exited threads included, in 10 ms ticks.
     pub cpu_seconds: f64,
+    /// The sum of `se.sum_exec_runtime` over the live threads (`/proc/PID/task/*/sched`):
+    /// nanosecond precision, for phases too short for ticks; absent where the kernel lacks it.
+    pub threads_cpu_seconds: Option<f64>,
     pub rss_kib: u64,
 }
+
+impl ProcSample {
+    /// CPU seconds from `self` to `later`: the precise per-thread sums when both samples have
+    /// them and no thread's time went missing in between (a thread that exited takes its time
+    /// out of the sum, which the ticks still count), else the ticks.
+    pub fn cpu_until(&self, later: &ProcSample) -> f64 {
+        let ticks = later.cpu_seconds - self.cpu_seconds;
+        match (self.threads_cpu_seconds, later.threads_cpu_seconds) {
+            (Some(a), Some(b)) if b - a >= ticks - TICK_SLACK => b - a,
+            _ => ticks,
+        }
+    }
+}
+
+/// Two ticks of `/proc/PID/stat` (USER_HZ 100): how far the tick count may run ahead of the
+/// precise sum by rounding alone.
+const TICK_SLACK: f64 = 0.02;
 
 pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
     let pid = pid?;
@@ -198,8 +315,31 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
         .ok()?;
     Some(ProcSample {
         cpu_seconds: ticks as f64 / 100.0,
+        threads_cpu_seconds: threads_cpu_seconds(pid),
         rss_kib,
     })
+}
+
+/// The sum of the live threads' `se.sum_exec_runtime` (milliseconds in `/proc/PID/task/TID/sched`).
+fn threads_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut ms = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(sched) = std::fs::read_to_string(task.ok()?.path().join("sched")) else {
+            continue; // the thread exited since the directory was read
+        };
+        ms += sum_exec_runtime_ms(&sched)?;
+    }
+    Some(ms / 1000.0)
+}
+
+fn sum_exec_runtime_ms(sched: &str) -> Option<f64> {
+    sched
+        .lines()
+        .find_map(|l| l.strip_prefix("se.sum_exec_runtime"))?
+        .trim_start_matches([' ', ':'])
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Opens `n` connections, `concurrency` at a time.
@@ -224,3 +364,44 @@ pub async fn until(deadline: Instant) {
 }
 
 pub const SETTLE: Duration = Duration::from_millis(1500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ticks: f64, threads: Option<f64>) -> ProcSample {
+        ProcSample {
+            cpu_seconds: ticks,
+            threads_cpu_seconds: threads,
+            rss_kib: 0,
+        }
+    }
+
+    #[test]
+    fn cpu_prefers_the_precise_thread_sums() {
+        let d = at(1.00, Some(1.003)).cpu_until(&at(1.01, Some(1.0185)));
+        assert!((d - 0.0155).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_falls_back_to_ticks_when_a_thread_took_its_time_away() {
+        // A thread with 0.5 s of CPU exited in between: the live sum lost it, the ticks did not.
+        let d = at(2.0, Some(2.0)).cpu_until(&at(2.6, Some(2.1)));
+        assert!((d - 0.6).abs() < 1e-9);
+        assert_eq!(at(2.0, None).cpu_until(&at(2.5, Some(9.0))), 0.5);
+    }
+
+    #[test]
+    fn sched_lines_are_read_in_milliseconds() {
+        let sched = "cat (26302, #threads: 1)\n---\nse.exec_start   :   696833.388008\nse.sum_exec_runtime                          :             0.258794\n";
+        assert_eq!(sum_exec_runtime_ms(sched), Some(0.258794));
+        assert_eq!(sum_exec_runtime_ms("nothing here"), None);
+    }
+
+    #[test]
+    fn responses_give_status_and_body_length() {
+        let r = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5\r\n\r\nnope\n";
+        assert_eq!(parse_response(r), Some((403, 5)));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+}

@@ -4,6 +4,7 @@
 
 mod client;
 mod report;
+mod scale;
 mod scenarios;
 
 use std::process::ExitCode;
@@ -63,6 +64,15 @@ enum Command {
         #[command(flatten)]
         opts: scenarios::Connect,
     },
+    /// N connections (default: the open-files limit less a margin) over several source addresses:
+    /// handshakes/s, RSS per connection, idle CPU with heartbeats, one-to-all broadcast; a presence
+    /// storm; /stats and /metrics at many rooms.
+    Scale {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: scale::Scale,
+    },
     /// A table of JSON result lines (from files, or stdin), each scenario's figures side by side.
     Report {
         /// Files of result lines; the first server named is the one the ratios are of.
@@ -76,6 +86,7 @@ enum Scenario {
     Chat(scenarios::Chat),
     Idle(scenarios::Idle),
     Connect(scenarios::Connect),
+    Scale(scale::Scale),
 }
 
 #[tokio::main]
@@ -87,6 +98,7 @@ async fn main() -> ExitCode {
         Command::Chat { common, opts } => (common, Scenario::Chat(opts)),
         Command::Idle { common, opts } => (common, Scenario::Idle(opts)),
         Command::Connect { common, opts } => (common, Scenario::Connect(opts)),
+        Command::Scale { common, opts } => (common, Scenario::Scale(opts)),
     };
     match run(&common, &scenario).await {
         Ok(mut line) => {
@@ -110,5 +122,15 @@ async fn run(common: &Common, scenario: &Scenario) -> Result<serde_json::Value, 
         Scenario::Chat(o) => scenarios::chat(&target, o, pid).await,
         Scenario::Idle(o) => scenarios::idle(&target, o, pid).await,
         Scenario::Connect(o) => scenarios::connect(&target, o, pid).await,
+        Scenario::Scale(o) => scale::scale(&target, o, pid).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

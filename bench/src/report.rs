@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 /// (scenario, figure as a JSON pointer, label, higher is better)
-const FIGURES: &[(&str, &str, &str, bool)] = &[
+type Figure = (&'static str, &'static str, &'static str, bool);
+
+const FIGURES: &[Figure] = &[
     ("fanout", "/delivered_per_s", "delivered msg/s", true),
     ("fanout", "/lost", "lost", false),
     ("fanout", "/latency_ms/p50", "latency p50 ms", false),
@@ -49,6 +51,76 @@ const FIGURES: &[(&str, &str, &str, bool)] = &[
     ("connect", "/latency_ms/p99", "handshake p99 ms", false),
 ];
 
+/// `scale` (presence off) and `scale-count` (counts on): (figure, label, higher is better).
+const SCALE: &[(&str, &str, bool)] = &[
+    ("/opened", "connections open", true),
+    ("/open/handshakes_per_s", "handshakes/s", true),
+    ("/open/handshake_ms/p99", "handshake p99 ms", false),
+    (
+        "/open/server_us_per_handshake",
+        "server us per handshake",
+        false,
+    ),
+    ("/open/loadgen_cpu_pct", "loadgen CPU % opening", false),
+    ("/rss/per_connection_kib", "RSS KiB per connection", false),
+    ("/hold/ping_rounds", "ping rounds in hold", true),
+    (
+        "/hold/server_cpu_pct_per_10k",
+        "idle CPU % per 10k conns",
+        false,
+    ),
+    ("/hold/server_us_per_ping", "idle server us per ping", false),
+    ("/broadcast/latency_ms/p50", "1-to-all p50 ms", false),
+    ("/broadcast/latency_ms/p99", "1-to-all p99 ms", false),
+    (
+        "/broadcast/server_us_per_delivery",
+        "server us per delivery",
+        false,
+    ),
+    (
+        "/broadcast/loadgen_us_per_delivery",
+        "loadgen us per delivery",
+        false,
+    ),
+];
+
+/// `scale-count` only: the presence storm and the monitoring endpoints at many rooms.
+const SCALE_COUNT: &[(&str, &str, bool)] = &[
+    ("/storm/joined", "storm members joined", true),
+    ("/storm/join_spread_s", "storm joins spread s", false),
+    (
+        "/storm/messages_per_member/mean",
+        "storm msgs per member",
+        false,
+    ),
+    (
+        "/storm/bytes_per_member/mean",
+        "storm bytes per member",
+        false,
+    ),
+    ("/storm/exact_pct", "storm members exact %", true),
+    ("/storm/exact_s", "storm s to exact count", false),
+    ("/rooms/rooms", "rooms open", true),
+    ("/rooms/stats/ms/p50", "/stats ms p50", false),
+    ("/rooms/stats/bytes", "/stats bytes", false),
+    ("/rooms/metrics/ms/p50", "/metrics ms p50", false),
+    ("/rooms/metrics/bytes", "/metrics bytes", false),
+];
+
+/// Every row of the table, in order.
+fn figures() -> Vec<Figure> {
+    let scale = |scenario: &'static str, rows: &[(&'static str, &'static str, bool)]| {
+        rows.iter()
+            .map(move |&(pointer, label, higher)| (scenario, pointer, label, higher))
+            .collect::<Vec<_>>()
+    };
+    let mut all = FIGURES.to_vec();
+    all.extend(scale("scale", SCALE));
+    all.extend(scale("scale-count", SCALE));
+    all.extend(scale("scale-count", SCALE_COUNT));
+    all
+}
+
 pub fn print(files: &[PathBuf]) -> ExitCode {
     let mut lines: Vec<Value> = Vec::new();
     let mut read = |reader: &mut dyn BufRead| {
@@ -72,14 +144,19 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
     }
     // Servers in order of first appearance; the first is the one the ratios are of.
     let mut servers: Vec<String> = Vec::new();
-    let mut results: BTreeMap<(String, String), &Value> = BTreeMap::new();
-    for v in &lines {
+    // Lines of one scenario and server are merged (a later figure wins): `scale` measures some
+    // phases against a fresh server process each, one line per process.
+    let mut results: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for v in lines {
         let server = v["server"].as_str().unwrap_or("server").to_owned();
         if !servers.contains(&server) {
             servers.push(server.clone());
         }
-        results.insert(
-            (v["scenario"].as_str().unwrap_or("?").to_owned(), server),
+        let key = (v["scenario"].as_str().unwrap_or("?").to_owned(), server);
+        merge(
+            results
+                .entry(key)
+                .or_insert_with(|| Value::Object(Default::default())),
             v,
         );
     }
@@ -87,7 +164,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
         eprintln!("wsline-bench report: no result lines");
         return ExitCode::FAILURE;
     };
-    let mut header = format!("| {:<10} | {:<28} |", "scenario", "figure");
+    let mut header = format!("| {:<11} | {:<28} |", "scenario", "figure");
     for s in &servers {
         header += &format!(" {s:>12} |");
     }
@@ -102,7 +179,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
             .map(|c| if c == '|' { '|' } else { '-' })
             .collect::<String>()
     );
-    for (scenario, pointer, label, _higher_better) in FIGURES {
+    for (scenario, pointer, label, _higher_better) in figures() {
         let values: Vec<Option<f64>> = servers
             .iter()
             .map(|s| {
@@ -115,7 +192,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
         if values.iter().all(Option::is_none) {
             continue;
         }
-        let mut row = format!("| {scenario:<10} | {label:<28} |");
+        let mut row = format!("| {scenario:<11} | {label:<28} |");
         for v in &values {
             row += &format!(" {:>12} |", v.map_or("-".into(), fmt));
         }
@@ -131,10 +208,46 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn merge(into: &mut Value, more: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), more) {
+        a.extend(b);
+    }
+}
+
 fn fmt(x: f64) -> String {
     if x.fract() == 0.0 || x.abs() >= 100.0 {
         format!("{x:.0}")
     } else {
         format!("{x:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_is_one_figure_of_one_scenario() {
+        let all = figures();
+        let mut keys: Vec<_> = all.iter().map(|(s, p, _, _)| (*s, *p)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all.len());
+        assert!(all.iter().all(|(_, _, label, _)| label.len() <= 28));
+    }
+
+    #[test]
+    fn lines_of_one_scenario_and_server_merge() {
+        let mut v =
+            serde_json::json!({"scenario": "scale-count", "open": {"handshakes_per_s": 1.0}});
+        merge(
+            &mut v,
+            serde_json::json!({"scenario": "scale-count", "storm": {"joined": 2}}),
+        );
+        assert_eq!(
+            v.pointer("/open/handshakes_per_s"),
+            Some(&serde_json::json!(1.0))
+        );
+        assert_eq!(v.pointer("/storm/joined"), Some(&serde_json::json!(2)));
     }
 }

@@ -14,11 +14,11 @@ use crate::client::{self, ProcSample, SETTLE, Target, Ws, now_ns, parse, payload
 /// How long receivers keep reading after the senders stop, for messages still in flight.
 const GRACE: Duration = Duration::from_secs(3);
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
 }
 
-fn latency(h: &Histogram<u64>) -> Value {
+pub(crate) fn latency(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1000.0;
     json!({
         "p50": ms(h.value_at_quantile(0.50)),
@@ -44,7 +44,7 @@ fn cpu(before: Option<ProcSample>, after: Option<ProcSample>, deliveries: u64) -
     }
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -109,6 +109,7 @@ async fn receive(
 }
 
 #[derive(clap::Args)]
+#[group(id = "fanout_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Fanout {
     #[arg(short = 'n', long, default_value_t = 1000)]
     pub subscribers: usize,
@@ -215,6 +216,7 @@ pub async fn fanout(target: &Target, o: &Fanout, pid: Option<u32>) -> Result<Val
 }
 
 #[derive(clap::Args)]
+#[group(id = "chat_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Chat {
     #[arg(short = 'n', long, default_value_t = 200)]
     pub clients: usize,
@@ -227,12 +229,14 @@ pub struct Chat {
 }
 
 #[derive(clap::Args)]
+#[group(id = "idle_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Idle {
     #[arg(short = 'n', long, default_value_t = 10_000)]
     pub connections: usize,
 }
 
 #[derive(clap::Args)]
+#[group(id = "connect_options")] // not the subcommand's own name: clap refuses the clash
 pub struct Connect {
     #[arg(short = 'w', long, default_value_t = 32)]
     pub workers: usize,
