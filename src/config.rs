@@ -547,6 +547,8 @@ impl Config {
             "cluster.redis",
             format!("{redis:?} is not a redis:// or rediss:// URL"),
         );
+        // Presence state and history replay vs the outbound queue (rooms own these rules).
+        problems.extend(crate::hub::check_config(self));
         problems
     }
 }
@@ -802,7 +804,8 @@ mod tests {
                 "relay.history",
                 "limits.burst",
                 "limits.queue_bytes",
-                "log.level"
+                "log.level",
+                "presence.max_names"
             ],
             "{p:?}"
         );

@@ -148,7 +148,7 @@ async fn read(
 ) -> End {
     let app_ping = config.heartbeat.app_ping.as_bytes();
     let app_pong = Utf8Bytes::from(config.heartbeat.app_pong.clone());
-    let (echo, history) = (config.relay.echo, config.relay.history);
+    let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
         let msg = match stream.next().await {
@@ -167,7 +167,7 @@ async fn read(
             }
             Message::Text(_) | Message::Binary(_) => {
                 state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                membership.publish(msg, echo, history);
+                membership.publish(msg, echo);
             }
             Message::Close(_) => return End::PeerClosed,
             // tungstenite answers pings itself; pongs only prove the client is alive.

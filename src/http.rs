@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::debug;
 
 use crate::conn::{self, Conn};
-use crate::hub::{JoinError, JoinOptions};
+use crate::hub::JoinError;
 use crate::limits::{self, Refusal};
 use crate::request::parse_target;
 use crate::stats::{Certificate, Drops, Report, Stats};
@@ -283,17 +283,9 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
     );
-    let joined = state.hub.join(
-        &target.room,
-        target.name.as_deref(),
-        outbox,
-        &JoinOptions {
-            max_rooms: config.relay.max_rooms,
-            unique_names: config.presence.unique_names,
-            presence: config.presence.format,
-            presence_interval: config.presence.interval,
-        },
-    );
+    let joined = state
+        .hub
+        .join(&target.room, target.name.as_deref(), outbox);
     let membership = match joined {
         Ok(m) => Some(m),
         Err(JoinError::TooManyRooms) => {

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             wsline::nginx::snippet(&config),
         )
     });
+    let room_notes = wsline::hub::check_notes(&config);
     wsline::logging::init(&config.log);
     let listen = config.server.listen.clone();
     let server = match Server::new(config) {
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         for warning in warnings {
             eprintln!("warning: {warning}");
         }
-        println!("config OK\n\n{snippet}");
+        println!("config OK\n{}\n\n{snippet}", room_notes.join("\n"));
         return ExitCode::SUCCESS;
     }
 
