@@ -419,7 +419,7 @@ impl Hub {
                     presence::state_json(&room.name, count, total, &state.roster, settings.max_names)
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
-                    presence::change_json(&room.name, count, total, &state.changes)
+                    presence::change_json(&room.name, count, total, &state.changes, &state.roster)
                 }),
                 Some(Kind::Count) => plain.get_or_insert_with(|| presence::plain(count)),
             };

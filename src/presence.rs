@@ -173,10 +173,10 @@ struct ChangeJson<'a> {
     room: &'a str,
     count: usize,
     total: usize,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    joined: Vec<&'a str>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    left: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    joined: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    left: Option<Vec<&'a str>>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -205,15 +205,25 @@ pub fn state_json(
     serde_json::to_string(&json).expect("presence state serializes")
 }
 
-/// The changes since a member's last presence message: `joined`/`left` only when not empty.
-pub fn change_json(room: &str, count: usize, total: usize, changes: &Changes) -> String {
+/// The changes since a member's last presence message. `joined` and `left` (both, possibly
+/// empty) when names are in use: the room has named members or this change names some. So a
+/// client tells a change (`joined`/`left`) from a state (`names`/`more`) in a room with names;
+/// in a room without names the two carry the same counts and mean the same.
+pub fn change_json(
+    room: &str,
+    count: usize,
+    total: usize,
+    changes: &Changes,
+    roster: &Roster,
+) -> String {
+    let in_use = !roster.is_empty() || !changes.is_empty();
     let json = ChangeJson {
         r#type: "presence",
         room,
         count,
         total,
-        joined: changes.names(1),
-        left: changes.names(-1),
+        joined: in_use.then(|| changes.names(1)),
+        left: in_use.then(|| changes.names(-1)),
     };
     serde_json::to_string(&json).expect("presence change serializes")
 }
@@ -345,16 +355,29 @@ mod tests {
     }
 
     #[test]
-    fn change_lists_joined_and_left_only_when_not_empty() {
+    fn change_lists_joined_and_left_when_names_are_in_use() {
         let mut c = Changes::default();
         c.joined(&Arc::from("dave"));
         c.left(&Arc::from("bob"));
+        let nobody = Roster::default();
         assert_eq!(
-            change_json("1234", 4, 58, &c),
+            change_json("1234", 4, 58, &c, &roster(&["alice", "dave"])),
             r#"{"type":"presence","room":"1234","count":4,"total":58,"joined":["dave"],"left":["bob"]}"#
         );
+        // The last named member left: the change still says who.
+        let mut last = Changes::default();
+        last.left(&Arc::from("bob"));
         assert_eq!(
-            change_json("1234", 4, 58, &Changes::default()),
+            change_json("1234", 1, 9, &last, &nobody),
+            r#"{"type":"presence","room":"1234","count":1,"total":9,"joined":[],"left":["bob"]}"#
+        );
+        // A nameless member joined a room with names: empty lists, so it is not read as a state.
+        assert_eq!(
+            change_json("1234", 5, 59, &Changes::default(), &roster(&["alice"])),
+            r#"{"type":"presence","room":"1234","count":5,"total":59,"joined":[],"left":[]}"#
+        );
+        assert_eq!(
+            change_json("1234", 4, 58, &Changes::default(), &nobody),
             r#"{"type":"presence","room":"1234","count":4,"total":58}"#
         );
     }
@@ -471,7 +494,7 @@ mod tests {
         let big = usize::MAX;
         let bound = max_message_bytes(PresenceFormat::Json, 30) as usize;
         assert!(state_json(&room, big, big, &r, 30).len() <= bound);
-        assert!(change_json(&room, big, big, &c).len() <= bound);
+        assert!(change_json(&room, big, big, &c, &r).len() <= bound);
         let more = state_json(&room, big, big, &r, 29);
         assert!(more.len() <= max_message_bytes(PresenceFormat::Json, 29) as usize);
         assert_eq!(max_message_bytes(PresenceFormat::Off, 30), 0);
