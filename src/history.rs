@@ -91,7 +91,11 @@ mod tests {
         for i in 0..10 {
             h.push(Message::text(format!("{i}").repeat(10)), 100, 25);
         }
-        assert_eq!(h.len(), 2, "two 10-byte messages fit 25 bytes, three do not");
+        assert_eq!(
+            h.len(),
+            2,
+            "two 10-byte messages fit 25 bytes, three do not"
+        );
         assert_eq!(h.bytes(), 20);
         h.push(Message::text("x".repeat(26)), 100, 25);
         assert!(h.is_empty(), "a message over the byte bound is not kept");

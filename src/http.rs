@@ -283,9 +283,7 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
     );
-    let joined = state
-        .hub
-        .join(&target.room, target.name.as_deref(), outbox);
+    let joined = state.hub.join(&target.room, target.name.as_deref(), outbox);
     let membership = match joined {
         Ok(m) => Some(m),
         Err(JoinError::TooManyRooms) => {

@@ -272,9 +272,7 @@ impl Hub {
                 state.changes.joined(shown);
             }
             // The bounds in force, even if a reload's trim has not reached this room yet.
-            state
-                .history
-                .trim(settings.history, settings.history_bytes);
+            state.history.trim(settings.history, settings.history_bytes);
             for msg in state.history.iter() {
                 outbox.push(msg.clone());
             }
@@ -416,7 +414,13 @@ impl Hub {
             let text = match kind {
                 None => continue,
                 Some(Kind::State) => full.get_or_insert_with(|| {
-                    presence::state_json(&room.name, count, total, &state.roster, settings.max_names)
+                    presence::state_json(
+                        &room.name,
+                        count,
+                        total,
+                        &state.roster,
+                        settings.max_names,
+                    )
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
                     presence::change_json(&room.name, count, total, &state.changes, &state.roster)
@@ -585,7 +589,9 @@ mod tests {
     #[test]
     fn a_presence_state_must_fit_the_queue() {
         // 200 names: 200 x 259 + 256 = 52 056 bytes, within 64 KiB; 300 are not.
-        assert!(problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty());
+        assert!(
+            problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty()
+        );
         let p = problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\n");
         assert!(p[0].starts_with("presence.max_names: "), "{p:?}");
         // Plain and off carry no names.
@@ -599,9 +605,16 @@ mod tests {
     fn a_full_replay_and_a_state_must_fit_the_queue() {
         let base = "[limits]\nqueue_bytes = \"1MiB\"\n[presence]\nmax_names = 1000\n";
         // 1000 names take 259 256 bytes; 800 KiB of history on top is more than 1 MiB.
-        let p = problems(&format!("{base}[relay]\nhistory = 10\nhistory_bytes = \"800KiB\"\n"));
+        let p = problems(&format!(
+            "{base}[relay]\nhistory = 10\nhistory_bytes = \"800KiB\"\n"
+        ));
         assert!(p[0].starts_with("relay.history_bytes: "), "{p:?}");
-        assert!(problems(&format!("{base}[relay]\nhistory = 10\nhistory_bytes = \"512KiB\"\n")).is_empty());
+        assert!(
+            problems(&format!(
+                "{base}[relay]\nhistory = 10\nhistory_bytes = \"512KiB\"\n"
+            ))
+            .is_empty()
+        );
         // No history: its bytes do not matter.
         assert!(problems(&format!("{base}[relay]\nhistory_bytes = \"800KiB\"\n")).is_empty());
     }
@@ -634,7 +647,10 @@ mod tests {
         assert_eq!(hub.room_count(), 0);
         assert!(lock(&first.state).closed);
         let b = hub.join("r", None, outbox()).unwrap();
-        assert!(!Arc::ptr_eq(&first, &b.room), "a closed room is never joined again");
+        assert!(
+            !Arc::ptr_eq(&first, &b.room),
+            "a closed room is never joined again"
+        );
         assert_eq!(hub.room_counts(), vec![(Arc::from("r"), 1)]);
     }
 

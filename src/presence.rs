@@ -107,7 +107,6 @@ impl Roster {
     }
 }
 
-
 /// What changed in a room's names since its last presence message: a net count per name, so a
 /// member who joins and leaves within one window is never mentioned.
 #[derive(Debug, Default)]
@@ -338,7 +337,11 @@ mod tests {
         let mut r = roster(&["sam", "sam", "ann"]);
         assert_eq!(r.listed(10), ["ann", "sam", "sam"]);
         r.remove("sam", "sam");
-        assert_eq!(r.listed(10), ["ann", "sam"], "one sam left, the other stays");
+        assert_eq!(
+            r.listed(10),
+            ["ann", "sam"],
+            "one sam left, the other stays"
+        );
         assert!(r.key_taken("sam"));
         r.remove("sam", "sam");
         assert!(!r.key_taken("sam"));
@@ -421,7 +424,14 @@ mod tests {
         };
         let p = plan(PresenceFormat::Json, pending, 10);
         assert_eq!(p.members, Some(Kind::State));
-        let p = plan(PresenceFormat::Json, Pending { names: 10, ..pending }, 10);
+        let p = plan(
+            PresenceFormat::Json,
+            Pending {
+                names: 10,
+                ..pending
+            },
+            10,
+        );
         assert_eq!(p.members, Some(Kind::Change));
     }
 
@@ -480,7 +490,11 @@ mod tests {
             let mut name = worst[i % 3].clone();
             if i >= 3 {
                 // Distinct names of the same size: swap the first character for a 4-byte one.
-                name = format!("{}{}", char::from_u32(0x1F600 + i as u32).unwrap(), &name[4..]);
+                name = format!(
+                    "{}{}",
+                    char::from_u32(0x1F600 + i as u32).unwrap(),
+                    &name[4..]
+                );
             }
             let name: Arc<str> = name.into();
             r.add(&name, &name);

@@ -52,7 +52,11 @@ async fn names_are_listed_and_a_taken_name_is_refused_with_1008() {
     assert_eq!(alice_view.names(), ["alice", "bob"]);
     // Bob's first presence message is the whole state.
     let state = bob.recv_presence().await;
-    assert_eq!(state["names"], serde_json::json!(["alice", "bob"]), "{state}");
+    assert_eq!(
+        state["names"],
+        serde_json::json!(["alice", "bob"]),
+        "{state}"
+    );
 
     let mut second_alice = server.connect("/n?name=alice").await;
     let close = second_alice.closed().await;
@@ -75,8 +79,14 @@ async fn a_joiner_gets_the_state_first_and_members_get_only_the_changes() {
     let change = alice.recv_presence().await;
     assert_eq!(change["joined"], serde_json::json!(["bob"]), "{change}");
     assert_eq!(change["left"], serde_json::json!([]), "{change}");
-    assert!(change.get("names").is_none(), "a change carries no names: {change}");
-    assert_eq!((change["count"].clone(), change["total"].clone()), (2.into(), 2.into()));
+    assert!(
+        change.get("names").is_none(),
+        "a change carries no names: {change}"
+    );
+    assert_eq!(
+        (change["count"].clone(), change["total"].clone()),
+        (2.into(), 2.into())
+    );
 
     // A member without a name: a count-only change, still told apart from a state.
     let mut anon = server.connect("/c").await;
@@ -84,7 +94,11 @@ async fn a_joiner_gets_the_state_first_and_members_get_only_the_changes() {
     assert_eq!(change["count"], 3);
     assert_eq!(change["joined"], serde_json::json!([]), "{change}");
     let state = anon.recv_presence().await;
-    assert_eq!(state["names"], serde_json::json!(["alice", "bob"]), "{state}");
+    assert_eq!(
+        state["names"],
+        serde_json::json!(["alice", "bob"]),
+        "{state}"
+    );
     assert_eq!(state["count"], 3);
 
     bob.close().await;
@@ -128,7 +142,10 @@ async fn duplicate_names_are_counted_when_unique_names_is_off() {
     }
     assert_eq!(view.names(), ["sam"]);
     let mut c = server.connect("/d?name=other").await;
-    assert_eq!(c.recv_presence().await["names"], serde_json::json!(["other", "sam"]));
+    assert_eq!(
+        c.recv_presence().await["names"],
+        serde_json::json!(["other", "sam"])
+    );
     server.stop().await;
 }
 
@@ -364,7 +381,10 @@ async fn five_hundred_long_names_in_a_64kib_queue_evict_nobody_and_every_view_en
         let known = view.names();
         assert_eq!(known.len() + view.unnamed, remaining + 1, "{view:?}");
         let strangers: Vec<&&str> = known.iter().filter(|n| !real.contains(**n)).collect();
-        assert!(strangers.is_empty(), "a view names someone not in the room: {strangers:?}");
+        assert!(
+            strangers.is_empty(),
+            "a view names someone not in the room: {strangers:?}"
+        );
         if view.unnamed == 0 {
             assert_eq!(known.len(), real.len(), "a complete view has everyone once");
             exact += 1;
@@ -382,7 +402,10 @@ async fn five_hundred_long_names_in_a_64kib_queue_evict_nobody_and_every_view_en
 async fn a_reload_changes_the_presence_format_of_every_room_at_once_and_joins_keep_it() {
     let (server, handle) = start_with_handle(|_| {}).await;
     let mut ann = server.connect("/f?name=ann").await;
-    assert_eq!(ann.recv_presence().await["names"], serde_json::json!(["ann"]));
+    assert_eq!(
+        ann.recv_presence().await["names"],
+        serde_json::json!(["ann"])
+    );
 
     let mut plain = common::test_config(&server.cert);
     plain.presence.format = PresenceFormat::Plain;

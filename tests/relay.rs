@@ -169,10 +169,18 @@ async fn a_history_of_big_messages_is_replayed_within_its_byte_bound_and_the_joi
     let mut joiner = server.connect("/big").await;
     // 256 KiB holds the last four 64 000-byte messages (256 000 bytes); five would be 320 000.
     for i in 66..70 {
-        assert_eq!(joiner.recv_relayed().await, numbered(i, 64_000), "message {i}");
+        assert_eq!(
+            joiner.recv_relayed().await,
+            numbered(i, 64_000),
+            "message {i}"
+        );
     }
     sender.send_text("live").await;
-    assert_eq!(joiner.recv_relayed().await, Message::text("live"), "nothing more was replayed");
+    assert_eq!(
+        joiner.recv_relayed().await,
+        Message::text("live"),
+        "nothing more was replayed"
+    );
     let s = server.stats().await;
     assert_eq!(s["rooms"]["big"], 2, "{s}");
     assert_eq!(s["drops"]["slow_consumers"], 0, "{s}");
@@ -185,7 +193,9 @@ async fn a_reload_lowering_history_applies_to_the_room_at_once_whatever_the_send
     // Admitted with history = 10 in its configuration snapshot.
     let mut old = server.connect("/h").await;
     let texts = |prefix: &str, n: usize| -> Vec<Message> {
-        (1..=n).map(|i| Message::text(format!("{prefix}{i}"))).collect()
+        (1..=n)
+            .map(|i| Message::text(format!("{prefix}{i}")))
+            .collect()
     };
     send_all(&mut old, &texts("m", 8)).await;
 
@@ -306,4 +316,38 @@ async fn empty_rooms_disappear() {
         .await;
     assert_eq!(s["connections"], 0);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_the_worst_case_history_memory_and_refuses_a_replay_that_cannot_fit() {
+    let cert = common::TestCert::new();
+    let path = cert.dir.path().join("wsline.toml");
+    let check = |extra: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+                cert.cert_path, cert.key_path
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsline"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check("[relay]\nhistory = 50\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("history: at most 2.4 GiB (10000 rooms x 256.0 KiB per room"),
+        "{stdout}"
+    );
+    // 3 900 KiB of history and a presence state of up to 253 KiB do not fit a 4 MiB queue.
+    let out = check("[relay]\nhistory = 50\nhistory_bytes = \"3900KiB\"\n");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("relay.history_bytes"), "{stderr}");
 }
