@@ -664,7 +664,59 @@ mod tests {
         let b = hub.join("r", None, outbox()).unwrap();
         assert!(!Arc::ptr_eq(&old, &b.room));
         assert_eq!(hub.room_count(), 1);
-        std::mem::forget(a);
+        // The old room's last member leaving does not prune its successor.
+        drop(a);
+        assert_eq!(hub.room_counts(), vec![(Arc::from("r"), 1)]);
+    }
+
+    /// Everything queued for one member so far, as text.
+    async fn drained(rx: &crate::outbox::OutboxRx) -> Vec<String> {
+        let mut batch = std::collections::VecDeque::new();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv_all(&mut batch))
+            .await
+            .expect("something queued");
+        batch
+            .iter()
+            .map(|m| m.to_text().unwrap().to_owned())
+            .collect()
+    }
+
+    fn pair() -> (Outbox, crate::outbox::OutboxRx) {
+        crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn a_window_sends_the_state_to_joiners_and_the_change_to_the_others() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let a = hub.join("r", Some("ann"), ann_tx).unwrap();
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":1,"total":1,"names":["ann"]}"#]
+        );
+        let (bob_tx, bob) = pair();
+        let b = hub.join("r", Some("bob"), bob_tx).unwrap();
+        let (cid_tx, cid) = pair();
+        let c = hub.join("r", Some("cid"), cid_tx).unwrap();
+        drop(c);
+        hub.send_presence(&a.room);
+        // Cid came and went within the window: nobody hears of it.
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":2,"total":2,"joined":["bob"],"left":[]}"#]
+        );
+        assert_eq!(
+            drained(&bob).await,
+            [r#"{"type":"presence","room":"r","count":2,"total":2,"names":["ann","bob"]}"#]
+        );
+        drop(b);
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":1,"total":1,"joined":[],"left":["bob"]}"#]
+        );
+        drop(cid);
     }
 
     #[test]
