@@ -420,6 +420,7 @@ impl Hub {
                         total,
                         &state.roster,
                         settings.max_names,
+                        state.resync || !state.changes.is_empty(),
                     )
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
@@ -717,6 +718,106 @@ mod tests {
             [r#"{"type":"presence","room":"r","count":1,"total":1,"joined":[],"left":["bob"]}"#]
         );
         drop(cid);
+    }
+
+    /// A member's idea of the room, rebuilt from its presence messages as a client would.
+    #[derive(Debug, Default)]
+    struct View {
+        known: Vec<String>,
+        unnamed: usize,
+        count: u64,
+    }
+
+    impl View {
+        fn apply(&mut self, text: &str) {
+            let p: serde_json::Value = serde_json::from_str(text).unwrap();
+            let list = |key: &str| -> Vec<String> {
+                p.get(key)
+                    .and_then(|v| v.as_array())
+                    .map_or(Vec::new(), |a| {
+                        a.iter().map(|n| n.as_str().unwrap().to_owned()).collect()
+                    })
+            };
+            self.count = p["count"].as_u64().unwrap();
+            if p.get("names").is_some() || p.get("more").is_some() {
+                self.known = list("names");
+                self.unnamed = p.get("more").map_or(0, |m| m.as_u64().unwrap() as usize);
+                return;
+            }
+            self.known.extend(list("joined"));
+            for gone in list("left") {
+                match self.known.iter().position(|n| *n == gone) {
+                    Some(i) => drop(self.known.swap_remove(i)),
+                    None => self.unnamed -= 1,
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn views_rebuilt_from_states_and_changes_match_the_room_through_random_churn() {
+        use futures_util::FutureExt;
+        const POOL: [&str; 6] = ["ann", "bob", "cid", "dee", "eve", "fay"];
+        for (unique_names, max_names) in [(true, 1000), (false, 1000), (false, 3), (true, 0)] {
+            let config = Config::from_toml("[tls]\nenabled = false\n").unwrap();
+            let mut settings = RoomSettings::new(&config);
+            (settings.unique_names, settings.max_names) = (unique_names, max_names);
+            let hub = Hub::new(Arc::default(), settings);
+            // xorshift64: the same churn on every run.
+            let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+            let mut random = move |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n) as usize
+            };
+            let mut members: Vec<(Membership, Option<&str>, crate::outbox::OutboxRx, View)> =
+                Vec::new();
+            for step in 0..1500 {
+                match random(10) {
+                    0..=4 => {
+                        let name = (random(5) > 0).then(|| POOL[random(POOL.len() as u64)]);
+                        let (tx, rx) = pair();
+                        if let Ok(m) = hub.join("r", name, tx) {
+                            members.push((m, name, rx, View::default()));
+                        }
+                    }
+                    5..=7 if !members.is_empty() => {
+                        drop(members.swap_remove(random(members.len() as u64)));
+                    }
+                    _ => {
+                        let room = lock(&hub.shared.rooms).get("r").cloned();
+                        if let Some(room) = room {
+                            hub.send_presence(&room);
+                        }
+                        for (_, _, rx, view) in &mut members {
+                            let mut batch = std::collections::VecDeque::new();
+                            if rx.recv_all(&mut batch).now_or_never().is_some() {
+                                for m in &batch {
+                                    view.apply(m.to_text().unwrap());
+                                }
+                            }
+                        }
+                        let mut names: Vec<String> = members
+                            .iter()
+                            .filter_map(|(_, n, _, _)| n.map(str::to_owned))
+                            .collect();
+                        names.sort();
+                        for (_, _, _, view) in &members {
+                            assert_eq!(view.count, members.len() as u64, "step {step}");
+                            let mut known = view.known.clone();
+                            known.sort();
+                            assert_eq!(known.len() + view.unnamed, names.len(), "step {step}");
+                            if view.unnamed == 0 {
+                                assert_eq!(known, names, "step {step}");
+                            } else {
+                                assert!(known.iter().all(|n| names.contains(n)), "step {step}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

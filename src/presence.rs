@@ -182,16 +182,19 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// The full state of a room: `names` (sorted, at most `max_names`) only when names are in use,
-/// `more` only when further names exist.
+/// The full state of a room: `names` (sorted, at most `max_names`, possibly empty) when names are
+/// in use: the room has named members, or the state replaces a change that names some or resends
+/// the state after a reload (`renames`), so a client always tells it from a count-only change and
+/// drops the names that left. `more` only when further names exist.
 pub fn state_json(
     room: &str,
     count: usize,
     total: usize,
     roster: &Roster,
     max_names: usize,
+    renames: bool,
 ) -> String {
-    let names = (!roster.is_empty() && max_names > 0).then(|| roster.listed(max_names));
+    let names = (!roster.is_empty() || renames).then(|| roster.listed(max_names));
     let listed = names.as_ref().map_or(0, Vec::len);
     let json = StateJson {
         r#type: "presence",
@@ -311,23 +314,31 @@ mod tests {
     fn state_lists_sorted_names_and_counts_the_rest() {
         let r = roster(&["carol", "alice", "bob"]);
         assert_eq!(
-            state_json("1234", 3, 57, &r, 10),
+            state_json("1234", 3, 57, &r, 10, false),
             r#"{"type":"presence","room":"1234","count":3,"total":57,"names":["alice","bob","carol"]}"#
         );
         assert_eq!(
-            state_json("1234", 4, 57, &r, 2),
+            state_json("1234", 4, 57, &r, 2, false),
             r#"{"type":"presence","room":"1234","count":4,"total":57,"names":["alice","bob"],"more":1}"#
         );
         assert_eq!(
-            state_json("1234", 3, 57, &r, 0),
-            r#"{"type":"presence","room":"1234","count":3,"total":57,"more":3}"#
+            state_json("1234", 3, 57, &r, 0, false),
+            r#"{"type":"presence","room":"1234","count":3,"total":57,"names":[],"more":3}"#
+        );
+    }
+
+    #[test]
+    fn a_state_replacing_a_change_has_names_even_when_nobody_is_left() {
+        assert_eq!(
+            state_json("r", 1, 1, &Roster::default(), 2, true),
+            r#"{"type":"presence","room":"r","count":1,"total":1,"names":[]}"#
         );
     }
 
     #[test]
     fn state_without_names_has_no_names_key() {
         assert_eq!(
-            state_json("lobby", 1, 1, &Roster::default(), 1000),
+            state_json("lobby", 1, 1, &Roster::default(), 1000, false),
             r#"{"type":"presence","room":"lobby","count":1,"total":1}"#
         );
     }
@@ -507,9 +518,9 @@ mod tests {
         let room = "r".repeat(64);
         let big = usize::MAX;
         let bound = max_message_bytes(PresenceFormat::Json, 30) as usize;
-        assert!(state_json(&room, big, big, &r, 30).len() <= bound);
+        assert!(state_json(&room, big, big, &r, 30, true).len() <= bound);
         assert!(change_json(&room, big, big, &c, &r).len() <= bound);
-        let more = state_json(&room, big, big, &r, 29);
+        let more = state_json(&room, big, big, &r, 29, true);
         assert!(more.len() <= max_message_bytes(PresenceFormat::Json, 29) as usize);
         assert_eq!(max_message_bytes(PresenceFormat::Off, 30), 0);
         assert!(plain(big).len() as u64 <= max_message_bytes(PresenceFormat::Plain, 0));
