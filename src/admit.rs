@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::State;
 use crate::config::Config;
-use crate::hub::{JoinError, JoinOptions, Membership};
+use crate::hub::{JoinError, Membership};
 use crate::limits::{self, Admission};
 use crate::outbox::OutboxRx;
 use crate::request::{BadTarget, parse_target};
@@ -160,17 +160,7 @@ pub fn admit<B>(
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
     );
-    let joined = state.hub.join(
-        &target.room,
-        target.name.as_deref(),
-        outbox,
-        &JoinOptions {
-            max_rooms: config.relay.max_rooms,
-            unique_names: config.presence.unique_names,
-            presence: config.presence.format,
-            presence_interval: config.presence.interval,
-        },
-    );
+    let joined = state.hub.join(&target.room, target.name.as_deref(), outbox);
     let membership = match joined {
         Ok(m) => Some(m),
         Err(JoinError::TooManyRooms) => return Err(refuse(Why::TooManyRooms, Some(client), room)),

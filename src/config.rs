@@ -727,6 +727,8 @@ impl Config {
                  6 x relay.max_message_size + 512 for the envelope)"
             ),
         );
+        // Presence state and history replay vs the outbound queue (rooms own these rules).
+        problems.extend(crate::hub::check_config(self));
         problems
     }
 }
@@ -989,6 +991,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "presence.max_names",
                 "limits.burst",
                 "limits.queue_bytes",
                 "relay.history",

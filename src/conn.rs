@@ -158,7 +158,7 @@ async fn read(
 ) -> End {
     let app_ping = config.heartbeat.app_ping.as_bytes();
     let app_pong = Utf8Bytes::from(config.heartbeat.app_pong.clone());
-    let (echo, history) = (config.relay.echo, config.relay.history);
+    let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
         let msg = match stream.next().await {
@@ -180,7 +180,7 @@ async fn read(
                     return End::Close(CloseCode::Unsupported, envelope::BINARY_REFUSED);
                 };
                 state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                membership.publish(msg, echo, history);
+                membership.publish(msg, echo);
             }
             Message::Close(frame) => return End::PeerClosed(frame.map(|f| u16::from(f.code))),
             // tungstenite answers pings itself; pongs only prove the client is alive.

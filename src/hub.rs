@@ -1,26 +1,44 @@
-//! Rooms and who is in them: join, leave, fan-out, history and presence.
+//! Rooms and who is in them: the room registry, [`Membership`] guards, fan-out, and the one
+//! presence ticker of the hub.
 //!
 //! The [`Hub`] maps room names to [`Room`]s. Joining returns a [`Membership`] guard whose `Drop`
-//! leaves: it removes the member, announces presence and prunes the room once empty, so counts come
-//! from live state and cannot drift.
+//! leaves: it removes the member, records the change for presence and prunes the room once empty,
+//! so counts come from live state and cannot drift. `Drop` only updates state and marks the room
+//! changed; the messages are rendered and queued by [`Hub::run_presence`], one task per hub (not
+//! per room) started by `Server::run` and tracked by the shutdown `TaskTracker`. The presence rules
+//! themselves are pure functions in [`crate::presence`]; history is [`crate::history`].
 //!
-//! Locks are `std::sync::Mutex`es held for a few non-blocking steps and never across `.await`. The
-//! order is always hub map, then room, then an outbox's queue (which its writer takes alone, for
-//! one swap). Fan-out takes only the room lock and the queues: a message is put, as a
-//! refcounted clone, into each member's bounded [`Outbox`]; nothing is written to a socket under a lock.
-//! A member whose outbox is full is evicted (its connection closes with 1013) rather than slowing
-//! anyone else down.
+//! Locks are `std::sync::Mutex`es held for a few non-blocking steps and never across `.await`.
+//! The room map's lock is never held while waiting for a room: a join looks the room up (or
+//! creates it) under the map lock, releases it, then locks the room; so one room busy fanning out
+//! a burst or rendering presence never stalls joins and leaves in the others. The price is a race
+//! with pruning, settled by the room's `closed` flag: a room emptied by its last leave is marked
+//! closed before it leaves the map, and a join that finds it closed removes it and tries again.
+//! Below the map, the order is a room, then an outbox's queue (which its writer takes alone, for one
+//! swap), then the hub's list of changed rooms. Fan-out takes only the room lock and the queues: a
+//! message is put, as a refcounted clone, into each member's bounded [`Outbox`]; nothing is written
+//! to a socket under a lock. A member whose outbox is full is evicted (its connection closes with
+//! 1013) rather than slowing anyone else down.
+//!
+//! Room settings (presence format, interval, `max_names`, uniqueness, history bounds, `max_rooms`)
+//! live in the hub, not in each connection's configuration snapshot: a reload changes them in one
+//! place ([`Hub::configure`]), for every room at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::config::PresenceFormat;
+use crate::config::{Config, PresenceFormat};
+use crate::history::History;
 use crate::outbox::Outbox;
-use crate::presence::{self, Coalescer};
+use crate::presence::{self, Changes, Kind, Pending, Roster};
+use crate::request::name_key;
 use crate::stats::Stats;
 
 /// Why a join was refused.
@@ -32,13 +50,30 @@ pub enum JoinError {
     NameTaken,
 }
 
-/// Room settings that apply at join time.
-#[derive(Debug, Clone)]
-pub struct JoinOptions {
+/// The settings every room follows, taken from the configuration in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSettings {
     pub max_rooms: usize,
     pub unique_names: bool,
     pub presence: PresenceFormat,
     pub presence_interval: Duration,
+    pub max_names: usize,
+    pub history: usize,
+    pub history_bytes: usize,
+}
+
+impl RoomSettings {
+    pub fn new(config: &Config) -> RoomSettings {
+        RoomSettings {
+            max_rooms: config.relay.max_rooms,
+            unique_names: config.presence.unique_names,
+            presence: config.presence.format,
+            presence_interval: config.presence.interval,
+            max_names: config.presence.max_names,
+            history: config.relay.history,
+            history_bytes: usize::try_from(config.relay.history_bytes).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// All rooms of this server. Cheap to clone: a handle over shared state.
@@ -48,35 +83,55 @@ pub struct Hub {
 }
 
 struct HubShared {
-    /// Room name -> room. Locked first (before any room), briefly, on join and leave only.
+    /// Room name -> room. Locked alone and briefly: never while waiting for a room.
     rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    /// The room settings in force; swapped by [`Hub::configure`] on reload.
+    settings: ArcSwap<RoomSettings>,
+    /// Rooms whose presence changed and are not yet in the ticker's schedule. Pushed by joins and
+    /// leaves (each room once, see `RoomState::scheduled`), taken by [`Hub::run_presence`].
+    changed: Mutex<Vec<Arc<Room>>>,
+    /// Wakes the presence ticker when `changed` gets a room.
+    wake: Notify,
     /// Members in all rooms: the `total` of presence and the `connections` of /stats.
     total: AtomicUsize,
     next_id: AtomicU64,
     stats: Arc<Stats>,
 }
 
-/// One room: its members, its recent history and its presence window.
+/// One room: its members, its recent history and its pending presence.
 pub struct Room {
     name: Arc<str>,
     state: Mutex<RoomState>,
+    /// How many times a thread had to wait for `state` (see [`Room::lock`]).
+    contended: AtomicU64,
 }
 
 struct RoomState {
+    /// Set by the leave that emptied the room, before the room leaves the map; a closed room is
+    /// never joined again.
+    closed: bool,
     members: Vec<Member>,
-    /// Names in use, for `unique_names`.
-    names: HashSet<Arc<str>>,
-    /// The last messages, oldest first, replayed to a new member (`relay.history`).
-    history: VecDeque<Message>,
-    presence: Coalescer,
-    presence_format: PresenceFormat,
-    presence_interval: Duration,
+    roster: Roster,
+    history: History,
+    /// Name changes since the last presence message.
+    changes: Changes,
+    /// The count in the last presence message.
+    count_sent: usize,
+    /// Everyone needs the state again (the format or `max_names` changed on reload).
+    resync: bool,
+    /// The room is in the ticker's schedule (in `changed` or its pending list).
+    scheduled: bool,
+    /// When the last presence message was sent: the start of the coalescing window.
+    last_sent: Option<Instant>,
 }
 
 struct Member {
     id: u64,
-    name: Option<Arc<str>>,
+    /// The name as given, and its uniqueness key (`request::name_key`).
+    name: Option<(Arc<str>, Box<str>)>,
     outbox: Outbox,
+    /// Joined since the last presence message: gets the state, not the change.
+    fresh: bool,
 }
 
 /// A connection's place in a room; dropping it leaves the room.
@@ -93,11 +148,46 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Room {
+    fn new(name: &str) -> Room {
+        Room {
+            name: name.into(),
+            state: Mutex::new(RoomState {
+                closed: false,
+                members: Vec::new(),
+                roster: Roster::default(),
+                history: History::default(),
+                changes: Changes::default(),
+                count_sent: 0,
+                resync: false,
+                scheduled: false,
+                last_sent: None,
+            }),
+            contended: AtomicU64::new(0),
+        }
+    }
+
+    /// Locks the room, counting the times it had to wait (what the lock test watches for).
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        match self.state.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.contended.fetch_add(1, Ordering::Relaxed);
+                lock(&self.state)
+            }
+        }
+    }
+}
+
 impl Hub {
-    pub fn new(stats: Arc<Stats>) -> Hub {
+    pub fn new(stats: Arc<Stats>, settings: RoomSettings) -> Hub {
         Hub {
             shared: Arc::new(HubShared {
                 rooms: Mutex::new(HashMap::new()),
+                settings: ArcSwap::from_pointee(settings),
+                changed: Mutex::new(Vec::new()),
+                wake: Notify::new(),
                 total: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
                 stats,
@@ -117,141 +207,287 @@ impl Hub {
 
     /// Room names with their member counts.
     pub fn room_counts(&self) -> Vec<(Arc<str>, usize)> {
-        let rooms: Vec<Arc<Room>> = lock(&self.shared.rooms).values().cloned().collect();
-        rooms
+        self.rooms()
             .iter()
-            .map(|r| (r.name.clone(), lock(&r.state).members.len()))
+            .map(|r| (r.name.clone(), r.lock().members.len()))
+            .filter(|(_, n)| *n > 0)
             .collect()
     }
 
+    /// Every room, taken under the map lock, to be locked one by one after it is released.
+    fn rooms(&self) -> Vec<Arc<Room>> {
+        lock(&self.shared.rooms).values().cloned().collect()
+    }
+
+    /// The room settings in force.
+    pub fn settings(&self) -> Arc<RoomSettings> {
+        self.shared.settings.load_full()
+    }
+
+    /// Applies reloaded settings to every room at once: history is trimmed to the new bounds,
+    /// and a new presence format or `max_names` sends every member the state again.
+    pub fn configure(&self, settings: RoomSettings) {
+        let new = Arc::new(settings);
+        let old = self.shared.settings.swap(new.clone());
+        let resync = old.presence != new.presence || old.max_names != new.max_names;
+        for room in self.rooms() {
+            let mut state = room.lock();
+            if state.closed {
+                continue;
+            }
+            state.history.trim(new.history, new.history_bytes);
+            if resync {
+                state.resync = true;
+                self.schedule(&room, &mut state);
+            }
+        }
+    }
+
     /// Adds a member to `room` (created on first join). Its outbox first receives the room's
-    /// history, then everything published after; presence is announced to the room.
+    /// history, then everything published after; its presence state follows at the end of the
+    /// room's window, and the other members hear of it as a change.
     pub fn join(
         &self,
         room: &str,
         name: Option<&str>,
         outbox: Outbox,
-        opts: &JoinOptions,
     ) -> Result<Membership, JoinError> {
+        let settings = self.shared.settings.load_full();
+        let name = name.map(|n| (Arc::<str>::from(n), name_key(n).into_boxed_str()));
+        // Each retry needs another member to have joined the fresh room and left it meanwhile.
+        loop {
+            let room = self.find_or_create(room, settings.max_rooms)?;
+            let mut state = room.lock();
+            if state.closed {
+                drop(state);
+                self.forget(&room);
+                continue;
+            }
+            if let Some((shown, key)) = &name {
+                // A taken name means a member holds it, so the room is not empty and stays.
+                if settings.unique_names && state.roster.key_taken(key) {
+                    return Err(JoinError::NameTaken);
+                }
+                state.roster.add(shown, key);
+                state.changes.joined(shown);
+            }
+            // The bounds in force, even if a reload's trim has not reached this room yet.
+            state.history.trim(settings.history, settings.history_bytes);
+            for msg in state.history.iter() {
+                outbox.push(msg.clone());
+            }
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            state.members.push(Member {
+                id,
+                name,
+                outbox: outbox.clone(),
+                fresh: true,
+            });
+            self.shared.total.fetch_add(1, Ordering::Relaxed);
+            self.schedule(&room, &mut state);
+            drop(state);
+            return Ok(Membership {
+                hub: self.clone(),
+                room,
+                id,
+                outbox,
+            });
+        }
+    }
+
+    /// The room called `name`, created if absent and `max_rooms` allows; the map lock is held
+    /// only here.
+    fn find_or_create(&self, name: &str, max_rooms: usize) -> Result<Arc<Room>, JoinError> {
         let mut rooms = lock(&self.shared.rooms);
-        let room = match rooms.get(room) {
-            Some(r) => r.clone(),
-            None if rooms.len() >= opts.max_rooms => return Err(JoinError::TooManyRooms),
-            None => {
-                let name: Arc<str> = room.into();
-                let r = Arc::new(Room {
-                    name: name.clone(),
-                    state: Mutex::new(RoomState {
-                        members: Vec::new(),
-                        names: HashSet::new(),
-                        history: VecDeque::new(),
-                        presence: Coalescer::default(),
-                        presence_format: opts.presence,
-                        presence_interval: opts.presence_interval,
-                    }),
-                });
-                rooms.insert(name, r.clone());
-                r
-            }
-        };
-        let mut state = lock(&room.state);
-        let name: Option<Arc<str>> = name.map(Into::into);
-        if let Some(n) = &name {
-            // A taken name means a member holds it, so the room is not empty and stays.
-            if opts.unique_names && state.names.contains(n) {
-                return Err(JoinError::NameTaken);
-            }
-            state.names.insert(n.clone());
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
         }
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        for msg in &state.history {
-            outbox.push(msg.clone());
+        if rooms.len() >= max_rooms {
+            return Err(JoinError::TooManyRooms);
         }
-        state.members.push(Member {
-            id,
-            name,
-            outbox: outbox.clone(),
-        });
-        state.presence_format = opts.presence;
-        state.presence_interval = opts.presence_interval;
-        self.shared.total.fetch_add(1, Ordering::Relaxed);
-        let start_presence = state.presence.touch();
-        drop(state);
-        drop(rooms);
-        if start_presence {
-            self.spawn_presence(room.clone());
+        let room = Arc::new(Room::new(name));
+        rooms.insert(room.name.clone(), room.clone());
+        Ok(room)
+    }
+
+    /// Removes a closed room from the map, unless a new room of that name has replaced it.
+    fn forget(&self, room: &Arc<Room>) {
+        let mut rooms = lock(&self.shared.rooms);
+        if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(&room.name);
         }
-        Ok(Membership {
-            hub: self.clone(),
-            room,
-            id,
-            outbox,
-        })
     }
 
     fn leave(&self, room: &Arc<Room>, id: u64) {
-        let mut rooms = lock(&self.shared.rooms);
-        let mut state = lock(&room.state);
+        let mut state = room.lock();
         let Some(i) = state.members.iter().position(|m| m.id == id) else {
             return;
         };
         let member = state.members.swap_remove(i);
-        if let Some(n) = &member.name {
-            state.names.remove(n);
+        if let Some((shown, key)) = &member.name {
+            state.roster.remove(shown, key);
+            // For a member that joined in this window, this cancels its join.
+            state.changes.left(shown);
         }
         self.shared.total.fetch_sub(1, Ordering::Relaxed);
         if state.members.is_empty() {
-            rooms.remove(&room.name);
+            state.closed = true;
+            drop(state);
+            self.forget(room);
             return;
         }
-        let start_presence = state.presence.touch();
-        drop(state);
-        drop(rooms);
-        if start_presence {
-            self.spawn_presence(room.clone());
+        self.schedule(room, &mut state);
+    }
+
+    /// Puts a changed room in the presence ticker's schedule, once.
+    fn schedule(&self, room: &Arc<Room>, state: &mut RoomState) {
+        if !state.scheduled {
+            state.scheduled = true;
+            lock(&self.shared.changed).push(room.clone());
+            self.shared.wake.notify_one();
         }
     }
 
-    /// Runs one room's presence window: send now, then once per interval while changes come.
-    fn spawn_presence(&self, room: Arc<Room>) {
-        let hub = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let interval = hub.send_presence(&room);
-                tokio::time::sleep(interval).await;
-                if !lock(&room.state).presence.window_closed() {
-                    break;
+    /// The hub's presence ticker: sends each changed room's presence when its window allows, until
+    /// `stop` resolves. One task for all rooms; `Server::run` starts it.
+    pub async fn run_presence(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        // Rooms waiting for their window to end, with when it ends.
+        let mut pending: Vec<(Instant, Arc<Room>)> = Vec::new();
+        loop {
+            let next = pending.iter().map(|(due, _)| *due).min();
+            let sleep = async {
+                match next {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                _ = self.shared.wake.notified() => {}
+                _ = sleep => {}
+            }
+            let interval = self.shared.settings.load().presence_interval;
+            let now = Instant::now();
+            let changed = std::mem::take(&mut *lock(&self.shared.changed));
+            for room in changed {
+                let last_sent = room.lock().last_sent;
+                pending.push((presence::due(last_sent, now, interval), room));
+            }
+            let mut i = 0;
+            while i < pending.len() {
+                if pending[i].0 <= now {
+                    let (_, room) = pending.swap_remove(i);
+                    self.send_presence(&room);
+                } else {
+                    i += 1;
                 }
             }
-        });
+        }
     }
 
-    /// Sends the room's current presence to every member; returns the window to wait.
-    fn send_presence(&self, room: &Room) -> Duration {
-        let state = lock(&room.state);
-        let mut names: Vec<&str> = state
-            .members
-            .iter()
-            .filter_map(|m| m.name.as_deref())
-            .collect();
-        names.sort_unstable();
-        let msg = presence::render(
-            state.presence_format,
-            &room.name,
-            state.members.len(),
-            self.total(),
-            &names,
-        );
-        if let Some(msg) = msg {
-            for m in &state.members {
-                m.outbox.push(msg.clone());
-            }
+    /// Ends a room's window: fresh members get the state, the others the change (see
+    /// [`presence::plan`]), all made at this moment and queued under the room lock, so no join or
+    /// leave falls between what one member hears and what another does.
+    fn send_presence(&self, room: &Room) {
+        let settings = self.shared.settings.load();
+        let mut state = room.lock();
+        state.scheduled = false;
+        if state.closed {
+            return;
+        }
+        let count = state.members.len();
+        let pending = Pending {
+            names: state.changes.len(),
+            count_changed: count != state.count_sent,
+            resync: state.resync,
+        };
+        let plan = presence::plan(settings.presence, pending, settings.max_names);
+        let total = self.total();
+        let (mut full, mut change, mut plain) = (None, None, None);
+        let mut sent = 0u64;
+        let state = &mut *state;
+        for m in &mut state.members {
+            let kind = if m.fresh { plan.fresh } else { plan.members };
+            m.fresh = false;
+            let text = match kind {
+                None => continue,
+                Some(Kind::State) => full.get_or_insert_with(|| {
+                    presence::state_json(
+                        &room.name,
+                        count,
+                        total,
+                        &state.roster,
+                        settings.max_names,
+                        state.resync || !state.changes.is_empty(),
+                    )
+                }),
+                Some(Kind::Change) => change.get_or_insert_with(|| {
+                    presence::change_json(&room.name, count, total, &state.changes, &state.roster)
+                }),
+                Some(Kind::Count) => plain.get_or_insert_with(|| presence::plain(count)),
+            };
+            m.outbox.push(Message::text(text.as_str()));
+            sent += 1;
+        }
+        state.changes.clear();
+        state.resync = false;
+        state.count_sent = count;
+        if sent > 0 {
+            state.last_sent = Some(Instant::now());
             self.shared
                 .stats
                 .presence_out
-                .fetch_add(state.members.len() as u64, Ordering::Relaxed);
+                .fetch_add(sent, Ordering::Relaxed);
         }
-        state.presence_interval
+    }
+
+    /// Test hook: holds `room`'s lock from another thread until the returned guard drops, so a
+    /// test can prove that joins and leaves elsewhere do not wait for a busy room. `None` if the
+    /// room does not exist.
+    #[doc(hidden)]
+    pub fn hold_room(&self, room: &str) -> Option<RoomHold> {
+        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = room.clone();
+        let thread = std::thread::spawn(move || {
+            let _guard = holder.lock();
+            let _ = held_tx.send(());
+            // Until the hold is dropped (the sender goes away).
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().ok()?;
+        Some(RoomHold {
+            room,
+            release: Some(release_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A room lock held by [`Hub::hold_room`]; dropping it releases the lock.
+#[doc(hidden)]
+pub struct RoomHold {
+    room: Arc<Room>,
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RoomHold {
+    /// How many times anyone has had to wait for this room's lock.
+    pub fn waiters(&self) -> u64 {
+        self.room.contended.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -262,19 +498,20 @@ impl Membership {
 
     /// Relays `msg` to every member of the room (the sender too when `echo`), in one pass under
     /// the room lock, so every receiver sees one sender's messages in the order they were sent.
-    pub fn publish(&self, msg: Message, echo: bool, history: usize) {
-        let mut state = lock(&self.room.state);
+    /// The room's history keeps it within the bounds in force (the hub's settings).
+    pub fn publish(&self, msg: Message, echo: bool) {
+        let settings = self.hub.shared.settings.load();
+        let mut state = self.room.lock();
         let mut delivered = 0u64;
         for m in &state.members {
             if (echo || m.id != self.id) && m.outbox.push(msg.clone()) {
                 delivered += 1;
             }
         }
-        if history > 0 {
-            state.history.push_back(msg);
-            while state.history.len() > history {
-                state.history.pop_front();
-            }
+        if settings.history > 0 || !state.history.is_empty() {
+            state
+                .history
+                .push(msg, settings.history, settings.history_bytes);
         }
         drop(state);
         let stats = &self.hub.shared.stats;
@@ -290,5 +527,312 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         self.hub.leave(&self.room, self.id);
+    }
+}
+
+/// The lines `--check-config` adds about rooms: the worst-case history memory.
+pub fn check_notes(config: &Config) -> Vec<String> {
+    let relay = &config.relay;
+    if relay.history == 0 {
+        return vec!["history: off (relay.history = 0)".into()];
+    }
+    let worst = (relay.max_rooms as u64).saturating_mul(relay.history_bytes);
+    vec![format!(
+        "history: at most {} ({} rooms x {} per room: relay.max_rooms x relay.history_bytes)",
+        bytesize::ByteSize(worst).display().iec(),
+        relay.max_rooms,
+        bytesize::ByteSize(relay.history_bytes).display().iec(),
+    )]
+}
+
+/// Room checks for `Config::validate`: a presence state and a full history replay must fit a
+/// joiner's outbound queue, so neither ever evicts a member by its size alone.
+pub fn check_config(config: &Config) -> Vec<(&'static str, String)> {
+    let (relay, presence, limits) = (&config.relay, &config.presence, &config.limits);
+    let mut problems = Vec::new();
+    let state = presence::max_message_bytes(presence.format, presence.max_names);
+    if state > limits.queue_bytes {
+        problems.push((
+            "presence.max_names",
+            format!(
+                "a presence state of {} names may take {state} bytes ({} per 64-character name + {}), \
+                 more than limits.queue_bytes ({}): lower presence.max_names or raise limits.queue_bytes",
+                presence.max_names,
+                presence::MAX_NAME_JSON_BYTES,
+                presence::MESSAGE_OVERHEAD_BYTES,
+                limits.queue_bytes
+            ),
+        ));
+    } else if relay.history > 0 && relay.history_bytes.saturating_add(state) > limits.queue_bytes {
+        problems.push((
+            "relay.history_bytes",
+            format!(
+                "a replay of {} bytes plus a presence state of up to {state} bytes must fit \
+                 limits.queue_bytes ({}): lower relay.history_bytes or presence.max_names",
+                relay.history_bytes, limits.queue_bytes
+            ),
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml(&format!("[tls]\nenabled = false\n{text}")) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|p| p.message).collect(),
+        }
+    }
+
+    #[test]
+    fn a_presence_state_must_fit_the_queue() {
+        // 200 names: 200 x 259 + 256 = 52 056 bytes, within 64 KiB; 300 are not.
+        assert!(
+            problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty()
+        );
+        let p = problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\n");
+        assert!(p[0].starts_with("presence.max_names: "), "{p:?}");
+        // Plain and off carry no names.
+        assert!(
+            problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\nformat = \"plain\"\n")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_full_replay_and_a_state_must_fit_the_queue() {
+        let base = "[limits]\nqueue_bytes = \"1MiB\"\n[presence]\nmax_names = 1000\n";
+        // 1000 names take 259 256 bytes; 800 KiB of history on top is more than 1 MiB.
+        let p = problems(&format!(
+            "{base}[relay]\nhistory = 10\nhistory_bytes = \"800KiB\"\n"
+        ));
+        assert!(p[0].starts_with("relay.history_bytes: "), "{p:?}");
+        assert!(
+            problems(&format!(
+                "{base}[relay]\nhistory = 10\nhistory_bytes = \"512KiB\"\n"
+            ))
+            .is_empty()
+        );
+        // No history: its bytes do not matter.
+        assert!(problems(&format!("{base}[relay]\nhistory_bytes = \"800KiB\"\n")).is_empty());
+    }
+
+    #[test]
+    fn check_config_names_the_worst_case_history_memory() {
+        let c = Config::from_toml("[tls]\nenabled = false\n[relay]\nhistory = 5\nmax_rooms = 100\nhistory_bytes = \"1MiB\"\n").unwrap();
+        let notes = check_notes(&c);
+        assert!(notes[0].contains("100 rooms x 1.0 MiB"), "{notes:?}");
+        assert!(notes[0].contains("at most 100.0 MiB"), "{notes:?}");
+        let off = check_notes(&Config::from_toml("[tls]\nenabled = false\n").unwrap());
+        assert!(off[0].contains("off"), "{off:?}");
+    }
+
+    fn hub() -> Hub {
+        let config = Config::from_toml("[tls]\nenabled = false\n[relay]\nhistory = 3\n").unwrap();
+        Hub::new(Arc::default(), RoomSettings::new(&config))
+    }
+
+    fn outbox() -> Outbox {
+        crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new()).0
+    }
+
+    #[test]
+    fn a_room_lives_while_someone_is_in_it_and_a_new_one_replaces_it() {
+        let hub = hub();
+        let a = hub.join("r", Some("ann"), outbox()).unwrap();
+        let first = a.room.clone();
+        drop(a);
+        assert_eq!(hub.room_count(), 0);
+        assert!(lock(&first.state).closed);
+        let b = hub.join("r", None, outbox()).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &b.room),
+            "a closed room is never joined again"
+        );
+        assert_eq!(hub.room_counts(), vec![(Arc::from("r"), 1)]);
+    }
+
+    #[test]
+    fn a_join_that_finds_a_closed_room_in_the_map_replaces_it() {
+        let hub = hub();
+        let a = hub.join("r", None, outbox()).unwrap();
+        let old = a.room.clone();
+        // The leave's state change without its removal from the map: the race a join can meet.
+        lock(&old.state).closed = true;
+        let b = hub.join("r", None, outbox()).unwrap();
+        assert!(!Arc::ptr_eq(&old, &b.room));
+        assert_eq!(hub.room_count(), 1);
+        // The old room's last member leaving does not prune its successor.
+        drop(a);
+        assert_eq!(hub.room_counts(), vec![(Arc::from("r"), 1)]);
+    }
+
+    /// Everything queued for one member so far, as text.
+    async fn drained(rx: &crate::outbox::OutboxRx) -> Vec<String> {
+        let mut batch = std::collections::VecDeque::new();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv_all(&mut batch))
+            .await
+            .expect("something queued");
+        batch
+            .iter()
+            .map(|m| m.to_text().unwrap().to_owned())
+            .collect()
+    }
+
+    fn pair() -> (Outbox, crate::outbox::OutboxRx) {
+        crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn a_window_sends_the_state_to_joiners_and_the_change_to_the_others() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let a = hub.join("r", Some("ann"), ann_tx).unwrap();
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":1,"total":1,"names":["ann"]}"#]
+        );
+        let (bob_tx, bob) = pair();
+        let b = hub.join("r", Some("bob"), bob_tx).unwrap();
+        let (cid_tx, cid) = pair();
+        let c = hub.join("r", Some("cid"), cid_tx).unwrap();
+        drop(c);
+        hub.send_presence(&a.room);
+        // Cid came and went within the window: nobody hears of it.
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":2,"total":2,"joined":["bob"],"left":[]}"#]
+        );
+        assert_eq!(
+            drained(&bob).await,
+            [r#"{"type":"presence","room":"r","count":2,"total":2,"names":["ann","bob"]}"#]
+        );
+        drop(b);
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":1,"total":1,"joined":[],"left":["bob"]}"#]
+        );
+        drop(cid);
+    }
+
+    /// A member's idea of the room, rebuilt from its presence messages as a client would.
+    #[derive(Debug, Default)]
+    struct View {
+        known: Vec<String>,
+        unnamed: usize,
+        count: u64,
+    }
+
+    impl View {
+        fn apply(&mut self, text: &str) {
+            let p: serde_json::Value = serde_json::from_str(text).unwrap();
+            let list = |key: &str| -> Vec<String> {
+                p.get(key)
+                    .and_then(|v| v.as_array())
+                    .map_or(Vec::new(), |a| {
+                        a.iter().map(|n| n.as_str().unwrap().to_owned()).collect()
+                    })
+            };
+            self.count = p["count"].as_u64().unwrap();
+            if p.get("names").is_some() || p.get("more").is_some() {
+                self.known = list("names");
+                self.unnamed = p.get("more").map_or(0, |m| m.as_u64().unwrap() as usize);
+                return;
+            }
+            self.known.extend(list("joined"));
+            for gone in list("left") {
+                match self.known.iter().position(|n| *n == gone) {
+                    Some(i) => drop(self.known.swap_remove(i)),
+                    None => self.unnamed -= 1,
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn views_rebuilt_from_states_and_changes_match_the_room_through_random_churn() {
+        use futures_util::FutureExt;
+        const POOL: [&str; 6] = ["ann", "bob", "cid", "dee", "eve", "fay"];
+        for (unique_names, max_names) in [(true, 1000), (false, 1000), (false, 3), (true, 0)] {
+            let config = Config::from_toml("[tls]\nenabled = false\n").unwrap();
+            let mut settings = RoomSettings::new(&config);
+            (settings.unique_names, settings.max_names) = (unique_names, max_names);
+            let hub = Hub::new(Arc::default(), settings);
+            // xorshift64: the same churn on every run.
+            let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+            let mut random = move |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n) as usize
+            };
+            let mut members: Vec<(Membership, Option<&str>, crate::outbox::OutboxRx, View)> =
+                Vec::new();
+            for step in 0..1500 {
+                match random(10) {
+                    0..=4 => {
+                        let name = (random(5) > 0).then(|| POOL[random(POOL.len() as u64)]);
+                        let (tx, rx) = pair();
+                        if let Ok(m) = hub.join("r", name, tx) {
+                            members.push((m, name, rx, View::default()));
+                        }
+                    }
+                    5..=7 if !members.is_empty() => {
+                        drop(members.swap_remove(random(members.len() as u64)));
+                    }
+                    _ => {
+                        let room = lock(&hub.shared.rooms).get("r").cloned();
+                        if let Some(room) = room {
+                            hub.send_presence(&room);
+                        }
+                        for (_, _, rx, view) in &mut members {
+                            let mut batch = std::collections::VecDeque::new();
+                            if rx.recv_all(&mut batch).now_or_never().is_some() {
+                                for m in &batch {
+                                    view.apply(m.to_text().unwrap());
+                                }
+                            }
+                        }
+                        let mut names: Vec<String> = members
+                            .iter()
+                            .filter_map(|(_, n, _, _)| n.map(str::to_owned))
+                            .collect();
+                        names.sort();
+                        for (_, _, _, view) in &members {
+                            assert_eq!(view.count, members.len() as u64, "step {step}");
+                            let mut known = view.known.clone();
+                            known.sort();
+                            assert_eq!(known.len() + view.unnamed, names.len(), "step {step}");
+                            if view.unnamed == 0 {
+                                assert_eq!(known, names, "step {step}");
+                            } else {
+                                assert!(known.iter().all(|n| names.contains(n)), "step {step}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_by_key_unless_unique_names_is_off() {
+        let hub = hub();
+        let _a = hub.join("r", Some("sam"), outbox()).unwrap();
+        assert_eq!(
+            hub.join("r", Some("sam"), outbox()).err(),
+            Some(JoinError::NameTaken)
+        );
+        let mut settings = (*hub.settings()).clone();
+        settings.unique_names = false;
+        hub.configure(settings);
+        let b = hub.join("r", Some("sam"), outbox()).unwrap();
+        drop(b);
+        assert_eq!(lock(&_a.room.state).roster.listed(10), ["sam"]);
     }
 }

@@ -12,11 +12,12 @@
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
-//! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
+//! - [`hub`]: the room registry, membership guards, fan-out into outboxes, the presence ticker.
+//! - [`history`]: a room's last messages, bounded in count and bytes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
 //! - [`nginx`]: `--check-config`'s nginx advice: the matching location block, heartbeat warning.
-//! - [`presence`]: presence messages and their coalescing.
+//! - [`presence`]: presence as state + changes: pure rules for rosters, messages, windows, sizes.
 //! - [`shutdown`]: the drain trigger and the tracked connection tasks.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reloads the configuration and certificate.
 //! - [`stats`], [`metrics`]: counters behind `/stats` and `/metrics`.
@@ -29,6 +30,7 @@ pub mod admit;
 pub mod config;
 pub mod conn;
 pub mod envelope;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
             wsline::nginx::snippet(&config),
         )
     });
+    let room_notes = wsline::hub::check_notes(&config);
     wsline::logging::init(&config.log);
     let (listen, backlog) = (config.server.listen.clone(), config.server.backlog);
     let origin = config.origin.clone();
@@ -75,7 +76,10 @@ fn main() -> ExitCode {
         if let Some(descriptors) = server.descriptor_summary() {
             report(format_args!("{descriptors}"));
         }
-        return match print(&format!("config OK\n\n{snippet}\n")) {
+        return match print(&format!(
+            "config OK\n{}\n\n{snippet}\n",
+            room_notes.join("\n")
+        )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => output_failed(e, ExitCode::SUCCESS),
         };

@@ -24,7 +24,7 @@ use crate::limits::{self, Descriptors};
 
 use crate::State;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, RoomSettings};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::systemd;
@@ -90,9 +90,10 @@ impl Server {
             }
         }
         let stats = Arc::new(Stats::default());
+        let rooms = RoomSettings::new(&config);
         let state = Arc::new(State {
             config: ArcSwap::from_pointee(config),
-            hub: Hub::new(stats.clone()),
+            hub: Hub::new(stats.clone(), rooms),
             gate,
             stats,
             shutdown: Shutdown::default(),
@@ -145,6 +146,12 @@ impl Server {
             }
             tokio::spawn(accept_loop(listener, state.clone()));
         }
+        // One presence ticker for every room, until the drain starts.
+        let (hub, shutdown) = (state.hub.clone(), state.shutdown.clone());
+        state
+            .shutdown
+            .tracker()
+            .spawn(async move { hub.run_presence(shutdown.draining()).await });
         systemd::ready();
         systemd::spawn_watchdog(state.shutdown.clone());
 
@@ -272,6 +279,12 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
 }
 
 impl Handle {
+    /// The rooms (for tests that must reach inside, such as the room lock test).
+    #[doc(hidden)]
+    pub fn hub(&self) -> &Hub {
+        &self.state.hub
+    }
+
     /// Starts the drain.
     pub fn shutdown(&self) {
         self.state.shutdown.trigger();
@@ -331,6 +344,7 @@ impl Handle {
             );
         }
         crate::logging::set_level(&new.log.level);
+        self.state.hub.configure(RoomSettings::new(&new));
         self.state.config.store(Arc::new(new));
         info!("configuration reloaded");
         Ok(())

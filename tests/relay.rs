@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{RawClient, start, within};
+use common::{Client, RawClient, numbered, start, start_with_handle, within};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -142,6 +142,84 @@ async fn history_replays_the_last_n_in_order() {
     server.stop().await;
 }
 
+/// Sends `messages` from `client` and reads its echoes, never more than a few ahead, so the sender
+/// is never a slow consumer of its own echoes.
+async fn send_all(client: &mut Client, messages: &[Message]) {
+    let mut echoed = 0;
+    for (i, msg) in messages.iter().enumerate() {
+        client.send(msg.clone()).await;
+        while echoed + 4 <= i {
+            assert_eq!(&client.recv_relayed().await, &messages[echoed]);
+            echoed += 1;
+        }
+    }
+    for msg in &messages[echoed..] {
+        assert_eq!(&client.recv_relayed().await, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_of_big_messages_is_replayed_within_its_byte_bound_and_the_joiner_stays() {
+    // history_bytes (256 KiB) and queue_bytes (4 MiB) are the defaults.
+    let server = start(|c| c.relay.history = 100).await;
+    let mut sender = server.connect("/big").await;
+    let sent: Vec<Message> = (0..70).map(|i| numbered(i, 64_000)).collect();
+    send_all(&mut sender, &sent).await;
+
+    let mut joiner = server.connect("/big").await;
+    // 256 KiB holds the last four 64 000-byte messages (256 000 bytes); five would be 320 000.
+    for i in 66..70 {
+        assert_eq!(
+            joiner.recv_relayed().await,
+            numbered(i, 64_000),
+            "message {i}"
+        );
+    }
+    sender.send_text("live").await;
+    assert_eq!(
+        joiner.recv_relayed().await,
+        Message::text("live"),
+        "nothing more was replayed"
+    );
+    let s = server.stats().await;
+    assert_eq!(s["rooms"]["big"], 2, "{s}");
+    assert_eq!(s["drops"]["slow_consumers"], 0, "{s}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_lowering_history_applies_to_the_room_at_once_whatever_the_senders_snapshot() {
+    let (server, handle) = start_with_handle(|c| c.relay.history = 10).await;
+    // Admitted with history = 10 in its configuration snapshot.
+    let mut old = server.connect("/h").await;
+    let texts = |prefix: &str, n: usize| -> Vec<Message> {
+        (1..=n)
+            .map(|i| Message::text(format!("{prefix}{i}")))
+            .collect()
+    };
+    send_all(&mut old, &texts("m", 8)).await;
+
+    let mut lower = common::test_config(&server.cert);
+    lower.relay.history = 3;
+    handle.reload(lower).unwrap();
+    let mut late = server.connect("/h").await;
+    for i in 6..=8 {
+        assert_eq!(late.recv_relayed().await, Message::text(format!("m{i}")));
+    }
+    // The old connection's messages are kept to the new bound too, not to its snapshot's 10.
+    send_all(&mut old, &texts("n", 5)).await;
+    for i in 1..=5 {
+        assert_eq!(late.recv_relayed().await, Message::text(format!("n{i}")));
+    }
+    let mut later = server.connect("/h").await;
+    for i in 3..=5 {
+        assert_eq!(later.recv_relayed().await, Message::text(format!("n{i}")));
+    }
+    old.send_text("live").await;
+    assert_eq!(later.recv_relayed().await, Message::text("live"));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_message_is_closed_with_1009_and_others_go_on() {
     let server = start(|c| c.relay.max_message_size = 1024).await;
@@ -238,4 +316,38 @@ async fn empty_rooms_disappear() {
         .await;
     assert_eq!(s["connections"], 0);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_the_worst_case_history_memory_and_refuses_a_replay_that_cannot_fit() {
+    let cert = common::TestCert::new();
+    let path = cert.dir.path().join("wsline.toml");
+    let check = |extra: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+                cert.cert_path, cert.key_path
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsline"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check("[relay]\nhistory = 50\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("history: at most 2.4 GiB (10000 rooms x 256.0 KiB per room"),
+        "{stdout}"
+    );
+    // 3 900 KiB of history and a presence state of up to 253 KiB do not fit a 4 MiB queue.
+    let out = check("[relay]\nhistory = 50\nhistory_bytes = \"3900KiB\"\n");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("relay.history_bytes"), "{stderr}");
 }

@@ -518,3 +518,24 @@ fn decode_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
     }
     Some(((opcode, buf[start..start + len].to_vec()), start + len))
 }
+
+/// Like [`start`], and also returns the server's [`wsline::Handle`], for tests that reload the
+/// configuration or reach the hub's test hooks.
+pub async fn start_with_handle(tune: impl FnOnce(&mut Config)) -> (TestServer, wsline::Handle) {
+    wsline::install_crypto_provider();
+    let cert = TestCert::new();
+    let mut config = test_config(&cert);
+    tune(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(config).expect("server starts");
+    let (shutdown, handle) = (server.shutdown(), server.handle());
+    let task = tokio::spawn(server.run(vec![listener]));
+    let server = TestServer {
+        addr,
+        shutdown,
+        task,
+        cert,
+    };
+    (server, handle)
+}
