@@ -1,25 +1,30 @@
 //! One WebSocket connection, from the upgraded stream to the close frame.
 //!
-//! The task runs three loops at once and ends with the first to finish: the reader (client
-//! messages -> the room), the writer (the outbox -> the socket, then one flush, plus the server's
-//! pings), and the idle watch. The outbox's close token ends all three when the hub evicts the
-//! connection (1013) or the server drains (1001). Then the task sends its close frame under a short
-//! deadline, so a client that stopped reading cannot hold it, and the [`Membership`] guard drops.
+//! wsline owns both directions of the protocol (RFC 6455 framing is in [`crate::frame`]): the
+//! [`read`] half turns client frames into whole messages under the size limit, the [`write`] half
+//! writes queued messages as a header plus the shared payload straight into TLS. The task runs
+//! three loops at once and ends with the first to finish: the reader (client messages -> the
+//! room), the writer (the outbox -> the socket, plus the server's pings) and the idle watch. The
+//! outbox's close token ends all three when the hub evicts the connection (1013) or the server
+//! drains (1001).
+//!
+//! Then the close phase, under [`CLOSE_TIMEOUT`] whatever the reason: what was queued is written
+//! first (echoes, presence: except for an evicted slow consumer, which only finishes the frame in
+//! progress), then the close frame, then the client's close reply is awaited.
 
-use std::collections::VecDeque;
+pub mod read;
+pub mod write;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
 
@@ -28,41 +33,45 @@ use crate::config::Config;
 use crate::hub::Membership;
 use crate::limits::{Admission, TokenBucket};
 use crate::outbox::OutboxRx;
+use read::{Incoming, ReadEnd, Reader};
+use write::{WriteEnd, Writer};
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// How long a closing connection may take to write what was queued, its close frame, and hear
+/// the reply.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// `TCP_NOTSENT_LOWAT` on every accepted socket: the kernel reports the socket writable only
+/// while less than this is unsent, so a stalled reader's socket holds at most this much (plus one
+/// segment being filled) of data the peer has not acknowledged... and wsline sees the stall.
+pub const NOTSENT_LOWAT_BYTES: u32 = 16 * 1024;
 
-/// Bytes tungstenite reads at a time from the TLS layer (which reads the socket in 4 KiB steps).
-/// tungstenite's default, 128 KiB, is allocated up front for every connection; a small buffer keeps
-/// idle connections cheap and grows only for a large message.
-const READ_BUFFER_BYTES: usize = 512;
-/// Frames are gathered up to this size before a write: one TLS record's worth.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// How long a closing connection may take to get its close frame out and hear the reply.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Queue capacity (in messages) above which a drained batch buffer is freed rather than kept.
-const SHRINK_ABOVE: usize = 64;
-
-/// The WebSocket limits of a connection: message and frame size capped at `relay.max_message_size`
-/// (checked against the frame header, before any payload is buffered).
-pub fn ws_config(config: &Config) -> WebSocketConfig {
-    let max = config.relay.max_message_size as usize;
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * max + 1024)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+/// Bounds what the kernel keeps unsent for this socket (see [`NOTSENT_LOWAT_BYTES`]).
+pub fn tune_socket(tcp: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES) {
+        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
 }
 
-/// How a connection ends, and so which close frame (if any) the server sends.
+/// How a connection ends, and so what the close phase sends.
 #[derive(Debug)]
 enum End {
-    /// The peer sent a close frame; tungstenite answers it.
-    PeerClosed,
+    /// The peer sent a close frame (with this code): answer it after what was queued.
+    PeerClosed(Option<u16>),
     /// The transport is gone (reset, EOF, write error): nothing more can be sent.
     Gone,
-    /// The server closes with this code and reason.
-    Close(CloseCode, &'static str),
+    /// The server closes with this code and reason, after writing what was queued.
+    Close(u16, &'static str),
+    /// A slow consumer: its queue is dropped, the frame in progress finished, then `1013`.
+    Evicted,
+}
+
+impl End {
+    fn code(&self) -> Option<u16> {
+        match self {
+            End::Close(code, _) => Some(*code),
+            End::Evicted => Some(1013),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a connection needs, prepared before the upgrade.
@@ -79,14 +88,45 @@ pub struct Conn {
     pub admission: Admission,
 }
 
-/// Closes a connection that was admitted only to be told why it cannot stay (e.g. name taken).
-pub async fn refuse(ws: Ws, code: CloseCode, reason: &'static str) {
-    let (mut sink, mut stream) = ws.split();
-    close(&mut sink, &mut stream, End::Close(code, reason)).await;
+/// What to do with an upgraded stream.
+pub enum Next {
+    /// Serve the admitted connection.
+    Run(Conn),
+    /// Close at once with this code and reason (e.g. `1008` name taken).
+    Refuse(u16, &'static str, OutboxRx),
+}
+
+/// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
+/// the request head come along), so the connection reads and writes rustls directly.
+pub async fn serve(upgraded: Upgraded, max_message: u64, next: Next) {
+    type Tls = TokioIo<tokio_rustls::server::TlsStream<TcpStream>>;
+    match upgraded.downcast::<Tls>() {
+        Ok(parts) => drive(parts.io.into_inner(), parts.read_buf, max_message, next).await,
+        Err(upgraded) => drive(TokioIo::new(upgraded), Bytes::new(), max_message, next).await,
+    }
+}
+
+async fn drive<S>(io: S, early: Bytes, max_message: u64, next: Next)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (rd, wr) = tokio::io::split(io);
+    let mut reader = Reader::new(rd, early, max_message);
+    let mut writer = Writer::new(wr);
+    match next {
+        Next::Run(conn) => conn.run(&mut reader, &mut writer).await,
+        Next::Refuse(code, reason, outbox) => {
+            close(&mut reader, &mut writer, &outbox, End::Close(code, reason)).await
+        }
+    }
 }
 
 impl Conn {
-    pub async fn run(self, ws: Ws) {
+    async fn run<R, W>(self, reader: &mut Reader<R>, writer: &mut Writer<W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let opened = Instant::now();
         let room = self.membership.room().to_owned();
         let (peer, client) = (self.peer, self.client);
@@ -96,7 +136,6 @@ impl Conn {
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
 
-        let (mut sink, mut stream) = ws.split();
         let Conn {
             state,
             config,
@@ -110,21 +149,23 @@ impl Conn {
         let end = tokio::select! {
             biased;
             _ = closing.cancelled() => if state.shutdown.is_draining() {
-                End::Close(CloseCode::Away, "server shutting down")
+                End::Close(1001, "server shutting down")
             } else {
-                state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                End::Close(CloseCode::Again, "slow consumer")
+                End::Evicted
             },
-            end = read(&mut stream, &membership, &state, &config, opened, &last_seen) => end,
-            end = write(&mut sink, &outbox, config.heartbeat.ping_interval) => end,
+            end = read_loop(reader, &membership, &outbox, &state, &config, opened, &last_seen) => end,
+            end = writer.run(&outbox, config.heartbeat.ping_interval) => match end {
+                WriteEnd::Gone => End::Gone,
+                WriteEnd::Stalled => End::Evicted,
+            },
             end = idle(&last_seen, opened, config.heartbeat.idle_timeout) => end,
         };
+        if matches!(end, End::Evicted) {
+            state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
         drop(membership);
-        let code = match &end {
-            End::Close(code, _) => Some(u16::from(*code)),
-            _ => None,
-        };
-        close(&mut sink, &mut stream, end).await;
+        let code = end.code();
+        close(reader, writer, &outbox, end).await;
         drop(admission);
         info!(
             %client,
@@ -138,9 +179,10 @@ impl Conn {
 }
 
 /// Client messages to the room, until the client closes or breaks the protocol.
-async fn read(
-    stream: &mut SplitStream<Ws>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
     membership: &Membership,
+    outbox: &OutboxRx,
     state: &State,
     config: &Config,
     opened: Instant,
@@ -151,71 +193,37 @@ async fn read(
     let (echo, history) = (config.relay.echo, config.relay.history);
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
-        let msg = match stream.next().await {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => return end_for(e),
-            None => return End::Gone,
+        let incoming = match reader.next().await {
+            Ok(incoming) => incoming,
+            Err(ReadEnd::Gone) => return End::Gone,
+            Err(ReadEnd::Refused(e)) => {
+                debug!(error = %e, "read refused");
+                return End::Close(e.close_code(), e.reason());
+            }
         };
         let now = Instant::now();
         last_seen.store((now - opened).as_millis() as u64, Ordering::Relaxed);
-        if (msg.is_text() || msg.is_binary()) && !bucket.take(now) {
-            return End::Close(CloseCode::Policy, "rate limit");
+        let msg = match incoming {
+            Incoming::Message(msg) => msg,
+            Incoming::Ping(payload) => {
+                outbox.pong(payload);
+                continue;
+            }
+            // A pong only proves the client is alive.
+            Incoming::Pong => continue,
+            Incoming::Close(code) => return End::PeerClosed(code),
+        };
+        if !bucket.take(now) {
+            return End::Close(1008, "rate limit");
         }
         match msg {
             Message::Text(text) if !app_ping.is_empty() && text.as_bytes() == app_ping => {
                 membership.reply(Message::Text(app_pong.clone()));
             }
-            Message::Text(_) | Message::Binary(_) => {
+            msg => {
                 state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 membership.publish(msg, echo, history);
             }
-            Message::Close(_) => return End::PeerClosed,
-            // tungstenite answers pings itself; pongs only prove the client is alive.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-        }
-    }
-}
-
-/// The close code for an error reading from the client.
-fn end_for(e: WsError) -> End {
-    debug!(error = %e, "read failed");
-    match e {
-        WsError::Capacity(_) => End::Close(CloseCode::Size, "message too big"),
-        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "invalid UTF-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
-        WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => End::Gone,
-        _ => End::Close(CloseCode::Protocol, "protocol error"),
-    }
-}
-
-/// The outbox to the socket: everything queued, then one flush; and a ping every `ping_interval`.
-async fn write(
-    sink: &mut SplitSink<Ws, Message>,
-    outbox: &OutboxRx,
-    ping_interval: Duration,
-) -> End {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Swapped with the outbox's queue on every batch, so the two share their capacity.
-    let mut batch = VecDeque::new();
-    loop {
-        tokio::select! {
-            _ = outbox.recv_all(&mut batch) => {}
-            _ = ping.tick() => batch.push_back(Message::Ping(Default::default())),
-        }
-        while let Some(msg) = batch.pop_front() {
-            if sink.feed(msg).await.is_err() {
-                return End::Gone;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return End::Gone;
-        }
-        // A burst can leave a large buffer behind; an idle connection should not keep it.
-        if batch.capacity() > SHRINK_ABOVE {
-            batch = VecDeque::new();
         }
     }
 }
@@ -228,36 +236,54 @@ async fn idle(last_seen: &AtomicU64, opened: Instant, idle_timeout: Duration) ->
         tokio::time::sleep_until(deadline.into()).await;
         let seen = opened + Duration::from_millis(last_seen.load(Ordering::Relaxed));
         if seen + idle_timeout <= Instant::now() {
-            return End::Close(CloseCode::Normal, "idle timeout");
+            return End::Close(1000, "idle timeout");
         }
         deadline = seen + idle_timeout;
     }
 }
 
-/// Sends the close frame `end` calls for and waits briefly for the peer's reply.
-async fn close(sink: &mut SplitSink<Ws, Message>, stream: &mut SplitStream<Ws>, end: End) {
+/// The close phase, bounded by [`CLOSE_TIMEOUT`]: what was queued, the close frame `end` calls
+/// for, the peer's close reply, then the end of the TLS stream.
+async fn close<R, W>(reader: &mut Reader<R>, writer: &mut Writer<W>, outbox: &OutboxRx, end: End)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let finish = async {
-        match end {
-            End::Gone => {}
-            // tungstenite queued the reply to the peer's close; get it out.
-            End::PeerClosed => {
-                let _ = sink.flush().await;
+        let (code, reason) = match end {
+            End::Gone => return,
+            End::PeerClosed(code) => {
+                if writer.drain(outbox).await.is_ok()
+                    && writer.close_frame(code, "").await.is_ok()
+                {
+                    writer.shutdown().await;
+                }
+                return;
             }
             End::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                if sink.send(Message::Close(Some(frame))).await.is_ok() {
-                    // Read until the peer's close arrives (or the stream ends).
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if msg.is_close() {
-                            break;
-                        }
-                    }
+                if writer.drain(outbox).await.is_err() {
+                    return;
                 }
+                (code, reason)
+            }
+            End::Evicted => {
+                outbox.discard();
+                if writer.finish_frame(outbox).await.is_err() {
+                    return;
+                }
+                (1013, "slow consumer")
+            }
+        };
+        if writer.close_frame(Some(code), reason).await.is_err() {
+            return;
+        }
+        // Whatever arrives until the client's close reply is not relayed.
+        while let Ok(incoming) = reader.next().await {
+            if matches!(incoming, Incoming::Close(_)) {
+                break;
             }
         }
+        writer.shutdown().await;
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
 }

@@ -17,12 +17,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use subtle::ConstantTimeEq;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::debug;
 
 use crate::conn::{self, Conn};
@@ -310,27 +307,19 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
             Ok(u) => u,
             Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(conn::ws_config(&config)),
-        )
-        .await;
-        match membership {
-            Some(membership) => {
-                let conn = Conn {
-                    state,
-                    config,
-                    peer,
-                    client,
-                    membership,
-                    outbox: outbox_rx,
-                    admission,
-                };
-                conn.run(ws).await
-            }
-            None => conn::refuse(ws, CloseCode::Policy, "name taken").await,
-        }
+        let next = match membership {
+            Some(membership) => conn::Next::Run(Conn {
+                state,
+                config: config.clone(),
+                peer,
+                client,
+                membership,
+                outbox: outbox_rx,
+                admission,
+            }),
+            None => conn::Next::Refuse(1008, "name taken", outbox_rx),
+        };
+        conn::serve(upgraded, config.relay.max_message_size, next).await
     });
 
     Response::builder()

@@ -10,6 +10,7 @@
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and admission of upgrades.
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
+//! - [`frame`]: RFC 6455 frame headers, written and checked (pure).
 //! - [`hub`]: rooms, membership guards, fan-out into bounded per-connection outboxes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -118,6 +118,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 /// `limits.handshake_timeout`.
 async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let _ = tcp.set_nodelay(true);
+    crate::conn::tune_socket(&tcp);
     let deadline = state.config.load().limits.handshake_timeout;
     let started = Instant::now();
     match state.tls.clone() {
