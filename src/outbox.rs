@@ -91,7 +91,10 @@ impl Outbox {
     pub fn push(&self, msg: Message) -> bool {
         let cost = cost(msg.len());
         let mut queue = lock(&self.shared.queue);
-        if queue.pinned >= self.shared.max_messages || queue.bytes + cost > self.shared.max_bytes {
+        // An empty queue takes any one message, so `queue_bytes = max_message_size` still works.
+        let full = queue.pinned >= self.shared.max_messages
+            || (queue.pinned > 0 && queue.bytes + cost > self.shared.max_bytes);
+        if full {
             drop(queue);
             // A slow consumer: its connection closes with 1013.
             self.shared.close.cancel();
@@ -223,6 +226,14 @@ mod tests {
         rx.recv_all(&mut batch).await;
         assert_eq!(batch[0], Message::Pong(Bytes::from_static(b"two")));
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_message_of_the_byte_bound() {
+        let (tx, rx) = outbox(10, 100, CancellationToken::new());
+        assert!(tx.push(text(100)));
+        assert!(!tx.push(text(1)));
+        assert!(rx.closing().is_cancelled());
     }
 
     #[test]

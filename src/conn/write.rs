@@ -24,7 +24,7 @@ use crate::outbox::OutboxRx;
 pub const MAX_FRAMES_PER_WRITE: usize = 32;
 /// A socket that takes no byte for this long while data waits belongs to a reader that stopped:
 /// the connection is evicted as a slow consumer (1013).
-pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Queue capacity (in messages) above which a drained batch buffer is freed rather than kept.
 const SHRINK_ABOVE: usize = 64;
 
