@@ -39,14 +39,24 @@ use write::{WriteEnd, Writer};
 /// How long a closing connection may take to write what was queued, its close frame, and hear
 /// the reply.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// `TCP_NOTSENT_LOWAT` on every accepted socket: the kernel reports the socket writable only
-/// while less than this is unsent, so a stalled reader's socket holds at most this much (plus one
-/// segment being filled) of data the peer has not acknowledged... and wsline sees the stall.
+/// `SO_SNDBUF` on every accepted socket (the kernel doubles it for its bookkeeping): everything a
+/// connection may have in the kernel's send queue, unsent or unacknowledged. It replaces the
+/// kernel's autotuning (up to `tcp_wmem`'s 4 MiB), so a stalled reader pins little and its writer
+/// sees the stall at once; it caps one connection at about 128 KiB per round trip (~2.5 MB/s at
+/// 50 ms), plenty for a relay of chat-sized messages.
+pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// `TCP_NOTSENT_LOWAT`: the socket is writable only while less than this is unsent, so queued
+/// messages wait in the outbox (where they are counted and shared) rather than in the kernel.
 pub const NOTSENT_LOWAT_BYTES: u32 = 16 * 1024;
 
-/// Bounds what the kernel keeps unsent for this socket (see [`NOTSENT_LOWAT_BYTES`]).
+/// Bounds what the kernel keeps for this socket (see [`SEND_BUFFER_BYTES`],
+/// [`NOTSENT_LOWAT_BYTES`]).
 pub fn tune_socket(tcp: &TcpStream) {
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES) {
+    let socket = socket2::SockRef::from(tcp);
+    if let Err(e) = socket.set_send_buffer_size(SEND_BUFFER_BYTES) {
+        debug!(error = %e, "cannot set SO_SNDBUF");
+    }
+    if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES) {
         debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
     }
 }
