@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
@@ -106,21 +106,50 @@ pub enum Next {
     Refuse(u16, &'static str, OutboxRx),
 }
 
+type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The two halves of an upgraded stream, by the stream's type.
+enum Halves {
+    /// The TLS stream itself, unwrapped from hyper's box.
+    Tls(ReadHalf<TlsIo>, WriteHalf<TlsIo>),
+    /// Anything else (plain TCP when `tls.enabled = false`), through hyper's box.
+    Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
+}
+
 /// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
 /// the request head come along), so the connection reads and writes rustls directly.
 pub async fn serve(upgraded: Upgraded, max_message: u64, next: Next) {
-    type Tls = TokioIo<tokio_rustls::server::TlsStream<TcpStream>>;
-    match upgraded.downcast::<Tls>() {
-        Ok(parts) => drive(parts.io.into_inner(), parts.read_buf, max_message, next).await,
-        Err(upgraded) => drive(TokioIo::new(upgraded), Bytes::new(), max_message, next).await,
+    match split(upgraded) {
+        (Halves::Tls(rd, wr), early) => drive(rd, wr, early, max_message, next).await,
+        (Halves::Other(rd, wr), early) => drive(rd, wr, early, max_message, next).await,
     }
 }
 
-async fn drive<S>(io: S, early: Bytes, max_message: u64, next: Next)
+/// Moves the stream (about 1 KiB of TLS state) to the heap behind its two halves. Not `async`, so
+/// that no copy of it stays in the connection's future for the connection's lifetime.
+fn split(upgraded: Upgraded) -> (Halves, Bytes) {
+    match upgraded.downcast::<TokioIo<TlsIo>>() {
+        Ok(parts) => {
+            // `read_buf` is a view into hyper's 8 KiB read buffer: keeping it would keep that.
+            let early = match parts.read_buf.is_empty() {
+                true => Bytes::new(),
+                false => Bytes::copy_from_slice(&parts.read_buf),
+            };
+            let (rd, wr) = tokio::io::split(parts.io.into_inner());
+            (Halves::Tls(rd, wr), early)
+        }
+        Err(upgraded) => {
+            let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+            (Halves::Other(rd, wr), Bytes::new())
+        }
+    }
+}
+
+async fn drive<R, W>(rd: R, wr: W, early: Bytes, max_message: u64, next: Next)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let (rd, wr) = tokio::io::split(io);
     let mut reader = Reader::new(rd, early, max_message);
     let mut writer = Writer::new(wr);
     match next {

@@ -237,6 +237,13 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_small() {
+        // README, "Security": the per-message cost beyond the shared payload.
+        assert!(SLOT_BYTES <= 64, "{SLOT_BYTES}");
+        println!("SLOT_BYTES = {SLOT_BYTES}");
+    }
+
+    #[test]
     fn discard_frees_the_queue() {
         let (tx, rx) = outbox(2, 1 << 20, CancellationToken::new());
         assert!(tx.push(text(5)));

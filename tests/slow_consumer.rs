@@ -126,3 +126,46 @@ async fn a_reader_that_stalls_mid_flood_is_closed_within_5_s_holding_little_in_t
     assert_eq!(code, Some(1013));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_of_a_trickle_is_evicted_by_the_write_stall_rule_not_its_queue() {
+    const SIZE: usize = 32 * 1024;
+    let server = start(|c| {
+        c.relay.echo = false;
+        c.presence.format = wsline::config::PresenceFormat::Off;
+        // A queue this large would take the trickle below 40 s to fill.
+        c.limits.queue_messages = 100_000;
+        c.limits.queue_bytes = 64 << 20;
+        c.limits.messages_per_second = 1_000;
+        c.limits.burst = 1_000;
+    })
+    .await;
+    let mut stalled = RawClient::connect(&server, "/trickle").await;
+    let mut publisher = server.connect("/trickle").await;
+    server
+        .wait_stats("two members", |s| s["rooms"]["trickle"] == 2)
+        .await;
+    let started = Instant::now();
+    // 32 KiB every 20 ms (1.6 MB/s) for at most 8 s; the stalled member never reads.
+    let trickle = async {
+        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        for i in 0..400 {
+            pace.tick().await;
+            publisher.send(common::numbered(i, SIZE)).await;
+        }
+    };
+    tokio::select! {
+        _ = server.wait_stats("the stalled member to be evicted", |s| s["drops"]["slow_consumers"] == 1) => {}
+        _ = trickle => panic!("the stalled member outlived the trickle"),
+    }
+    let evicted_after = started.elapsed();
+    eprintln!("evicted {evicted_after:?} after the trickle started");
+    // Its receive window and our kernel bound fill within a fraction of a second, then 3 s of no
+    // progress.
+    assert!(
+        evicted_after < Duration::from_secs(5),
+        "evicted {evicted_after:?} after the trickle started"
+    );
+    assert_eq!(stalled.close_code().await, Some(1013));
+    server.stop().await;
+}

@@ -12,12 +12,13 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::frame::{self, Header, OpCode};
+use crate::frame::{self, OpCode};
 use crate::outbox::OutboxRx;
 
 /// Frames gathered into one vectored write; rustls takes what fits its buffer limit (one record).
@@ -154,38 +155,43 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// One vectored write of up to [`MAX_FRAMES_PER_WRITE`] frames from the front of the batch.
+    /// The headers and the slice list are built on the stack inside each poll, so they take no
+    /// room in the connection's future (which lives as long as the connection).
     async fn write_some(&mut self, first_only: bool) -> io::Result<usize> {
+        let (io, batch, sent) = (&mut self.io, &self.batch, self.sent);
         let take = if first_only { 1 } else { MAX_FRAMES_PER_WRITE };
-        let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
-        let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
-        let mut frames = 0;
-        for msg in self.batch.iter().take(take) {
-            let Some((opcode, payload)) = parts(msg) else {
-                break;
-            };
-            heads[frames] = frame::header(opcode, payload.len());
-            payloads[frames] = payload;
-            frames += 1;
-        }
-        let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
-        let mut n = 0;
-        for i in 0..frames {
-            let (head, mut payload): (&[u8], &[u8]) = (heads[i].as_bytes(), payloads[i]);
-            let mut head = head;
-            if i == 0 {
-                // Skip what an earlier write took.
-                let skip_head = self.sent.min(head.len());
-                head = &head[skip_head..];
-                payload = &payload[self.sent - skip_head..];
+        let written = std::future::poll_fn(|cx| {
+            let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
+            let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
+            let mut frames = 0;
+            for msg in batch.iter().take(take) {
+                let Some((opcode, payload)) = parts(msg) else {
+                    break;
+                };
+                heads[frames] = frame::header(opcode, payload.len());
+                payloads[frames] = payload;
+                frames += 1;
             }
-            for part in [head, payload] {
-                if !part.is_empty() {
-                    iov[n] = IoSlice::new(part);
-                    n += 1;
+            let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
+            let mut n = 0;
+            for (i, (head, payload)) in heads.iter().zip(payloads).take(frames).enumerate() {
+                let (mut head, mut payload) = (head.as_bytes(), payload);
+                if i == 0 {
+                    // Skip what an earlier write took.
+                    let skip_head = sent.min(head.len());
+                    head = &head[skip_head..];
+                    payload = &payload[sent - skip_head..];
+                }
+                for part in [head, payload] {
+                    if !part.is_empty() {
+                        iov[n] = IoSlice::new(part);
+                        n += 1;
+                    }
                 }
             }
-        }
-        let written = self.io.write_vectored(&iov[..n]).await?;
+            Pin::new(&mut *io).poll_write_vectored(cx, &iov[..n])
+        })
+        .await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -200,7 +206,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             let Some((opcode, payload)) = self.batch.front().and_then(parts) else {
                 break;
             };
-            let total = Header::len(&frame::header(opcode, payload.len())) + payload.len();
+            let total = frame::header(opcode, payload.len()).len() + payload.len();
             let left = total - self.sent;
             if n < left {
                 self.sent += n;
