@@ -292,8 +292,7 @@ where
         let (code, reason) = match end {
             End::Gone => return,
             End::PeerClosed(code) => {
-                if writer.drain(outbox).await.is_ok()
-                    && writer.close_frame(code, "").await.is_ok()
+                if writer.drain(outbox).await.is_ok() && writer.close_frame(code, "").await.is_ok()
                 {
                     writer.shutdown().await;
                 }

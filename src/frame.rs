@@ -292,7 +292,10 @@ mod tests {
         assert_eq!(header(OpCode::Ping, 5).as_bytes(), &[0x89, 0x05]);
         assert_eq!(header(OpCode::Pong, 5).as_bytes(), &[0x8a, 0x05]);
         // §5.7: 256 bytes binary message in a single unmasked frame.
-        assert_eq!(header(OpCode::Binary, 256).as_bytes(), &[0x82, 0x7E, 0x01, 0x00]);
+        assert_eq!(
+            header(OpCode::Binary, 256).as_bytes(),
+            &[0x82, 0x7E, 0x01, 0x00]
+        );
         // §5.7: 64 KiB binary message in a single unmasked frame.
         assert_eq!(
             header(OpCode::Binary, 65536).as_bytes(),
@@ -316,7 +319,9 @@ mod tests {
     #[test]
     fn the_rfc_masked_hello_is_parsed_and_unmasked() {
         // §5.7: a single-frame masked text message "Hello".
-        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         assert_eq!(head_len([frame[0], frame[1]]), 6);
         let head = parse_head(&frame[..6], 1024).unwrap();
         assert_eq!(
@@ -348,12 +353,25 @@ mod tests {
 
     #[test]
     fn hostile_headers_get_their_errors() {
-        let check = |bytes: &[u8], max: u64| parse_head(&bytes[..head_len([bytes[0], bytes[1]])], max);
+        let check =
+            |bytes: &[u8], max: u64| parse_head(&bytes[..head_len([bytes[0], bytes[1]])], max);
         assert_eq!(check(&masked(0xC1, b"x"), 9), Err(FrameError::ReservedBits));
-        assert_eq!(check(&masked(0x83, b"x"), 9), Err(FrameError::UnknownOpcode));
-        assert_eq!(check(&masked(0x8B, b"x"), 9), Err(FrameError::UnknownOpcode));
-        assert_eq!(check(&masked(0x09, b"p"), 9), Err(FrameError::FragmentedControl));
-        assert_eq!(check(&masked(0x89, &[0; 126]), 999), Err(FrameError::ControlTooLong));
+        assert_eq!(
+            check(&masked(0x83, b"x"), 9),
+            Err(FrameError::UnknownOpcode)
+        );
+        assert_eq!(
+            check(&masked(0x8B, b"x"), 9),
+            Err(FrameError::UnknownOpcode)
+        );
+        assert_eq!(
+            check(&masked(0x09, b"p"), 9),
+            Err(FrameError::FragmentedControl)
+        );
+        assert_eq!(
+            check(&masked(0x89, &[0; 126]), 999),
+            Err(FrameError::ControlTooLong)
+        );
         assert_eq!(check(&[0x81, 0x01, b'x'], 9), Err(FrameError::Unmasked));
         assert_eq!(check(&masked(0x82, &[0; 10]), 9), Err(FrameError::TooBig));
         // A control frame is judged by its own limit, not the message size.
@@ -364,7 +382,11 @@ mod tests {
         assert_eq!(check(&huge, 9), Err(FrameError::ReservedBits));
         huge[2] = 0x7f;
         assert_eq!(check(&huge, 9), Err(FrameError::TooBig));
-        for code in [FrameError::ReservedBits, FrameError::Unmasked, FrameError::BadClose] {
+        for code in [
+            FrameError::ReservedBits,
+            FrameError::Unmasked,
+            FrameError::BadClose,
+        ] {
             assert_eq!(code.close_code(), 1002);
         }
         assert_eq!(FrameError::TooBig.close_code(), 1009);
@@ -388,13 +410,19 @@ mod tests {
             Err(FrameError::OrphanContinuation)
         );
         let mut f = Fragments::default();
-        assert_eq!(f.on_data(&head(false, OpCode::Text, 4), 10), Ok(OpCode::Text));
+        assert_eq!(
+            f.on_data(&head(false, OpCode::Text, 4), 10),
+            Ok(OpCode::Text)
+        );
         assert_eq!(
             f.on_data(&head(true, OpCode::Binary, 1), 10),
             Err(FrameError::Interleaved)
         );
         let mut f = Fragments::default();
-        assert_eq!(f.on_data(&head(false, OpCode::Binary, 6), 10), Ok(OpCode::Binary));
+        assert_eq!(
+            f.on_data(&head(false, OpCode::Binary, 6), 10),
+            Ok(OpCode::Binary)
+        );
         assert_eq!(
             f.on_data(&head(false, OpCode::Continuation, 4), 10),
             Ok(OpCode::Binary)
@@ -405,9 +433,18 @@ mod tests {
         );
         // After a whole message, the next starts afresh.
         let mut f = Fragments::default();
-        assert_eq!(f.on_data(&head(false, OpCode::Text, 6), 10), Ok(OpCode::Text));
-        assert_eq!(f.on_data(&head(true, OpCode::Continuation, 4), 10), Ok(OpCode::Text));
-        assert_eq!(f.on_data(&head(true, OpCode::Binary, 10), 10), Ok(OpCode::Binary));
+        assert_eq!(
+            f.on_data(&head(false, OpCode::Text, 6), 10),
+            Ok(OpCode::Text)
+        );
+        assert_eq!(
+            f.on_data(&head(true, OpCode::Continuation, 4), 10),
+            Ok(OpCode::Text)
+        );
+        assert_eq!(
+            f.on_data(&head(true, OpCode::Binary, 10), 10),
+            Ok(OpCode::Binary)
+        );
     }
 
     #[test]
@@ -423,7 +460,10 @@ mod tests {
                 "{reserved}"
             );
         }
-        assert_eq!(close_code(&[0x03, 0xE8, 0xff]), Err(FrameError::InvalidUtf8));
+        assert_eq!(
+            close_code(&[0x03, 0xE8, 0xff]),
+            Err(FrameError::InvalidUtf8)
+        );
         assert_eq!(close_payload(1013, "slow consumer")[..2], [0x03, 0xF5]);
     }
 }

@@ -88,7 +88,11 @@ async fn members(daemon: &Daemon, room: &str, n: usize) -> Vec<RawClient> {
 /// if any member got something else or was closed.
 async fn all_receive(members: &mut [RawClient], expected: &[u8]) -> bool {
     let reads = members.iter_mut().map(|m| m.frame_equals(0x2, expected));
-    let results = within("every member to receive", futures_util::future::join_all(reads)).await;
+    let results = within(
+        "every member to receive",
+        futures_util::future::join_all(reads),
+    )
+    .await;
     results.into_iter().all(|ok| ok)
 }
 

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::frame::{self, FrameError, Fragments, Head, MAX_CLIENT_HEADER, OpCode};
+use crate::frame::{self, Fragments, FrameError, Head, MAX_CLIENT_HEADER, OpCode};
 
 /// What a client sent, once a whole message or control frame is in.
 #[derive(Debug)]
@@ -128,7 +128,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             self.frame = None;
             match head.opcode {
-                OpCode::Ping => return Ok(Incoming::Ping(std::mem::take(&mut self.control).into())),
+                OpCode::Ping => {
+                    return Ok(Incoming::Ping(std::mem::take(&mut self.control).into()));
+                }
                 OpCode::Pong => {
                     self.control = Vec::new();
                     return Ok(Incoming::Pong);

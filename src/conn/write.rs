@@ -113,14 +113,20 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let dropped = std::mem::take(&mut self.batch);
         outbox.written(
             dropped.iter().filter(|m| counted(m)).count(),
-            dropped.iter().filter(|m| counted(m)).map(Message::len).sum(),
+            dropped
+                .iter()
+                .filter(|m| counted(m))
+                .map(Message::len)
+                .sum(),
         );
         self.flush().await
     }
 
     /// Writes a close frame (after finishing any frame in progress) and flushes.
     pub async fn close_frame(&mut self, code: Option<u16>, reason: &str) -> Result<(), WriteEnd> {
-        let payload = code.map(|c| frame::close_payload(c, reason)).unwrap_or_default();
+        let payload = code
+            .map(|c| frame::close_payload(c, reason))
+            .unwrap_or_default();
         let head = frame::header(OpCode::Close, payload.len());
         let mut out = head.as_bytes().to_vec();
         out.extend_from_slice(&payload);
