@@ -170,3 +170,67 @@ async fn read_into<R: AsyncRead + Unpin>(
         Ok(n) => Ok(n),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        let start = out.len();
+        out.extend_from_slice(payload);
+        frame::unmask(&mut out[start..], mask, 0);
+        out
+    }
+
+    #[tokio::test]
+    async fn fragments_and_pings_arrive_one_byte_at_a_time() {
+        let (mut client, server) = tokio::io::duplex(1);
+        let mut wire = masked(0x01, b"hel"); // text, not final
+        wire.extend(masked(0x89, b"ping")); // a ping between fragments
+        wire.extend(masked(0x80, &[b'l'; 300])); // final continuation, 16-bit length
+        wire.extend(masked(0x88, &[0x03, 0xE8]));
+        // The first two bytes arrived with the request head.
+        let early = Bytes::copy_from_slice(&wire[..2]);
+        let rest = wire[2..].to_vec();
+        tokio::spawn(async move { client.write_all(&rest).await });
+        let mut reader = Reader::new(server, early, 1024);
+        assert!(matches!(reader.next().await, Ok(Incoming::Ping(p)) if p == "ping"));
+        let mut text = b"hel".to_vec();
+        text.extend([b'l'; 300]);
+        match reader.next().await {
+            Ok(Incoming::Message(Message::Text(t))) => assert_eq!(t.as_bytes(), text),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            reader.next().await,
+            Ok(Incoming::Close(Some(1000)))
+        ));
+        assert!(matches!(reader.next().await, Err(ReadEnd::Gone)));
+    }
+
+    #[tokio::test]
+    async fn limits_and_utf8_are_judged() {
+        for (wire, expected) in [
+            (masked(0x82, &[0; 200]), FrameError::TooBig),
+            (masked(0x81, &[0xff]), FrameError::InvalidUtf8),
+            (masked(0x88, &[0x03]), FrameError::BadClose),
+        ] {
+            let mut reader = Reader::new(tokio::io::empty(), Bytes::from(wire), 100);
+            match reader.next().await {
+                Err(ReadEnd::Refused(e)) => assert_eq!(e, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

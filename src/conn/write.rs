@@ -244,3 +244,99 @@ async fn stall_bound<T>(step: impl Future<Output = io::Result<T>>) -> Result<T, 
         Err(_) => Err(WriteEnd::Stalled),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{self, SLOT_BYTES};
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+
+    /// Server frames as (opcode, payload), parsed from `wire`.
+    fn frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            let (len, start) = match wire[1] {
+                126 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            assert_eq!(wire[0] & 0xf0, 0x80, "FIN set, no reserved bits");
+            out.push((wire[0] & 0x0f, wire[start..start + len].to_vec()));
+            wire = &wire[start + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_survive_a_socket_that_takes_seven_bytes_at_a_time() {
+        // A pipe of 7 bytes: every write is partial, headers are split, payloads are split.
+        let (client, server) = tokio::io::duplex(7);
+        let (tx, rx) = outbox::outbox(100, 1 << 20, CancellationToken::new());
+        let big = Bytes::from((0..70_000).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        assert!(tx.push(Message::text("hello")));
+        assert!(tx.push(Message::Binary(big.clone())));
+        assert!(tx.push(Message::Binary(Bytes::from_static(&[9; 300]))));
+        rx.pong(Bytes::from_static(b"p"));
+        let mut writer = Writer::new(server);
+        let read = tokio::spawn(async move {
+            let mut client = client;
+            let mut wire = Vec::new();
+            client.read_to_end(&mut wire).await.unwrap();
+            wire
+        });
+        writer.drain(&rx).await.unwrap();
+        writer.shutdown().await;
+        drop(writer);
+        let wire = read.await.unwrap();
+        assert_eq!(
+            frames(&wire),
+            vec![
+                (0xA, b"p".to_vec()),
+                (0x1, b"hello".to_vec()),
+                (0x2, big.to_vec()),
+                (0x2, vec![9; 300]),
+            ]
+        );
+        // Everything written: the queue's whole byte budget is free again.
+        let budget = (1 << 20) / (300 + SLOT_BYTES);
+        for _ in 0..budget.min(99) {
+            assert!(tx.push(Message::Binary(Bytes::from_static(&[9; 300]))));
+        }
+        assert!(!rx.closing().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn finishing_the_frame_in_progress_drops_the_rest_and_the_close_frame_follows() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = outbox::outbox(100, 1 << 20, CancellationToken::new());
+        assert!(tx.push(Message::text("first")));
+        assert!(tx.push(Message::text("second")));
+        let mut writer = Writer::new(server);
+        assert!(rx.try_recv_all(&mut writer.batch));
+        // As if an earlier write had taken three bytes of the first frame.
+        let head = frame::header(OpCode::Text, 5);
+        let mut wire = head.as_bytes()[..2].to_vec();
+        wire.push(b'f');
+        writer.sent = 3;
+        writer.finish_frame(&rx).await.unwrap();
+        writer
+            .close_frame(Some(1013), "slow consumer")
+            .await
+            .unwrap();
+        drop(writer);
+        let mut client = client;
+        client.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(
+            frames(&wire),
+            vec![
+                (0x1, b"first".to_vec()),
+                (0x8, frame::close_payload(1013, "slow consumer")),
+            ]
+        );
+    }
+}
