@@ -4,7 +4,7 @@
 //! [`read`] half turns client frames into whole messages under the size limit, the [`write`] half
 //! writes queued messages as a header plus the shared payload straight into TLS. The task runs
 //! three loops at once and ends with the first to finish: the reader (client messages -> the
-//! room), the writer (the outbox -> the socket, plus the server's pings) and the idle watch. The
+//! room), the writer (the outbox -> the socket) and the heartbeat (one timer: pings, idle). The
 //! outbox's close token ends all three when the hub evicts the connection (1013) or the server
 //! drains (1001).
 //!
@@ -193,11 +193,11 @@ impl Conn {
                 End::Evicted
             },
             end = read_loop(reader, &membership, &outbox, &state, &config, opened, &last_seen) => end,
-            end = writer.run(&outbox, config.heartbeat.ping_interval) => match end {
+            end = writer.run(&outbox) => match end {
                 WriteEnd::Gone => End::Gone,
                 WriteEnd::Stalled => End::Evicted,
             },
-            end = idle(&last_seen, opened, config.heartbeat.idle_timeout) => end,
+            end = heartbeat(&outbox, &last_seen, opened, &config) => end,
         };
         if matches!(end, End::Evicted) {
             state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -267,17 +267,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-/// Resolves once nothing has arrived from the client for `idle_timeout`. One timer per period,
-/// re-armed from the last arrival, rather than one timer per message.
-async fn idle(last_seen: &AtomicU64, opened: Instant, idle_timeout: Duration) -> End {
-    let mut deadline = opened + idle_timeout;
+/// The heartbeat, on one timer: asks the writer for a ping every `heartbeat.ping_interval`, and
+/// resolves once nothing has arrived from the client for `heartbeat.idle_timeout`. The timer is
+/// set for whichever comes first and re-armed from the last arrival, not once per message.
+async fn heartbeat(
+    outbox: &OutboxRx,
+    last_seen: &AtomicU64,
+    opened: Instant,
+    config: &Config,
+) -> End {
+    let (ping_interval, idle_timeout) = (
+        config.heartbeat.ping_interval,
+        config.heartbeat.idle_timeout,
+    );
+    let seen = || opened + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+    let mut next_ping = opened + ping_interval;
     loop {
-        tokio::time::sleep_until(deadline.into()).await;
-        let seen = opened + Duration::from_millis(last_seen.load(Ordering::Relaxed));
-        if seen + idle_timeout <= Instant::now() {
+        tokio::time::sleep_until(next_ping.min(seen() + idle_timeout).into()).await;
+        let now = Instant::now();
+        if seen() + idle_timeout <= now {
             return End::Close(1000, "idle timeout");
         }
-        deadline = seen + idle_timeout;
+        if next_ping <= now {
+            outbox.ping();
+            next_ping = now + ping_interval;
+        }
     }
 }
 

@@ -60,6 +60,8 @@ struct Queue {
     /// The payload of the latest ping still to answer (RFC 6455 §5.5.3 allows answering only the
     /// most recent one), so a ping flood costs at most 125 bytes here.
     pong: Option<Bytes>,
+    /// The heartbeat asked for a ping.
+    ping: bool,
 }
 
 /// The receiving side of an outbox, owned by the connection task.
@@ -124,9 +126,7 @@ impl OutboxRx {
                 if !queue.messages.is_empty() {
                     std::mem::swap(&mut queue.messages, batch);
                 }
-                if let Some(pong) = queue.pong.take() {
-                    batch.push_front(Message::Pong(pong));
-                }
+                take_control(&mut queue, batch);
                 if !batch.is_empty() {
                     return;
                 }
@@ -141,9 +141,7 @@ impl OutboxRx {
         if !queue.messages.is_empty() {
             std::mem::swap(&mut queue.messages, batch);
         }
-        if let Some(pong) = queue.pong.take() {
-            batch.push_front(Message::Pong(pong));
-        }
+        take_control(&mut queue, batch);
         !batch.is_empty()
     }
 
@@ -164,6 +162,12 @@ impl OutboxRx {
         self.shared.ready.notify_one();
     }
 
+    /// Asks the writer for a ping frame, ahead of queued messages.
+    pub fn ping(&self) {
+        lock(&self.shared.queue).ping = true;
+        self.shared.ready.notify_one();
+    }
+
     /// Drops everything still queued (an evicted connection will not get it) and returns how many
     /// messages that was.
     pub fn discard(&self) -> usize {
@@ -179,6 +183,17 @@ impl OutboxRx {
     /// Cancelled when the connection must close (evicted or shutting down).
     pub fn closing(&self) -> CancellationToken {
         self.shared.close.clone()
+    }
+}
+
+/// Puts the pending ping and pong (the connection's own control frames, never counted) at the
+/// front of `batch`.
+fn take_control(queue: &mut Queue, batch: &mut VecDeque<Message>) {
+    if std::mem::take(&mut queue.ping) {
+        batch.push_front(Message::Ping(Bytes::new()));
+    }
+    if let Some(pong) = queue.pong.take() {
+        batch.push_front(Message::Pong(pong));
     }
 }
 

@@ -73,21 +73,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
-    /// The outbox to the socket, and a ping every `ping_interval`, until the socket fails or stalls.
-    pub async fn run(&mut self, outbox: &OutboxRx, ping_interval: Duration) -> WriteEnd {
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// The outbox (and the heartbeat's pings, the reader's pongs) to the socket, until the socket
+    /// fails or stalls.
+    pub async fn run(&mut self, outbox: &OutboxRx) -> WriteEnd {
         loop {
             if self.batch.is_empty() {
                 // A burst can leave a large slot buffer behind; an idle connection should not keep it.
                 if self.batch.capacity() > SHRINK_ABOVE {
                     self.batch = VecDeque::new();
                 }
-                tokio::select! {
-                    _ = outbox.recv_all(&mut self.batch) => {}
-                    _ = ping.tick() => self.batch.push_back(Message::Ping(Default::default())),
-                }
+                outbox.recv_all(&mut self.batch).await;
             }
             if let Err(end) = self.write_batch(outbox, false).await {
                 return end;
