@@ -16,8 +16,8 @@ pub mod read;
 pub mod write;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -283,7 +283,7 @@ async fn heartbeat(
     let seen = || opened + Duration::from_millis(last_seen.load(Ordering::Relaxed));
     let mut next_ping = opened + ping_interval;
     loop {
-        tokio::time::sleep_until(next_ping.min(seen() + idle_timeout).into()).await;
+        tokio::time::sleep_until(on_tick(next_ping.min(seen() + idle_timeout)).into()).await;
         let now = Instant::now();
         if seen() + idle_timeout <= now {
             return End::Close(1000, "idle timeout");
@@ -293,6 +293,21 @@ async fn heartbeat(
             next_ping = now + ping_interval;
         }
     }
+}
+
+/// Heartbeat deadlines are rounded up to this grid, shared by every connection in the process, so
+/// that the timers of many connections fire together: one wake-up of the runtime per tick serves
+/// every ping and idle check due in it, instead of one wake-up per connection.
+pub const HEARTBEAT_TICK: Duration = Duration::from_millis(100);
+
+/// `t` rounded up to the next [`HEARTBEAT_TICK`] of the process-wide grid.
+fn on_tick(t: Instant) -> Instant {
+    static GRID: OnceLock<Instant> = OnceLock::new();
+    let origin = *GRID.get_or_init(Instant::now);
+    let tick = HEARTBEAT_TICK.as_nanos();
+    let since = t.saturating_duration_since(origin).as_nanos();
+    let rounded = since.div_ceil(tick) * tick;
+    origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
 /// The close phase, bounded by [`CLOSE_TIMEOUT`]: what was queued, the close frame `end` calls
@@ -338,4 +353,19 @@ where
         writer.shutdown().await;
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_deadlines_share_one_grid() {
+        let line = on_tick(Instant::now());
+        assert_eq!(on_tick(line), line, "a grid line stays");
+        let a = on_tick(line + Duration::from_millis(1));
+        let b = on_tick(line + HEARTBEAT_TICK - Duration::from_millis(1));
+        assert_eq!(a, line + HEARTBEAT_TICK, "rounded up, never early");
+        assert_eq!(a, b, "deadlines within one tick fire together");
+    }
 }
