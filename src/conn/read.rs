@@ -233,4 +233,42 @@ mod tests {
             }
         }
     }
+
+    /// Arbitrary bytes, some of them well-formed frame headers, in pieces of arbitrary size:
+    /// every outcome is a message, a control frame, a refusal or the end, never a panic or a
+    /// message over the limit.
+    #[tokio::test]
+    async fn random_input_never_panics_and_never_exceeds_the_limit() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2_000 {
+            let mut wire = Vec::new();
+            while wire.len() < 400 {
+                match next() % 3 {
+                    0 => wire.push(next() as u8),
+                    1 => {
+                        let op = [0x0, 0x1, 0x2, 0x8, 0x9, 0xA][(next() % 6) as usize];
+                        let fin = if next() % 2 == 0 { 0x80 } else { 0 };
+                        let len = (next() % 140) as usize;
+                        let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        wire.extend(masked(fin | op, &payload));
+                    }
+                    _ => wire.extend(masked(0x81, b"ok")),
+                }
+            }
+            let mut reader = Reader::new(tokio::io::empty(), Bytes::from(wire), 128);
+            for _ in 0..1_000 {
+                match reader.next().await {
+                    Ok(Incoming::Message(m)) => assert!(m.len() <= 128),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
 }
