@@ -247,3 +247,15 @@ async fn a_large_and_a_short_message_then_close_get_both_echoes_then_the_close_r
     assert_eq!(close_code_of(&frames), Some(1000));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    let server = start(|c| c.presence.format = wsline::config::PresenceFormat::Off).await;
+    // The frames arrive with the request head, so the HTTP layer has read them already.
+    let mut first = frame(true, 0x1, b"eager");
+    first.extend_from_slice(&frame(true, 0x2, &[7u8; 300]));
+    let mut raw = RawClient::upgrade_sending(server.tls().await, ROOM, &first).await;
+    assert_eq!(raw.frame().await, Some((0x1, b"eager".to_vec())));
+    assert_eq!(raw.frame().await, Some((0x2, vec![7u8; 300])));
+    server.stop().await;
+}

@@ -409,9 +409,20 @@ impl RawClient {
     }
 
     /// Upgrades an open TLS connection to a WebSocket on `path`.
-    pub async fn upgrade(mut stream: TlsStream<TcpStream>, path: &str) -> RawClient {
-        let request = upgrade_request(path, "");
-        stream.write_all(request.as_bytes()).await.unwrap();
+    pub async fn upgrade(stream: TlsStream<TcpStream>, path: &str) -> RawClient {
+        Self::upgrade_sending(stream, path, &[]).await
+    }
+
+    /// Upgrades an open TLS connection to a WebSocket on `path`, with `first` (frames, say) sent
+    /// in the same write as the request, before any answer.
+    pub async fn upgrade_sending(
+        mut stream: TlsStream<TcpStream>,
+        path: &str,
+        first: &[u8],
+    ) -> RawClient {
+        let mut request = upgrade_request(path, "").into_bytes();
+        request.extend_from_slice(first);
+        stream.write_all(&request).await.unwrap();
         stream.flush().await.unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 1024];
