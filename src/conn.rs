@@ -1,25 +1,30 @@
 //! One WebSocket connection, from the upgraded stream to the close frame.
 //!
-//! The task runs three loops at once and ends with the first to finish: the reader (client
-//! messages -> the room), the writer (the outbox -> the socket, then one flush, plus the server's
-//! pings), and the idle watch. The outbox's close token ends all three when the hub evicts the
-//! connection (1013) or the server drains (1001). Then the task sends its close frame under a short
-//! deadline, so a client that stopped reading cannot hold it, and the [`Membership`] guard drops.
+//! wsline owns both directions of the protocol (RFC 6455 framing is in [`crate::frame`]): the
+//! [`read`] half turns client frames into whole messages under the size limit, the [`write`] half
+//! writes queued messages as a header plus the shared payload straight into TLS. The task runs
+//! three loops at once and ends with the first to finish: the reader (client messages -> the
+//! room), the writer (the outbox -> the socket) and the heartbeat (one timer: pings, idle). The
+//! outbox's close token ends all three when the hub evicts the connection (1013) or the server
+//! drains (1001).
+//!
+//! Then the close phase, under [`CLOSE_TIMEOUT`] whatever the reason: what was queued is written
+//! first (echoes, presence: except for an evicted slow consumer, which only finishes the frame in
+//! progress), then the close frame, then the client's close reply is awaited.
 
-use std::collections::VecDeque;
+pub mod read;
+pub mod write;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
 
@@ -29,43 +34,55 @@ use crate::envelope::{self, Envelope};
 use crate::hub::Membership;
 use crate::limits::{Admission, TokenBucket};
 use crate::outbox::OutboxRx;
+use read::{Incoming, ReadEnd, Reader};
+use write::{WriteEnd, Writer};
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// How long a closing connection may take to write what was queued, its close frame, and hear
+/// the reply.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// `SO_SNDBUF` on every accepted socket (the kernel doubles it for its bookkeeping): everything a
+/// connection may have in the kernel's send queue, unsent or unacknowledged. It replaces the
+/// kernel's autotuning (up to `tcp_wmem`'s 4 MiB), so a stalled reader pins little and its writer
+/// sees the stall at once; it caps one connection at about 128 KiB per round trip (~2.5 MB/s at
+/// 50 ms), plenty for a relay of chat-sized messages.
+pub const SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// `TCP_NOTSENT_LOWAT`: the socket is writable only while less than this is unsent, so queued
+/// messages wait in the outbox (where they are counted and shared) rather than in the kernel.
+pub const NOTSENT_LOWAT_BYTES: u32 = 16 * 1024;
 
-/// Bytes tungstenite reads at a time from the TLS layer (which reads the socket in 4 KiB steps).
-/// tungstenite's default, 128 KiB, is allocated up front for every connection; a small buffer keeps
-/// idle connections cheap and grows only for a large message.
-const READ_BUFFER_BYTES: usize = 512;
-/// Frames are gathered up to this size before a write: one TLS record's worth.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// How long a closing connection may take to get its close frame out and hear the reply.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Queue capacity (in messages) above which a drained batch buffer is freed rather than kept.
-const SHRINK_ABOVE: usize = 64;
-
-/// The WebSocket limits of a connection: message and frame size capped at `relay.max_message_size`
-/// (checked against the frame header, before any payload is buffered).
-pub fn ws_config(config: &Config) -> WebSocketConfig {
-    let max = config.relay.max_message_size as usize;
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(
-            WRITE_BUFFER_BYTES + 2 * envelope::max_relayed_bytes(config) as usize + 1024,
-        )
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+/// Bounds what the kernel keeps for this socket (see [`SEND_BUFFER_BYTES`],
+/// [`NOTSENT_LOWAT_BYTES`]).
+pub fn tune_socket(tcp: &TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    if let Err(e) = socket.set_send_buffer_size(SEND_BUFFER_BYTES) {
+        debug!(error = %e, "cannot set SO_SNDBUF");
+    }
+    if let Err(e) = socket.set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES) {
+        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
 }
 
-/// How a connection ends, and so which close frame (if any) the server sends.
+/// How a connection ends, and so what the close phase sends.
 #[derive(Debug)]
 enum End {
-    /// The peer sent a close frame (with this code, if any); tungstenite answers it.
+    /// The peer sent a close frame (with this code): answer it after what was queued.
     PeerClosed(Option<u16>),
     /// The transport is gone (reset, EOF, write error): nothing more can be sent.
     Gone,
-    /// The server closes with this code and reason.
-    Close(CloseCode, &'static str),
+    /// The server closes with this code and reason, after writing what was queued.
+    Close(u16, &'static str),
+    /// A slow consumer: its queue is dropped, the frame in progress finished, then `1013`.
+    Evicted,
+}
+
+impl End {
+    fn code(&self) -> Option<u16> {
+        match self {
+            End::Close(code, _) => Some(*code),
+            End::Evicted => Some(1013),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a connection needs, prepared before the upgrade.
@@ -84,14 +101,74 @@ pub struct Conn {
     pub envelope: Option<Envelope>,
 }
 
-/// Closes a connection that was admitted only to be told why it cannot stay (e.g. name taken).
-pub async fn refuse(ws: Ws, code: CloseCode, reason: &'static str) {
-    let (mut sink, mut stream) = ws.split();
-    close(&mut sink, &mut stream, End::Close(code, reason)).await;
+/// What to do with an upgraded stream.
+pub enum Next {
+    /// Serve the admitted connection.
+    Run(Conn),
+    /// Close at once with this code and reason (e.g. `1008` name taken).
+    Refuse(u16, &'static str, OutboxRx),
+}
+
+type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The two halves of an upgraded stream, by the stream's type.
+enum Halves {
+    /// The TLS stream itself, unwrapped from hyper's box.
+    Tls(ReadHalf<TlsIo>, WriteHalf<TlsIo>),
+    /// Anything else (plain TCP when `tls.enabled = false`), through hyper's box.
+    Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
+}
+
+/// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
+/// the request head come along), so the connection reads and writes rustls directly.
+pub async fn serve(upgraded: Upgraded, max_message: u64, next: Next) {
+    match split(upgraded) {
+        (Halves::Tls(rd, wr), early) => drive(rd, wr, early, max_message, next).await,
+        (Halves::Other(rd, wr), early) => drive(rd, wr, early, max_message, next).await,
+    }
+}
+
+/// Moves the stream (about 1 KiB of TLS state) to the heap behind its two halves. Not `async`, so
+/// that no copy of it stays in the connection's future for the connection's lifetime.
+fn split(upgraded: Upgraded) -> (Halves, Bytes) {
+    match upgraded.downcast::<TokioIo<TlsIo>>() {
+        Ok(parts) => {
+            // `read_buf` is a view into hyper's 8 KiB read buffer: keeping it would keep that.
+            let early = match parts.read_buf.is_empty() {
+                true => Bytes::new(),
+                false => Bytes::copy_from_slice(&parts.read_buf),
+            };
+            let (rd, wr) = tokio::io::split(parts.io.into_inner());
+            (Halves::Tls(rd, wr), early)
+        }
+        Err(upgraded) => {
+            let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+            (Halves::Other(rd, wr), Bytes::new())
+        }
+    }
+}
+
+async fn drive<R, W>(rd: R, wr: W, early: Bytes, max_message: u64, next: Next)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = Reader::new(rd, early, max_message);
+    let mut writer = Writer::new(wr);
+    match next {
+        Next::Run(conn) => conn.run(&mut reader, &mut writer).await,
+        Next::Refuse(code, reason, outbox) => {
+            close(&mut reader, &mut writer, &outbox, End::Close(code, reason)).await
+        }
+    }
 }
 
 impl Conn {
-    pub async fn run(self, ws: Ws) {
+    async fn run<R, W>(self, reader: &mut Reader<R>, writer: &mut Writer<W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let opened = Instant::now();
         let room = self.membership.room().to_owned();
         let (peer, client) = (self.peer, self.client);
@@ -101,7 +178,6 @@ impl Conn {
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
 
-        let (mut sink, mut stream) = ws.split();
         let Conn {
             state,
             config,
@@ -111,28 +187,33 @@ impl Conn {
             envelope,
             ..
         } = self;
-        let last_seen = AtomicU64::new(0);
+        let seen = Seen::since(opened);
         let closing = outbox.closing();
         let end = tokio::select! {
             biased;
             _ = closing.cancelled() => if state.shutdown.is_draining() {
-                End::Close(CloseCode::Away, "server shutting down")
+                End::Close(1001, "server shutting down")
             } else {
-                state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                End::Close(CloseCode::Again, "slow consumer")
+                End::Evicted
             },
-            end = read(&mut stream, &membership, &state, &config, opened, &last_seen, envelope.as_ref()) => end,
-            end = write(&mut sink, &outbox, config.heartbeat.ping_interval) => end,
-            end = idle(&last_seen, opened, config.heartbeat.idle_timeout) => end,
+            end = read_loop(reader, &membership, &outbox, &state, &config, &seen, envelope.as_ref()) => end,
+            end = writer.run(&outbox) => match end {
+                WriteEnd::Gone => End::Gone,
+                WriteEnd::Stalled => End::Evicted,
+            },
+            end = heartbeat(&outbox, &seen, &config) => end,
         };
+        if matches!(end, End::Evicted) {
+            state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
         drop(membership);
         // The close code whoever closed: ours, the client's (1005: it gave none), or none at all.
         let (code, closed_by) = match &end {
-            End::Close(code, _) => (Some(u16::from(*code)), "server"),
             End::PeerClosed(code) => (Some(code.unwrap_or(1005)), "client"),
             End::Gone => (None, "transport"),
+            _ => (end.code(), "server"),
         };
-        close(&mut sink, &mut stream, end).await;
+        close(reader, writer, &outbox, end).await;
         drop(admission);
         info!(
             %client,
@@ -146,14 +227,39 @@ impl Conn {
     }
 }
 
+/// When the connection opened and when the client was last heard from: the reader records, the
+/// heartbeat reads (milliseconds since `opened` in an atomic, so neither waits for the other).
+struct Seen {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Seen {
+    fn since(opened: Instant) -> Seen {
+        Seen {
+            opened,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.opened).as_millis();
+        self.last_ms.store(ms as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// Client messages to the room, until the client closes or breaks the protocol.
-async fn read(
-    stream: &mut SplitStream<Ws>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
     membership: &Membership,
+    outbox: &OutboxRx,
     state: &State,
     config: &Config,
-    opened: Instant,
-    last_seen: &AtomicU64,
+    seen: &Seen,
     envelope: Option<&Envelope>,
 ) -> End {
     let app_ping = config.heartbeat.app_ping.as_bytes();
@@ -161,116 +267,137 @@ async fn read(
     let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
-        let msg = match stream.next().await {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => return end_for(e),
-            None => return End::Gone,
+        let incoming = match reader.next().await {
+            Ok(incoming) => incoming,
+            Err(ReadEnd::Gone) => return End::Gone,
+            Err(ReadEnd::Refused(e)) => {
+                debug!(error = %e, "read refused");
+                return End::Close(e.close_code(), e.reason());
+            }
         };
         let now = Instant::now();
-        last_seen.store((now - opened).as_millis() as u64, Ordering::Relaxed);
-        if (msg.is_text() || msg.is_binary()) && !bucket.take(now) {
-            return End::Close(CloseCode::Policy, "rate limit");
+        seen.record(now);
+        let msg = match incoming {
+            Incoming::Message(msg) => msg,
+            Incoming::Ping(payload) => {
+                outbox.pong(payload);
+                continue;
+            }
+            // A pong only proves the client is alive.
+            Incoming::Pong => continue,
+            Incoming::Close(code) => return End::PeerClosed(code),
+        };
+        if !bucket.take(now) {
+            return End::Close(1008, "rate limit");
         }
         match msg {
             Message::Text(text) if !app_ping.is_empty() && text.as_bytes() == app_ping => {
                 membership.reply(Message::Text(app_pong.clone()));
             }
-            Message::Text(_) | Message::Binary(_) => {
+            msg => {
                 let Some(msg) = envelope::apply(envelope, msg) else {
-                    return End::Close(CloseCode::Unsupported, envelope::BINARY_REFUSED);
+                    return End::Close(1003, envelope::BINARY_REFUSED);
                 };
                 state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 membership.publish(msg, echo);
             }
-            Message::Close(frame) => return End::PeerClosed(frame.map(|f| u16::from(f.code))),
-            // tungstenite answers pings itself; pongs only prove the client is alive.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 }
 
-/// The close code for an error reading from the client.
-fn end_for(e: WsError) -> End {
-    debug!(error = %e, "read failed");
-    match e {
-        WsError::Capacity(_) => End::Close(CloseCode::Size, "message too big"),
-        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "invalid UTF-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
-        WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => End::Gone,
-        _ => End::Close(CloseCode::Protocol, "protocol error"),
-    }
-}
-
-/// The outbox to the socket: everything queued, then one flush; and a ping every `ping_interval`.
-async fn write(
-    sink: &mut SplitSink<Ws, Message>,
-    outbox: &OutboxRx,
-    ping_interval: Duration,
-) -> End {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Swapped with the outbox's queue on every batch, so the two share their capacity.
-    let mut batch = VecDeque::new();
+/// The heartbeat, on one timer: asks the writer for a ping every `heartbeat.ping_interval`, and
+/// resolves once nothing has arrived from the client for `heartbeat.idle_timeout`. The timer is
+/// set for whichever comes first and re-armed from the last arrival, not once per message.
+async fn heartbeat(outbox: &OutboxRx, seen: &Seen, config: &Config) -> End {
+    let (ping_interval, idle_timeout) = (
+        config.heartbeat.ping_interval,
+        config.heartbeat.idle_timeout,
+    );
+    let mut next_ping = seen.opened + ping_interval;
     loop {
-        tokio::select! {
-            _ = outbox.recv_all(&mut batch) => {}
-            _ = ping.tick() => batch.push_back(Message::Ping(Default::default())),
+        tokio::time::sleep_until(on_tick(next_ping.min(seen.last() + idle_timeout)).into()).await;
+        let now = Instant::now();
+        if seen.last() + idle_timeout <= now {
+            return End::Close(1000, "idle timeout");
         }
-        while let Some(msg) = batch.pop_front() {
-            if sink.feed(msg).await.is_err() {
-                return End::Gone;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return End::Gone;
-        }
-        // A burst can leave a large buffer behind; an idle connection should not keep it.
-        if batch.capacity() > SHRINK_ABOVE {
-            batch = VecDeque::new();
+        if next_ping <= now {
+            outbox.ping();
+            next_ping = now + ping_interval;
         }
     }
 }
 
-/// Resolves once nothing has arrived from the client for `idle_timeout`. One timer per period,
-/// re-armed from the last arrival, rather than one timer per message.
-async fn idle(last_seen: &AtomicU64, opened: Instant, idle_timeout: Duration) -> End {
-    let mut deadline = opened + idle_timeout;
-    loop {
-        tokio::time::sleep_until(deadline.into()).await;
-        let seen = opened + Duration::from_millis(last_seen.load(Ordering::Relaxed));
-        if seen + idle_timeout <= Instant::now() {
-            return End::Close(CloseCode::Normal, "idle timeout");
-        }
-        deadline = seen + idle_timeout;
-    }
+/// Heartbeat deadlines are rounded up to this grid, shared by every connection in the process, so
+/// that the timers of many connections fire together: one wake-up of the runtime per tick serves
+/// every ping and idle check due in it, instead of one wake-up per connection.
+pub const HEARTBEAT_TICK: Duration = Duration::from_millis(100);
+
+/// `t` rounded up to the next [`HEARTBEAT_TICK`] of the process-wide grid.
+fn on_tick(t: Instant) -> Instant {
+    static GRID: OnceLock<Instant> = OnceLock::new();
+    let origin = *GRID.get_or_init(Instant::now);
+    let tick = HEARTBEAT_TICK.as_nanos();
+    let since = t.saturating_duration_since(origin).as_nanos();
+    let rounded = since.div_ceil(tick) * tick;
+    origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
-/// Sends the close frame `end` calls for and waits briefly for the peer's reply.
-async fn close(sink: &mut SplitSink<Ws, Message>, stream: &mut SplitStream<Ws>, end: End) {
+/// The close phase, bounded by [`CLOSE_TIMEOUT`]: what was queued, the close frame `end` calls
+/// for, the peer's close reply, then the end of the TLS stream.
+async fn close<R, W>(reader: &mut Reader<R>, writer: &mut Writer<W>, outbox: &OutboxRx, end: End)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let finish = async {
-        match end {
-            End::Gone => {}
-            // tungstenite queued the reply to the peer's close; get it out.
-            End::PeerClosed(_) => {
-                let _ = sink.flush().await;
+        let (code, reason) = match end {
+            End::Gone => return,
+            End::PeerClosed(code) => {
+                if writer.drain(outbox).await.is_ok() && writer.close_frame(code, "").await.is_ok()
+                {
+                    writer.shutdown().await;
+                }
+                return;
             }
             End::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                if sink.send(Message::Close(Some(frame))).await.is_ok() {
-                    // Read until the peer's close arrives (or the stream ends).
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if msg.is_close() {
-                            break;
-                        }
-                    }
+                if writer.drain(outbox).await.is_err() {
+                    return;
                 }
+                (code, reason)
+            }
+            End::Evicted => {
+                outbox.discard();
+                if writer.finish_frame(outbox).await.is_err() {
+                    return;
+                }
+                (1013, "slow consumer")
+            }
+        };
+        if writer.close_frame(Some(code), reason).await.is_err() {
+            return;
+        }
+        // Whatever arrives until the client's close reply is not relayed.
+        while let Ok(incoming) = reader.next().await {
+            if matches!(incoming, Incoming::Close(_)) {
+                break;
             }
         }
+        writer.shutdown().await;
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_deadlines_share_one_grid() {
+        let line = on_tick(Instant::now());
+        assert_eq!(on_tick(line), line, "a grid line stays");
+        let a = on_tick(line + Duration::from_millis(1));
+        let b = on_tick(line + HEARTBEAT_TICK - Duration::from_millis(1));
+        assert_eq!(a, line + HEARTBEAT_TICK, "rounded up, never early");
+        assert_eq!(a, b, "deadlines within one tick fire together");
+    }
 }

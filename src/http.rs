@@ -24,11 +24,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio_tungstenite::WebSocketStream;
+use hyper_util::rt::TokioTimer;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, info, warn};
 
 use crate::State;
@@ -217,38 +214,30 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
             Ok(u) => u,
             Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(conn::ws_config(&config)),
-        )
-        .await;
-        match membership {
-            Some(membership) => {
-                let opened = Instant::now();
-                let stopped = state.clone();
-                let conn = Conn {
-                    state,
-                    config,
-                    peer,
-                    client,
-                    membership,
-                    outbox,
-                    admission,
-                    envelope,
-                };
-                tokio::select! {
-                    () = conn.run(ws) => {}
-                    () = stopped.shutdown.stopped() => warn!(
-                        %client,
-                        %peer,
-                        %room,
-                        duration_ms = opened.elapsed().as_millis() as u64,
-                        "connection cut at drain timeout"
-                    ),
-                }
-            }
-            None => conn::refuse(ws, CloseCode::Policy, "name taken").await,
+        let max_message = config.relay.max_message_size;
+        let (opened, stopped) = (Instant::now(), state.clone());
+        let next = match membership {
+            Some(membership) => conn::Next::Run(Conn {
+                state,
+                config,
+                peer,
+                client,
+                membership,
+                outbox,
+                admission,
+                envelope,
+            }),
+            None => conn::Next::Refuse(1008, "name taken", outbox),
+        };
+        tokio::select! {
+            () = conn::serve(upgraded, max_message, next) => {}
+            () = stopped.shutdown.stopped() => warn!(
+                %client,
+                %peer,
+                %room,
+                duration_ms = opened.elapsed().as_millis() as u64,
+                "connection cut at drain timeout"
+            ),
         }
     });
 

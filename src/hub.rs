@@ -550,8 +550,13 @@ pub fn check_notes(config: &Config) -> Vec<String> {
 pub fn check_config(config: &Config) -> Vec<(&'static str, String)> {
     let (relay, presence, limits) = (&config.relay, &config.presence, &config.limits);
     let mut problems = Vec::new();
+    // The queue counts each message as its payload plus its slot (`outbox::cost`).
+    let slot = crate::outbox::SLOT_BYTES as u64;
     let state = presence::max_message_bytes(presence.format, presence.max_names);
-    if state > limits.queue_bytes {
+    let replay = (relay.history_bytes)
+        .saturating_add((relay.history as u64).saturating_mul(slot))
+        .saturating_add(state + slot);
+    if state + slot > limits.queue_bytes {
         problems.push((
             "presence.max_names",
             format!(
@@ -563,13 +568,14 @@ pub fn check_config(config: &Config) -> Vec<(&'static str, String)> {
                 limits.queue_bytes
             ),
         ));
-    } else if relay.history > 0 && relay.history_bytes.saturating_add(state) > limits.queue_bytes {
+    } else if relay.history > 0 && replay > limits.queue_bytes {
         problems.push((
             "relay.history_bytes",
             format!(
-                "a replay of {} bytes plus a presence state of up to {state} bytes must fit \
-                 limits.queue_bytes ({}): lower relay.history_bytes or presence.max_names",
-                relay.history_bytes, limits.queue_bytes
+                "a replay of {} bytes in up to {} messages ({slot} bytes of queue each) plus a presence \
+                 state of up to {state} bytes must fit limits.queue_bytes ({}): lower \
+                 relay.history_bytes, relay.history or presence.max_names",
+                relay.history_bytes, relay.history, limits.queue_bytes
             ),
         ));
     }
@@ -796,6 +802,9 @@ mod tests {
                                 for m in &batch {
                                     view.apply(m.to_text().unwrap());
                                 }
+                                // As the writer does once a batch is on the wire.
+                                let bytes = batch.iter().map(Message::len).sum();
+                                rx.written(batch.len(), bytes);
                             }
                         }
                         let mut names: Vec<String> = members

@@ -12,6 +12,7 @@
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
+//! - [`frame`]: RFC 6455 frame headers, written and checked (pure).
 //! - [`hub`]: the room registry, membership guards, fan-out into outboxes, the presence ticker.
 //! - [`history`]: a room's last messages, bounded in count and bytes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
@@ -30,6 +31,7 @@ pub mod admit;
 pub mod config;
 pub mod conn;
 pub mod envelope;
+pub mod frame;
 pub mod history;
 pub mod http;
 pub mod hub;

@@ -1,14 +1,31 @@
 //! One connection's bounded outbound queue: the hub's rooms push into it, the connection's writer
 //! drains it. Bounded in messages and bytes; a push over either bound evicts the receiver.
+//!
+//! The accounting counts what a receiver really pins: a message stays counted from the push until
+//! the writer has handed its last byte to TLS (not merely until the writer took it off the queue),
+//! and each costs its payload plus [`SLOT_BYTES`] for its queue slot. The payload is a refcount on
+//! the one buffer every receiver shares, so the bound is a worst case: the receiver that holds the
+//! last reference pins the whole payload.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::lock;
+
+/// What one queued message costs beyond its payload: its slot in the queue and in the writer's batch.
+pub const SLOT_BYTES: usize = std::mem::size_of::<Message>();
+// 56 bytes with tungstenite 0.30 (README, "Security"); a bigger slot would need the docs updated.
+const _: () = assert!(SLOT_BYTES <= 64);
+
+/// What a message of `len` payload bytes counts against `limits.queue_bytes`.
+pub fn cost(len: usize) -> usize {
+    len + SLOT_BYTES
+}
 
 /// The sending side of one connection's bounded outbound queue. The hub's room holds it; the
 /// connection task holds the [`OutboxRx`] and writes what arrives to the socket.
@@ -36,8 +53,15 @@ struct OutboxShared {
 #[derive(Default)]
 struct Queue {
     messages: VecDeque<Message>,
-    /// Bytes of `messages`.
+    /// Messages pushed and not yet written: those in `messages` and those the writer took.
+    pinned: usize,
+    /// The [`cost`] of those messages.
     bytes: usize,
+    /// The payload of the latest ping still to answer (RFC 6455 §5.5.3 allows answering only the
+    /// most recent one), so a ping flood costs at most 125 bytes here.
+    pong: Option<Bytes>,
+    /// The heartbeat asked for a ping.
+    ping: bool,
 }
 
 /// The receiving side of an outbox, owned by the connection task.
@@ -69,18 +93,20 @@ pub fn outbox(
 impl Outbox {
     /// Queues a message without waiting; a full queue evicts the receiver. `false` if not queued.
     pub fn push(&self, msg: Message) -> bool {
-        let len = msg.len();
+        let cost = cost(msg.len());
         let mut queue = lock(&self.shared.queue);
-        if queue.messages.len() >= self.shared.max_messages
-            || queue.bytes + len > self.shared.max_bytes
-        {
+        // An empty queue takes any one message, so `queue_bytes = max_message_size` still works.
+        let full = queue.pinned >= self.shared.max_messages
+            || (queue.pinned > 0 && queue.bytes + cost > self.shared.max_bytes);
+        if full {
             drop(queue);
             // A slow consumer: its connection closes with 1013.
             self.shared.close.cancel();
             return false;
         }
         queue.messages.push_back(msg);
-        queue.bytes += len;
+        queue.pinned += 1;
+        queue.bytes += cost;
         let first = queue.messages.len() == 1;
         drop(queue);
         if first {
@@ -92,14 +118,16 @@ impl Outbox {
 
 impl OutboxRx {
     /// Waits until something is queued, then moves all of it into `batch` (which must be empty),
-    /// in order.
+    /// in order, a pong first. What is moved stays counted until [`OutboxRx::written`].
     pub async fn recv_all(&self, batch: &mut VecDeque<Message>) {
         loop {
             {
                 let mut queue = lock(&self.shared.queue);
                 if !queue.messages.is_empty() {
                     std::mem::swap(&mut queue.messages, batch);
-                    queue.bytes = 0;
+                }
+                take_control(&mut queue, batch);
+                if !batch.is_empty() {
                     return;
                 }
             }
@@ -107,8 +135,131 @@ impl OutboxRx {
         }
     }
 
+    /// Moves whatever is queued now into `batch` without waiting; `false` if there was nothing.
+    pub fn try_recv_all(&self, batch: &mut VecDeque<Message>) -> bool {
+        let mut queue = lock(&self.shared.queue);
+        if !queue.messages.is_empty() {
+            std::mem::swap(&mut queue.messages, batch);
+        }
+        take_control(&mut queue, batch);
+        !batch.is_empty()
+    }
+
+    /// Tells the queue that `messages` taken by [`OutboxRx::recv_all`], of `bytes` payload in
+    /// all, are written: they no longer count against the bounds.
+    pub fn written(&self, messages: usize, bytes: usize) {
+        if messages == 0 {
+            return;
+        }
+        let mut queue = lock(&self.shared.queue);
+        queue.pinned = queue.pinned.saturating_sub(messages);
+        queue.bytes = queue.bytes.saturating_sub(bytes + messages * SLOT_BYTES);
+    }
+
+    /// Answers a client's ping with a pong carrying `payload`, ahead of queued messages.
+    pub fn pong(&self, payload: Bytes) {
+        lock(&self.shared.queue).pong = Some(payload);
+        self.shared.ready.notify_one();
+    }
+
+    /// Asks the writer for a ping frame, ahead of queued messages.
+    pub fn ping(&self) {
+        lock(&self.shared.queue).ping = true;
+        self.shared.ready.notify_one();
+    }
+
+    /// Drops everything still queued (an evicted connection will not get it) and returns how many
+    /// messages that was.
+    pub fn discard(&self) -> usize {
+        let mut queue = lock(&self.shared.queue);
+        let dropped = std::mem::take(&mut queue.messages);
+        queue.pinned -= dropped.len().min(queue.pinned);
+        queue.bytes = queue
+            .bytes
+            .saturating_sub(dropped.iter().map(|m| cost(m.len())).sum());
+        dropped.len()
+    }
+
     /// Cancelled when the connection must close (evicted or shutting down).
     pub fn closing(&self) -> CancellationToken {
         self.shared.close.clone()
+    }
+}
+
+/// Puts the pending ping and pong (the connection's own control frames, never counted) at the
+/// front of `batch`.
+fn take_control(queue: &mut Queue, batch: &mut VecDeque<Message>) {
+    if std::mem::take(&mut queue.ping) {
+        batch.push_front(Message::Ping(Bytes::new()));
+    }
+    if let Some(pong) = queue.pong.take() {
+        batch.push_front(Message::Pong(pong));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Message {
+        Message::text("x".repeat(n))
+    }
+
+    #[tokio::test]
+    async fn taken_messages_stay_counted_until_written() {
+        let (tx, rx) = outbox(10, 3 * cost(100), CancellationToken::new());
+        assert!(tx.push(text(100)));
+        assert!(tx.push(text(100)));
+        let mut batch = VecDeque::new();
+        rx.recv_all(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+        // The writer holds two; one more fits, a fourth does not.
+        assert!(tx.push(text(100)));
+        assert!(!tx.push(text(100)));
+        assert!(rx.closing().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn written_messages_free_their_share() {
+        let (tx, rx) = outbox(2, 1 << 20, CancellationToken::new());
+        assert!(tx.push(text(1)));
+        assert!(tx.push(text(1)));
+        let mut batch = VecDeque::new();
+        rx.recv_all(&mut batch).await;
+        rx.written(2, 2);
+        batch.clear();
+        assert!(tx.push(text(1)));
+        assert!(tx.push(text(1)));
+        assert!(!rx.closing().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_pong_goes_first_and_only_the_latest_is_kept() {
+        let (tx, rx) = outbox(10, 1 << 20, CancellationToken::new());
+        assert!(tx.push(text(3)));
+        rx.pong(Bytes::from_static(b"one"));
+        rx.pong(Bytes::from_static(b"two"));
+        let mut batch = VecDeque::new();
+        rx.recv_all(&mut batch).await;
+        assert_eq!(batch[0], Message::Pong(Bytes::from_static(b"two")));
+        assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_message_of_the_byte_bound() {
+        let (tx, rx) = outbox(10, 100, CancellationToken::new());
+        assert!(tx.push(text(100)));
+        assert!(!tx.push(text(1)));
+        assert!(rx.closing().is_cancelled());
+    }
+
+    #[test]
+    fn discard_frees_the_queue() {
+        let (tx, rx) = outbox(2, 1 << 20, CancellationToken::new());
+        assert!(tx.push(text(5)));
+        assert!(tx.push(text(5)));
+        assert_eq!(rx.discard(), 2);
+        assert!(tx.push(text(5)));
+        assert!(!rx.closing().is_cancelled());
     }
 }

@@ -255,6 +255,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 /// `limits.handshake_timeout`; later heads get a `handshake_timeout` of their own.
 async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let _ = tcp.set_nodelay(true);
+    crate::conn::tune_socket(&tcp);
     let timeout = state.config.load().limits.handshake_timeout;
     let started = tokio::time::Instant::now();
     // A timeout too large to add is no deadline at all (validation bounds it anyway).

@@ -170,3 +170,92 @@ async fn a_tcp_reset_mid_frame_frees_the_connection() {
     by.still_relay().await;
     server.stop().await;
 }
+
+/// Reads frames up to and including the close frame: (opcode, payload) of each, in order.
+async fn frames_until_close(raw: &mut RawClient) -> Vec<(u8, Vec<u8>)> {
+    let mut seen = Vec::new();
+    while let Some((opcode, payload)) = raw.frame().await {
+        seen.push((opcode, payload));
+        if opcode == 0x8 {
+            break;
+        }
+    }
+    seen
+}
+
+fn close_code_of(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
+    frames
+        .last()
+        .filter(|(opcode, _)| *opcode == 0x8)
+        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_queued_is_written_before_a_protocol_error_close() {
+    let server = start(|c| c.presence.format = wsline::config::PresenceFormat::Off).await;
+    let mut by = Bystanders::join(&server).await;
+    let mut reserved_bits = frame(true, 0x1, b"rsv");
+    reserved_bits[0] |= 0x40;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("reserved bits", reserved_bits),
+        ("unknown opcode", frame(true, 0x3, b"x")),
+        ("orphan continuation", frame(true, 0x0, b"orphan")),
+    ];
+    for (what, bad) in cases {
+        let mut raw = RawClient::connect(&server, ROOM).await;
+        // The valid message and the bad frame in one write: the echo is queued when the bad
+        // frame is read.
+        let mut bytes = frame(true, 0x1, what.as_bytes());
+        bytes.extend_from_slice(&bad);
+        raw.send_raw(&bytes).await;
+        let frames = frames_until_close(&mut raw).await;
+        let relayed: Vec<_> = frames.iter().filter(|(op, _)| *op != 0x8).collect();
+        assert_eq!(
+            relayed,
+            vec![&(0x1, what.as_bytes().to_vec())],
+            "{what}: the echo"
+        );
+        assert_eq!(close_code_of(&frames), Some(1002), "{what}: then 1002");
+        assert_eq!(
+            by.b.recv_relayed().await,
+            Message::text(what),
+            "{what}: relayed"
+        );
+        by.still_relay().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_and_a_short_message_then_close_get_both_echoes_then_the_close_reply() {
+    const BIG: usize = 256 * 1024;
+    let server = start(|c| {
+        c.relay.max_message_size = BIG as u64;
+        c.presence.format = wsline::config::PresenceFormat::Off;
+    })
+    .await;
+    let mut raw = RawClient::connect(&server, ROOM).await;
+    let big: Vec<u8> = (0..BIG).map(|i| (i % 253) as u8).collect();
+    let mut bytes = frame(true, 0x2, &big);
+    bytes.extend_from_slice(&frame(true, 0x1, b"short"));
+    bytes.extend_from_slice(&frame(true, 0x8, &1000u16.to_be_bytes()));
+    raw.send_raw(&bytes).await;
+    let frames = frames_until_close(&mut raw).await;
+    assert_eq!(frames.len(), 3, "two echoes and the close reply");
+    assert!(frames[0] == (0x2, big), "the 256 KiB echo, intact");
+    assert_eq!(frames[1], (0x1, b"short".to_vec()));
+    assert_eq!(close_code_of(&frames), Some(1000));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    let server = start(|c| c.presence.format = wsline::config::PresenceFormat::Off).await;
+    // The frames arrive with the request head, so the HTTP layer has read them already.
+    let mut first = frame(true, 0x1, b"eager");
+    first.extend_from_slice(&frame(true, 0x2, &[7u8; 300]));
+    let mut raw = RawClient::upgrade_sending(server.tls().await, ROOM, &first).await;
+    assert_eq!(raw.frame().await, Some((0x1, b"eager".to_vec())));
+    assert_eq!(raw.frame().await, Some((0x2, vec![7u8; 300])));
+    server.stop().await;
+}

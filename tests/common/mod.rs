@@ -410,9 +410,20 @@ impl RawClient {
     }
 
     /// Upgrades an open TLS connection to a WebSocket on `path`.
-    pub async fn upgrade(mut stream: TlsStream<TcpStream>, path: &str) -> RawClient {
-        let request = upgrade_request(path, "");
-        stream.write_all(request.as_bytes()).await.unwrap();
+    pub async fn upgrade(stream: TlsStream<TcpStream>, path: &str) -> RawClient {
+        Self::upgrade_sending(stream, path, &[]).await
+    }
+
+    /// Upgrades an open TLS connection to a WebSocket on `path`, with `first` (frames, say) sent
+    /// in the same write as the request, before any answer.
+    pub async fn upgrade_sending(
+        mut stream: TlsStream<TcpStream>,
+        path: &str,
+        first: &[u8],
+    ) -> RawClient {
+        let mut request = upgrade_request(path, "").into_bytes();
+        request.extend_from_slice(first);
+        stream.write_all(&request).await.unwrap();
         stream.flush().await.unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 1024];
@@ -456,6 +467,57 @@ impl RawClient {
                 let mut chunk = vec![0u8; 64 * 1024];
                 match self.stream.read(&mut chunk).await {
                     Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads one frame and compares it with `opcode` and `expected` as it streams in, never holding
+    /// the whole payload (for very large messages). `false` on any difference or end of stream.
+    pub async fn frame_equals(&mut self, opcode: u8, expected: &[u8]) -> bool {
+        within("a frame to compare", async {
+            let mut chunk = vec![0u8; 64 * 1024];
+            // The header: up to 10 bytes for a server frame.
+            let (len, start) = loop {
+                if self.buf.len() >= 2 {
+                    let need = match self.buf[1] & 0x7f {
+                        126 => 4,
+                        127 => 10,
+                        _ => 2,
+                    };
+                    if self.buf.len() >= need {
+                        let len = match need {
+                            4 => u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize,
+                            10 => u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                            _ => (self.buf[1] & 0x7f) as usize,
+                        };
+                        break (len, need);
+                    }
+                }
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            if self.buf[0] & 0x0f != opcode || len != expected.len() {
+                return false;
+            }
+            self.buf.drain(..start);
+            let mut matched = 0;
+            loop {
+                let take = self.buf.len().min(len - matched);
+                if self.buf[..take] != expected[matched..matched + take] {
+                    return false;
+                }
+                matched += take;
+                self.buf.drain(..take);
+                if matched == len {
+                    return true;
+                }
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return false,
                     Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 }
             }
