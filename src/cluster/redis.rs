@@ -128,7 +128,7 @@ enum Ended {
 
 async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
     let mut seed = u64::from(std::process::id()) | 1;
-    seed ^= s.instance.len() as u64 * 0x9E37_79B9_7F4A_7C15;
+    seed ^= (s.instance.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut attempt = 0u32;
     let mut sessions = 0u64;
     let redis = wire::redact(&s.url);
