@@ -221,7 +221,11 @@ impl Hub {
 
     /// Connections on every node: presence's `total`.
     fn cluster_total(&self) -> usize {
-        let remote = self.shared.cluster.as_ref().map_or(0, Cluster::remote_total);
+        let remote = self
+            .shared
+            .cluster
+            .as_ref()
+            .map_or(0, Cluster::remote_total);
         self.total() + remote
     }
 

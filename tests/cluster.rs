@@ -113,7 +113,11 @@ async fn per_sender_order_holds_for_10000_messages_across_nodes() {
     let reader = tokio::spawn(async move {
         for i in 0..N {
             let m = rx.recv_relayed().await;
-            assert_eq!(m.to_text().unwrap(), i.to_string(), "message {i} out of order");
+            assert_eq!(
+                m.to_text().unwrap(),
+                i.to_string(),
+                "message {i} out of order"
+            );
         }
     });
     let started = Instant::now();
@@ -124,7 +128,10 @@ async fn per_sender_order_holds_for_10000_messages_across_nodes() {
     within("10 000 messages across nodes", reader)
         .await
         .unwrap();
-    eprintln!("10 000 messages across two nodes in {:?}", started.elapsed());
+    eprintln!(
+        "10 000 messages across two nodes in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,10 +142,12 @@ async fn counts_totals_and_names_span_three_nodes() {
         start_node(&redis, "n2").await,
         start_node(&redis, "n3").await,
     ];
+    // Written with n3's count before the members below join, so their messages carry it.
+    let mut elsewhere = nodes[2].connect("/other").await;
+    elsewhere.recv_presence().await;
     let mut alice = nodes[0].connect("/c?name=alice").await;
     let mut bob = nodes[1].connect("/c?name=bob").await;
     let mut carol = nodes[2].connect("/c?name=carol").await;
-    let _elsewhere = nodes[2].connect("/other").await;
     for c in [&mut alice, &mut bob, &mut carol] {
         let p = presence_until(c, "3 members of 4 connections", |p| {
             p["count"] == 3 && p["total"] == 4
@@ -158,7 +167,10 @@ async fn counts_totals_and_names_span_three_nodes() {
     // A name held on another node is taken here too (NFKC case-folded).
     let mut again = nodes[2].connect("/c?name=ALICE").await;
     let close = again.closed().await;
-    assert_eq!((close.code, &*close.reason), (CloseCode::Policy, "name taken"));
+    assert_eq!(
+        (close.code, &*close.reason),
+        (CloseCode::Policy, "name taken")
+    );
     // A leave on one node is a change on the others.
     bob.close().await;
     let p = presence_until(&mut alice, "bob left", |p| p["count"] == 3).await;
@@ -186,7 +198,10 @@ async fn a_name_raced_on_two_nodes_has_exactly_one_winner() {
             outcomes.push((won, c));
         }
         let winners = outcomes.iter().filter(|(w, _)| *w).count();
-        assert_eq!(winners, 1, "try {i}: exactly one of two racers gets the name");
+        assert_eq!(
+            winners, 1,
+            "try {i}: exactly one of two racers gets the name"
+        );
     }
 }
 
@@ -216,7 +231,10 @@ async fn a_killed_node_leaves_every_count_within_node_timeout_and_a_restart_leav
     let mut b1 = b_again.connect("/k?name=b1").await;
     let p = presence_until(&mut b1, "the restarted node's view", |p| p["count"] == 2).await;
     assert_eq!(p["total"], 2, "no phantom from the killed instance: {p}");
-    presence_until(&mut watcher, "b1 back", |p| p["count"] == 2 && p["total"] == 2).await;
+    presence_until(&mut watcher, "b1 back", |p| {
+        p["count"] == 2 && p["total"] == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +251,11 @@ async fn a_stopped_node_leaves_every_count_at_once() {
     let stopped = Instant::now();
     b.signal("-TERM");
     let p = presence_until(&mut watcher, "b's member to go", |p| p["count"] == 1).await;
-    assert!(stopped.elapsed() < Duration::from_secs(2), "{:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
     assert_eq!(p["total"], 1);
     let status = within("b to exit", b.child.wait()).await.unwrap();
     assert!(status.success());
@@ -242,12 +264,20 @@ async fn a_stopped_node_leaves_every_count_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_keeps_local_relay_and_flat_memory_then_cross_node_relay_resumes() {
     let mut redis = Redis::start().await;
-    let (a, b) = (start_node(&redis, "a").await, start_node(&redis, "b").await);
+    // No echo: the flooding client never reads.
+    let config = |id| node(&redis.url(), id, "wsline", "2s", "[relay]\necho = false\n");
+    let (a, b) = (
+        Daemon::start(&config("a"), &[]).await,
+        Daemon::start(&config("b"), &[]).await,
+    );
+    a.wait_log("cluster connected").await;
+    b.wait_log("cluster connected").await;
     assert_eq!(health(&a).await, (200, "ok\n".into()));
     let mut a1 = a.connect("/d").await;
     let mut a2 = a.connect("/d").await;
     let mut on_b = b.connect("/d").await;
     count_is(&mut on_b, 3).await;
+    count_is(&mut a1, 3).await;
 
     redis.stop().await;
     within("a to notice redis is gone", async {
@@ -309,7 +339,11 @@ async fn two_prefixes_on_one_redis_do_not_see_each_other() {
     let mut on_blue = blue.connect("/p?name=sam").await;
     let mut on_green = green.connect("/p?name=sam").await;
     let p = on_green.recv_presence().await;
-    assert_eq!((p["count"].clone(), p["total"].clone()), (1.into(), 1.into()), "{p}");
+    assert_eq!(
+        (p["count"].clone(), p["total"].clone()),
+        (1.into(), 1.into()),
+        "{p}"
+    );
     on_green.send_text("green").await;
     on_blue.send_text("blue").await;
     assert_eq!(on_blue.recv_relayed().await, Message::text("blue"));

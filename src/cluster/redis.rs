@@ -180,7 +180,9 @@ async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
         let mut conn = (*conn).clone();
         match tokio::time::timeout(IO_TIMEOUT, sweep(&s, &mut conn, &s.instance)).await {
             Ok(Ok(())) => info!(instance = %s.instance, "left the cluster"),
-            _ => debug!("could not leave the cluster cleanly; the others sweep this node after node_timeout"),
+            _ => debug!(
+                "could not leave the cluster cleanly; the others sweep this node after node_timeout"
+            ),
         }
     }
 }
@@ -303,7 +305,9 @@ async fn sync(
         // A room joined since `wanted` was taken waits for its subscription (next turn).
         let ready: Vec<Arc<str>> = dirty
             .iter()
-            .filter(|r| subscribed.contains(*r) || !wanted.contains(*r) && hub.local_presence(r).is_none())
+            .filter(|r| {
+                subscribed.contains(*r) || !wanted.contains(*r) && hub.local_presence(r).is_none()
+            })
             .cloned()
             .collect();
         for r in &ready {
@@ -333,8 +337,11 @@ async fn sync(
                         .ignore();
                 }
             }
-            pipe.publish(s.keys.channel(room), &wire::encode(&s.instance, &Payload::Presence)[..])
-                .ignore();
+            pipe.publish(
+                s.keys.channel(room),
+                &wire::encode(&s.instance, &Payload::Presence)[..],
+            )
+            .ignore();
         }
         pipe.hset(s.keys.total(), &s.instance, hub.total()).ignore();
         pipe.sadd(s.keys.nodes(), &s.instance).ignore();
@@ -373,7 +380,9 @@ async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()>
 
 /// Refreshes this instance's liveness key and sweeps instances whose key has expired.
 async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
-    let ttl = u64::try_from(s.node_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    let ttl = u64::try_from(s.node_timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     let (_, _, nodes): ((), (), Vec<String>) = redis::pipe()
         .cmd("SET")
         .arg(s.keys.alive(&s.instance))
@@ -493,10 +502,14 @@ async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shu
                 Err(_) => break,
             }
         }
-        let messages = batch
-            .iter()
-            .filter(|o| matches!(o, Out::Publish { .. }))
-            .count() as u64;
+        let (mut messages, mut bytes) = (0u64, 0usize);
+        for out in &batch {
+            if let Out::Publish { data, .. } = out {
+                messages += 1;
+                bytes += data.len();
+            }
+        }
+        s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let Some(conn) = s.commands.load_full() else {
             s.dropped.fetch_add(messages, Ordering::Relaxed);
             batch.clear();

@@ -266,10 +266,22 @@ mod tests {
     #[test]
     fn bad_envelopes_are_refused_not_panicked_on() {
         assert_eq!(decode(Bytes::from_static(b"")), Err(BadEnvelope::Short));
-        assert_eq!(decode(Bytes::from_static(b"\x01T\x09ab")), Err(BadEnvelope::Short));
-        assert_eq!(decode(Bytes::from_static(b"\x02T\x00")), Err(BadEnvelope::Unknown));
-        assert_eq!(decode(Bytes::from_static(b"\x01Z\x00")), Err(BadEnvelope::Unknown));
-        assert_eq!(decode(Bytes::from_static(b"\x01T\x00\xff")), Err(BadEnvelope::NotUtf8));
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01T\x09ab")),
+            Err(BadEnvelope::Short)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x02T\x00")),
+            Err(BadEnvelope::Unknown)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01Z\x00")),
+            Err(BadEnvelope::Unknown)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01T\x00\xff")),
+            Err(BadEnvelope::NotUtf8)
+        );
     }
 
     #[test]
@@ -287,7 +299,10 @@ mod tests {
         let own = entry(5, &names(&["me"]));
         let a = entry(2, &names(&["bob", "alice"]));
         let b = entry(1, &[]);
-        let (count, n) = remote("self", [("self", own.as_str()), ("a", &a), ("b", &b), ("c", "junk")]);
+        let (count, n) = remote(
+            "self",
+            [("self", own.as_str()), ("a", &a), ("b", &b), ("c", "junk")],
+        );
         assert_eq!(count, 3);
         assert_eq!(n, names(&["alice", "bob"]));
     }
