@@ -353,3 +353,83 @@ async fn two_prefixes_on_one_redis_do_not_see_each_other() {
     let s = stats(&blue).await;
     assert_eq!(s["cluster"]["received"], 0, "{s}");
 }
+
+/// Each sender's numbers as one receiver saw them, until both reached `last`.
+async fn sequences(c: &mut Client, last: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    within("both senders' last message", async {
+        while a.last() != Some(&last) || b.last() != Some(&last) {
+            let m = c.recv_relayed().await;
+            let text = m.to_text().unwrap();
+            let (who, n) = text.split_once(':').unwrap();
+            let n = n.parse().unwrap();
+            if who == "a" { a.push(n) } else { b.push(n) }
+        }
+    })
+    .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_spans_nodes_with_an_exact_seam_under_concurrent_publishers() {
+    let redis = Redis::start().await;
+    let config = |id| {
+        node(
+            &redis.url(),
+            id,
+            "wsline",
+            "2s",
+            "[relay]\nhistory = 1000\nhistory_bytes = \"1MiB\"\n",
+        )
+    };
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let d = Daemon::start(&config(id), &[]).await;
+        d.wait_log("cluster connected").await;
+        nodes.push(d);
+    }
+    let mut pa = nodes[0].connect("/h").await;
+    let mut pb = nodes[1].connect("/h").await;
+    count_is(&mut pa, 2).await;
+    count_is(&mut pb, 2).await;
+    const N: usize = 400;
+    let (half_a, half_a_rx) = tokio::sync::oneshot::channel();
+    let (half_b, half_b_rx) = tokio::sync::oneshot::channel();
+    let sender = |mut c: Client, who: &'static str, half: tokio::sync::oneshot::Sender<()>| {
+        tokio::spawn(async move {
+            let mut half = Some(half);
+            for i in 0..N {
+                if i == N / 2 {
+                    let _ = half.take().unwrap().send(());
+                }
+                c.ws.send(Message::text(format!("{who}:{i}")))
+                    .await
+                    .unwrap();
+            }
+            c
+        })
+    };
+    let ta = sender(pa, "a", half_a);
+    let tb = sender(pb, "b", half_b);
+    within("both halfway", async {
+        half_a_rx.await.unwrap();
+        half_b_rx.await.unwrap();
+    })
+    .await;
+    // The first member on node c joins mid-flight: replay from Redis, then live, nothing lost
+    // or doubled at the seam.
+    let mut joiner = nodes[2].connect("/h").await;
+    let (a, b) = sequences(&mut joiner, N - 1).await;
+    let all: Vec<usize> = (0..N).collect();
+    assert_eq!(a, all, "sender a as seen by the mid-flight joiner on c");
+    assert_eq!(b, all, "sender b as seen by the mid-flight joiner on c");
+    let (_pa, _pb) = (
+        within("a done", ta).await.unwrap(),
+        within("b done", tb).await.unwrap(),
+    );
+    // A later joiner on a node already in the room gets the same history from its own copy.
+    let mut late = nodes[1].connect("/h").await;
+    let (a, b) = sequences(&mut late, N - 1).await;
+    assert_eq!((a.len(), b.len()), (N, N));
+    assert_eq!((a, b), (all.clone(), all));
+}

@@ -72,8 +72,16 @@ pub(crate) struct Shared {
 
 /// What the publisher task sends.
 pub(crate) enum Out {
-    Publish { channel: String, data: Bytes },
-    Release { room: Arc<str>, key: Box<str> },
+    /// `history`: the room keeps this many messages in its stream (0: none).
+    Publish {
+        room: Arc<str>,
+        data: Bytes,
+        history: usize,
+    },
+    Release {
+        room: Arc<str>,
+        key: Box<str>,
+    },
 }
 
 /// The answer to a name claim.
@@ -154,7 +162,7 @@ impl Cluster {
     }
 
     /// Sends a locally relayed message to the other nodes, or drops it while Redis is down.
-    pub fn publish(&self, room: &str, msg: &Message) {
+    pub fn publish(&self, room: &Arc<str>, msg: &Message, history: usize) {
         let s = &self.shared;
         if !self.is_up() {
             s.dropped.fetch_add(1, Ordering::Relaxed);
@@ -168,8 +176,9 @@ impl Cluster {
             return;
         }
         let out = Out::Publish {
-            channel: s.keys.channel(room),
+            room: room.clone(),
             data,
+            history,
         };
         if s.out_tx.try_send(out).is_err() {
             s.queued_bytes.fetch_sub(size, Ordering::Relaxed);
