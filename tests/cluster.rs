@@ -433,3 +433,176 @@ async fn history_spans_nodes_with_an_exact_seam_under_concurrent_publishers() {
     assert_eq!((a.len(), b.len()), (N, N));
     assert_eq!((a, b), (all.clone(), all));
 }
+
+/// nginx from the shipped files with an `upstream` of two wsline nodes; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(upstreams: &[std::net::SocketAddr]) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nginx is required for this test: install it with `apt-get install nginx` (scripts/test does)");
+        let repo = |f: &str| format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let servers: String = upstreams.iter().map(|a| format!("server {a}; ")).collect();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log {d}/access.log;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             include {map};\n upstream wsline {{ {servers} }}\n\
+             server {{ listen 127.0.0.1:{port}; include {location}; }}\n}}\n",
+            map = repo("nginx/wsline.conf"),
+            location = repo("nginx/wsline-location.conf"),
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        within("nginx to listen", async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn ws(&self, path: &str) -> Plain {
+        let url = format!("ws://127.0.0.1:{}{path}", self.port);
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let (ws, _) = within(
+            "upgrade through nginx",
+            tokio_tungstenite::client_async(url, tcp),
+        )
+        .await
+        .unwrap();
+        Plain { ws }
+    }
+}
+
+/// A WebSocket through nginx (plain on loopback; nginx speaks TLS to the nodes).
+struct Plain {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+}
+
+impl Plain {
+    async fn recv_data(&mut self) -> Message {
+        use futures_util::StreamExt;
+        within("a message through nginx", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(m)) if m.is_text() || m.is_binary() => return m,
+                    Some(Ok(_)) => {}
+                    other => panic!("connection through nginx ended: {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn presence_count(&mut self, n: u64) {
+        within("a presence count through nginx", async {
+            loop {
+                let m = self.recv_data().await;
+                if common::is_presence(&m) {
+                    let p: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+                    if p["count"] == n {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn recv_relayed(&mut self) -> Message {
+        loop {
+            let m = self.recv_data().await;
+            if !common::is_presence(&m) {
+                return m;
+            }
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-QUIT")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_one_nginx_upstream_chat_across_two_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (start_node(&redis, "a").await, start_node(&redis, "b").await);
+    let nginx = Nginx::start(&[a.addr, b.addr]).await;
+    // Round robin: two connections land on the two nodes.
+    let mut first = nginx.ws("/wsline/lobby2?name=ann").await;
+    let mut second = nginx.ws("/wsline/lobby2?name=ben").await;
+    first.presence_count(2).await;
+    second.presence_count(2).await;
+    let (sa, sb) = (stats(&a).await, stats(&b).await);
+    assert_eq!(
+        (sa["connections"].clone(), sb["connections"].clone()),
+        (1.into(), 1.into()),
+        "one client on each node: {sa} {sb}"
+    );
+    first.ws.send(Message::text("hi ben")).await.unwrap();
+    assert_eq!(second.recv_relayed().await, Message::text("hi ben"));
+    assert_eq!(
+        first.recv_relayed().await,
+        Message::text("hi ben"),
+        "its echo"
+    );
+    second
+        .ws
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(first.recv_relayed().await, Message::binary(vec![1u8, 2, 3]));
+}
