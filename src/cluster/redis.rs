@@ -402,6 +402,9 @@ async fn sync(
     Ok(())
 }
 
+/// One stream entry as XREVRANGE gives it: id, then field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// Reads the room's last `relay.history` messages from its stream into the room; returns the
 /// newest id read ((0, 0) if none).
 async fn replay_history(
@@ -414,7 +417,7 @@ async fn replay_history(
     if keep == 0 {
         return Ok((0, 0));
     }
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+    let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
         .arg(s.keys.history(room))
         .arg("+")
         .arg("-")
