@@ -607,3 +607,91 @@ async fn clients_behind_one_nginx_upstream_chat_across_two_nodes() {
         .unwrap();
     assert_eq!(first.recv_relayed().await, Message::binary(vec![1u8, 2, 3]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_works_is_never_logged_and_cluster_changes_on_sighup_need_a_restart() {
+    let redis = Redis::start_with(&["--requirepass", "hunter2secret"]).await;
+    let url = format!("redis://:hunter2secret@127.0.0.1:{}", redis.port);
+    let (a, b) = (
+        Daemon::start(&node(&url, "a", "wsline", "2s", ""), &[]).await,
+        Daemon::start(&node(&url, "b", "wsline", "2s", ""), &[]).await,
+    );
+    a.wait_log("cluster connected").await;
+    b.wait_log("cluster connected").await;
+    let mut on_a = a.connect("/pw").await;
+    let mut on_b = b.connect("/pw").await;
+    count_is(&mut on_a, 2).await;
+    on_b.send_text("through an authenticated redis").await;
+    assert_eq!(
+        on_a.recv_relayed().await,
+        Message::text("through an authenticated redis")
+    );
+
+    // Every cluster.* key changed: each is reported as waiting for a restart; nothing else moves.
+    let changed = node(
+        "redis://:other-password@127.0.0.1:1",
+        "renamed",
+        "elsewhere",
+        "9s",
+        "",
+    );
+    let original = std::fs::read_to_string(a.config_path()).unwrap();
+    let cluster_at = original.find("[cluster]").unwrap();
+    std::fs::write(
+        a.config_path(),
+        format!("{}{changed}", &original[..cluster_at]),
+    )
+    .unwrap();
+    a.signal("-HUP");
+    let log = a.wait_log("configuration reloaded").await;
+    for key in [
+        "cluster.redis",
+        "cluster.node_id",
+        "cluster.prefix",
+        "cluster.node_timeout",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("takes effect after a restart") && l.contains(key)),
+            "{key} reported as needing a restart:\n{log}"
+        );
+    }
+    on_b.send_text("still clustered").await;
+    assert_eq!(on_a.recv_relayed().await, Message::text("still clustered"));
+    for d in [&a, &b] {
+        let log = d.log();
+        assert!(
+            !log.contains("hunter2secret"),
+            "password in the log:\n{log}"
+        );
+        assert!(
+            !log.contains("other-password"),
+            "password in the log:\n{log}"
+        );
+        assert!(log.contains("redis://:***@127.0.0.1"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_connects_over_tls() {
+    let cert = common::TestCert::new();
+    let (cert_path, key_path) = (
+        cert.cert_path.to_str().unwrap().to_owned(),
+        cert.key_path.to_str().unwrap().to_owned(),
+    );
+    let redis = Redis::start_tls(&cert_path, &key_path).await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    // The nodes trust the test certificate through the system roots' standard override.
+    let env = [("SSL_CERT_FILE", cert_path.as_str())];
+    let (a, b) = (
+        Daemon::start(&node(&url, "a", "wsline", "2s", ""), &env).await,
+        Daemon::start(&node(&url, "b", "wsline", "2s", ""), &env).await,
+    );
+    a.wait_log("cluster connected").await;
+    b.wait_log("cluster connected").await;
+    let mut on_a = a.connect("/tls").await;
+    let mut on_b = b.connect("/tls").await;
+    count_is(&mut on_a, 2).await;
+    on_b.send(Message::binary(vec![7u8; 100])).await;
+    assert_eq!(on_a.recv_relayed().await, Message::binary(vec![7u8; 100]));
+}
