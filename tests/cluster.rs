@@ -252,6 +252,10 @@ async fn a_stopped_node_leaves_every_count_at_once() {
     let stopped = Instant::now();
     b.signal("-TERM");
     let p = presence_until(&mut watcher, "b's member to go", |p| p["count"] == 1).await;
+    eprintln!(
+        "member of the stopped node gone after {:?}",
+        stopped.elapsed()
+    );
     assert!(
         stopped.elapsed() < Duration::from_secs(2),
         "{:?}",
