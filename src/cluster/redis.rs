@@ -260,7 +260,14 @@ async fn session(
             _ = s.wake.notified() => {}
             _ = tick.tick() => {
                 match tokio::time::timeout(IO_TIMEOUT, heartbeat(s, &mut conn)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(false)) => {}
+                    Ok(Ok(true)) => {
+                        warn!(instance = %s.instance, "this node's liveness key had expired (late heartbeat); writing its presence and names again");
+                        if let Err(e) = reclaim_names(s, hub, &mut conn).await {
+                            return lost(e);
+                        }
+                        crate::hub::lock(&s.dirty).extend(hub.room_names());
+                    }
                     Ok(Err(e)) => return lost(e),
                     Err(_) => return Ended::Lost("redis did not answer in time".into()),
                 }
@@ -473,11 +480,15 @@ async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()>
 }
 
 /// Refreshes this instance's liveness key and sweeps instances whose key has expired.
-async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
+///
+/// Returns whether this instance's key had expired (it was late, e.g. stalled longer than
+/// `node_timeout`, and may have been swept): the caller then writes all its entries again.
+async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<bool> {
     let ttl = u64::try_from(s.node_timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    let (_, _, nodes): ((), (), Vec<String>) = redis::pipe()
+    let (was_alive, _, _, nodes): (bool, (), (), Vec<String>) = redis::pipe()
+        .exists(s.keys.alive(&s.instance))
         .cmd("SET")
         .arg(s.keys.alive(&s.instance))
         .arg(&s.node_id)
@@ -501,7 +512,8 @@ async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> 
             }
         }
     }
-    read_total(s, conn).await
+    read_total(s, conn).await?;
+    Ok(!was_alive)
 }
 
 /// Removes an instance's entries, names and count, and tells its rooms.
