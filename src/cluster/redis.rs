@@ -25,7 +25,7 @@ use redis::{Client, RedisResult};
 use tracing::{debug, info, warn};
 
 use super::history::{PUBLISH_KEPT, replay_history};
-use super::presence::{RELEASE, heartbeat, read_total, reclaim_names, sweep};
+use super::presence::{RELEASE, heartbeat, reclaim_names, sweep};
 use super::wire::{self, Payload};
 use super::{Cluster, Out, Shared};
 use crate::hub::Hub;
@@ -367,7 +367,17 @@ async fn read_stale(
         for room in &stale_rooms {
             pipe.hgetall(s.keys.presence(room));
         }
-        let entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        // The totals in the same round trip, stored before the rooms are scheduled, so the
+        // presence messages these reads cause carry a `total` as fresh as their `count`.
+        pipe.hgetall(s.keys.total());
+        let mut entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        let totals = entries.pop().unwrap_or_default();
+        let remote_total = totals
+            .iter()
+            .filter(|(i, _)| *i != s.instance)
+            .filter_map(|(_, n)| n.parse::<usize>().ok())
+            .sum();
+        s.remote_total.store(remote_total, Ordering::Relaxed);
         for (room, entries) in stale_rooms.iter().zip(entries) {
             let (count, names) = wire::remote(
                 &s.instance,
@@ -375,7 +385,6 @@ async fn read_stale(
             );
             hub.set_remote(room, count, names);
         }
-        read_total(s, conn).await?;
     }
     Ok(())
 }
