@@ -88,6 +88,21 @@ async fn messages_cross_nodes_with_opcode_and_bytes_once_each() {
     assert_eq!(on_a.recv_relayed().await, Message::text("marker"));
     assert_eq!(on_b.recv_relayed().await, Message::text("marker"));
 
+    // Foreign or broken payloads on a room's channel are ignored, not relayed, not fatal.
+    for junk in [
+        "hello",
+        "\u{1}T\u{9}ab",
+        "\u{2}Tx",
+        "\u{1}Z\u{0}x",
+        "\u{1}H\u{3}x-y",
+    ] {
+        let receivers = redis.command(&["PUBLISH", "wsline:room:r1", junk]).await;
+        assert_eq!(receivers.trim(), ":2", "both nodes subscribed: {receivers}");
+    }
+    on_a.send_text("after junk").await;
+    assert_eq!(on_b.recv_relayed().await, Message::text("after junk"));
+    assert_eq!(on_a.recv_relayed().await, Message::text("after junk"));
+
     // A room with no member on a node costs that node nothing.
     let _elsewhere = a.connect("/r2").await;
     let mut other = b.connect("/r3").await;
