@@ -199,20 +199,8 @@ async fn session(
         tokio::select! {
             biased;
             _ = shutdown.draining() => return Ended::Draining,
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return Ended::Lost("subscriber connection closed".into());
-                };
-                receive(s, hub, msg, &mut stale, &mut seen);
-                for _ in 0..RECEIVE_BATCH {
-                    match stream.next().now_or_never() {
-                        Some(Some(msg)) => receive(s, hub, msg, &mut stale, &mut seen),
-                        Some(None) => return Ended::Lost("subscriber connection closed".into()),
-                        None => break,
-                    }
-                }
-            }
-            _ = s.wake.notified() => {}
+            // Liveness first: a flood of messages must never delay the heartbeat past
+            // node_timeout, or the other nodes would sweep this live one.
             _ = tick.tick() => {
                 match tokio::time::timeout(IO_TIMEOUT, heartbeat(s, &mut conn)).await {
                     Ok(Ok(false)) => {}
@@ -225,6 +213,20 @@ async fn session(
                     }
                     Ok(Err(e)) => return lost(e),
                     Err(_) => return Ended::Lost("redis did not answer in time".into()),
+                }
+            }
+            _ = s.wake.notified() => {}
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Ended::Lost("subscriber connection closed".into());
+                };
+                receive(s, hub, msg, &mut stale, &mut seen);
+                for _ in 0..RECEIVE_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(msg)) => receive(s, hub, msg, &mut stale, &mut seen),
+                        Some(None) => return Ended::Lost("subscriber connection closed".into()),
+                        None => break,
+                    }
                 }
             }
         }
