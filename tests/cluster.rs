@@ -714,3 +714,53 @@ async fn rediss_connects_over_tls() {
     on_b.send(Message::binary(vec![7u8; 100])).await;
     assert_eq!(on_a.recv_relayed().await, Message::binary(vec![7u8; 100]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_describes_the_cluster_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wsline.toml");
+    let write = |redis: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[tls]\nenabled = false\n[cluster]\nredis = \"{redis}\"\nnode_id = \"n1\"\n\
+                 prefix = \"blue\"\nnode_timeout = \"3s\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    let check = || {
+        std::process::Command::new(common::daemon::BIN)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    write("rediss://:s3cret-pw@redis.internal:6380/0");
+    let out = check();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "cluster: rediss://:***@redis.internal:6380/0 as node \"n1\", prefix \"blue\", node_timeout 3s"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    // Not a Redis URL: refused with exit 78, still without the secret.
+    write("redis://:s3cret-pw@[bad");
+    let out = check();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(text.contains("cluster.redis"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}

@@ -87,6 +87,19 @@ pub(crate) enum Out {
     },
 }
 
+/// The line `--check-config` prints about the cluster (the URL without its password).
+pub fn check_note(config: &config::Cluster) -> Option<String> {
+    (!config.redis.is_empty()).then(|| {
+        format!(
+            "cluster: {} as node {:?}, prefix {:?}, node_timeout {}",
+            wire::redact(&config.redis),
+            config.node_id,
+            config.prefix,
+            humantime::format_duration(config.node_timeout)
+        )
+    })
+}
+
 /// The answer to a name claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
