@@ -6,7 +6,8 @@
 //! unsubscribe after the last), writes the presence entries of rooms whose local members changed
 //! (then publishes a `P` notice on the room's channel, so the other nodes re-read that one hash:
 //! no request fans out to every node), and re-reads rooms another node announced. Every
-//! `node_timeout / 4` it refreshes this instance's liveness key (TTL `node_timeout`) and sweeps
+//! `node_timeout / 4` (at most 500 ms) it refreshes this instance's liveness key (TTL
+//! `node_timeout`) and sweeps
 //! instances whose key expired: their presence entries, names and connection count go, and their
 //! rooms get a notice. On SIGTERM it sweeps itself, so its members leave every count at once.
 //!
@@ -33,6 +34,8 @@ use crate::shutdown::Shutdown;
 
 /// How long one connection attempt or one round of commands may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest wait between two heartbeats (liveness refresh and sweep check).
+const LIVENESS_EVERY_MAX: Duration = Duration::from_millis(500);
 /// Messages sent to Redis in one pipeline, at most.
 const PUBLISH_BATCH: usize = 512;
 /// Pub/sub messages handled before the worker looks at its other duties.
@@ -174,7 +177,10 @@ async fn session(
         dirty.extend(hub.room_names());
     }
     s.up.store(true, Ordering::Relaxed);
-    let every = (s.node_timeout / 4).max(Duration::from_millis(100));
+    // Refresh and check often enough that a dead node is swept within node_timeout + 0.5 s.
+    let every = (s.node_timeout / 4)
+        .min(LIVENESS_EVERY_MAX)
+        .max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
