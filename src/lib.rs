@@ -9,10 +9,10 @@
 //! - [`server`]: binding, accept loops, TLS under the handshake deadline, the drain.
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and the answer to a refused upgrade.
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
+//! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
-//! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`hub`]: the room registry, membership guards, fan-out into outboxes, the presence ticker.
 //! - [`history`]: a room's last messages, bounded in count and bytes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
