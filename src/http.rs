@@ -59,7 +59,7 @@ pub async fn serve<I>(
     let service = service_fn(move |req| {
         first_head.send_replace(true);
         let state = service_state.clone();
-        async move { Ok::<_, Infallible>(route(req, peer, &state)) }
+        async move { Ok::<_, Infallible>(route(req, peer, &state).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -83,16 +83,22 @@ pub async fn serve<I>(
     }
 }
 
-fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
+async fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
     if is_upgrade(req.headers()) {
-        return upgrade(req, peer, state);
+        return upgrade(req, peer, state).await;
     }
     let draining = state.shutdown.is_draining();
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") if draining => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/healthz") => match state.hub.cluster() {
+            // Still serving local members: healthy for a load balancer, degraded for a human.
+            Some(cluster) if !cluster.is_up() => {
+                text(StatusCode::OK, "ok (cluster degraded: redis unreachable)\n")
+            }
+            _ => text(StatusCode::OK, "ok\n"),
+        },
         (&Method::GET | &Method::HEAD, "/stats") => stats(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
         (&Method::GET | &Method::HEAD, path)
@@ -179,9 +185,13 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
 
-fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
+async fn upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<State>,
+) -> Response<Body> {
     let config = state.config.load_full();
-    let admitted = match admit(&req, peer, state, &config) {
+    let admitted = match admit(&req, peer, state, &config).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(&refusal, peer),
     };

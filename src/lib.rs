@@ -9,6 +9,7 @@
 //! - [`server`]: binding, accept loops, TLS under the handshake deadline, the drain.
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and the answer to a refused upgrade.
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
+//! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod envelope;

@@ -58,7 +58,8 @@ fn main() -> ExitCode {
             wsline::nginx::snippet(&config),
         )
     });
-    let room_notes = wsline::hub::check_notes(&config);
+    let mut room_notes = wsline::hub::check_notes(&config);
+    room_notes.extend(wsline::cluster::check_note(&config.cluster));
     wsline::logging::init(&config.log);
     let (listen, backlog) = (config.server.listen.clone(), config.server.backlog);
     let origin = config.origin.clone();
