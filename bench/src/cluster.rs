@@ -72,7 +72,8 @@ impl Group {
             "subscribers": self.subscribers, "delivered": r.payloads,
             "lost": (sent * self.subscribers as u64).saturating_sub(r.payloads),
             "delivered_per_s": (r.payloads as f64 / elapsed).round(),
-            "latency_ms": latency(&r.histogram),
+            // No latency where nothing arrived (an empty histogram would say 0 ms).
+            "latency_ms": if r.payloads > 0 { latency(&r.histogram) } else { Value::Null },
         })
     }
 }
@@ -208,5 +209,6 @@ mod tests {
         assert_eq!(v["subscribers"], 2);
         assert_eq!(v["delivered"], 17);
         assert_eq!(v["lost"], 3);
+        assert_eq!(Group::new().figures(10, start)["latency_ms"], Value::Null);
     }
 }

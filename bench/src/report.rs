@@ -1,5 +1,6 @@
-//! `wsline-bench report`: result lines of several servers as one table, with the ratio of the
-//! first server's figure to each other server's.
+//! `wsline-bench report`: result lines of several servers as side-by-side tables (one per set of
+//! servers that ran the same scenarios), with the ratio of each table's first server's figure to
+//! each other server's.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -234,12 +235,15 @@ fn print_table(
     results: &BTreeMap<(String, String), Value>,
 ) {
     let base = &servers[0];
+    let ratio_names: Vec<String> = servers.iter().skip(1).map(|s| format!("{base}/{s}")).collect();
+    // The ratio columns are 14 wide, or as wide as their names.
+    let width = ratio_names.iter().map(String::len).max().unwrap_or(0).max(14);
     let mut header = format!("| {:<11} | {:<28} |", "scenario", "figure");
     for s in servers {
         header += &format!(" {s:>12} |");
     }
-    for s in servers.iter().skip(1) {
-        header += &format!(" {:>14} |", format!("{base}/{s}"));
+    for name in &ratio_names {
+        header += &format!(" {name:>width$} |");
     }
     println!("{header}");
     println!(
@@ -271,7 +275,7 @@ fn print_table(
                 (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
-            row += &format!(" {ratio:>14} |");
+            row += &format!(" {ratio:>width$} |");
         }
         println!("{row}");
     }
