@@ -108,11 +108,16 @@ pub struct Admitted {
 }
 
 /// Decides an upgrade request (its `Upgrade: websocket` already seen) and joins its room.
+///
+/// `taken_elsewhere`: the cluster said another node's member holds the name (see
+/// [`crate::cluster::Cluster::claim`]); the upgrade then ends with `1008 name taken` like a
+/// name taken on this node.
 pub fn admit<B>(
     req: &Request<B>,
     peer: SocketAddr,
     state: &State,
     config: &Config,
+    taken_elsewhere: bool,
 ) -> Result<Admitted, Refusal> {
     let refuse = |why, client, room: Option<&str>| Refusal {
         why,
@@ -160,7 +165,11 @@ pub fn admit<B>(
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
     );
-    let joined = state.hub.join(&target.room, target.name.as_deref(), outbox);
+    let joined = if taken_elsewhere {
+        Err(JoinError::NameTaken)
+    } else {
+        state.hub.join(&target.room, target.name.as_deref(), outbox)
+    };
     let membership = match joined {
         Ok(m) => Some(m),
         Err(JoinError::TooManyRooms) => return Err(refuse(Why::TooManyRooms, Some(client), room)),

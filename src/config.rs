@@ -713,7 +713,9 @@ impl Config {
 
         let redis = &self.cluster.redis;
         check(
-            redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://"),
+            redis.is_empty()
+                || (redis.starts_with("redis://") || redis.starts_with("rediss://"))
+                    && ::redis::Client::open(redis.as_str()).is_ok(),
             "cluster.redis",
             "must be a redis:// or rediss:// URL (the value is secret and not shown)".into(),
         );

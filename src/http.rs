@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::State;
 use crate::admit::{Admitted, Refusal, Why, admit, has_token};
+use crate::cluster::Claim;
 use crate::conn::{self, Conn};
 use crate::envelope::Envelope;
 use crate::limits;
@@ -62,7 +63,7 @@ pub async fn serve<I>(
     let service = service_fn(move |req| {
         first_head.send_replace(true);
         let state = service_state.clone();
-        async move { Ok::<_, Infallible>(route(req, peer, &state)) }
+        async move { Ok::<_, Infallible>(route(req, peer, &state).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -86,16 +87,23 @@ pub async fn serve<I>(
     }
 }
 
-fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
+async fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
     if is_upgrade(req.headers()) {
-        return upgrade(req, peer, state);
+        return upgrade(req, peer, state).await;
     }
     let draining = state.shutdown.is_draining();
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") if draining => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
-        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/healthz") => match state.hub.cluster() {
+            // Still serving local members: healthy for a load balancer, degraded for a human.
+            Some(cluster) if !cluster.is_up() => text(
+                StatusCode::OK,
+                "ok (cluster degraded: redis unreachable)\n",
+            ),
+            _ => text(StatusCode::OK, "ok\n"),
+        },
         (&Method::GET | &Method::HEAD, "/stats") => stats(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
         (&Method::GET | &Method::HEAD, path)
@@ -178,13 +186,49 @@ fn stats(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response<B
     r
 }
 
+/// With a cluster and `presence.unique_names`: claims the requested name in Redis before the join,
+/// so two members racing on two nodes cannot both get it. `None` when there is nothing to claim.
+async fn claim_name<B>(
+    req: &Request<B>,
+    state: &State,
+    config: &crate::Config,
+) -> Option<(String, String, Claim)> {
+    let cluster = state.hub.cluster()?;
+    if !config.presence.unique_names {
+        return None;
+    }
+    let target = crate::request::parse_target(
+        req.uri().path(),
+        req.uri().query(),
+        &config.relay.default_room,
+    )
+    .ok()?;
+    let key = crate::request::name_key(target.name.as_deref()?);
+    let claim = cluster.claim(&target.room, &key).await;
+    Some((target.room, key, claim))
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
 
-fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
+async fn upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<State>,
+) -> Response<Body> {
     let config = state.config.load_full();
-    let admitted = match admit(&req, peer, state, &config) {
+    let claim = claim_name(&req, state, &config).await;
+    let taken_elsewhere = matches!(claim, Some((_, _, Claim::Taken)));
+    let admitted = admit(&req, peer, state, &config, taken_elsewhere);
+    if let Some((room, key, Claim::Won)) = &claim
+        && !matches!(&admitted, Ok(a) if a.membership.is_some())
+        && let Some(cluster) = state.hub.cluster()
+    {
+        // Claimed, but not joined: give the name back.
+        cluster.release(&Arc::from(room.as_str()), key);
+    }
+    let admitted = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(&refusal, peer),
     };

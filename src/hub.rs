@@ -34,6 +34,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, PresenceFormat};
 use crate::history::History;
 use crate::outbox::Outbox;
@@ -96,6 +97,8 @@ struct HubShared {
     total: AtomicUsize,
     next_id: AtomicU64,
     stats: Arc<Stats>,
+    /// The other nodes, through Redis; `None` on a single node (one branch per message).
+    cluster: Option<Cluster>,
 }
 
 /// One room: its members, its recent history and its pending presence.
@@ -123,6 +126,10 @@ struct RoomState {
     scheduled: bool,
     /// When the last presence message was sent: the start of the coalescing window.
     last_sent: Option<Instant>,
+    /// Members of this room on other nodes (cluster), and their names, sorted; those names are
+    /// in `roster` too, so uniqueness and presence messages see the whole cluster.
+    remote_count: usize,
+    remote_names: Vec<Arc<str>>,
 }
 
 struct Member {
@@ -162,6 +169,8 @@ impl Room {
                 resync: false,
                 scheduled: false,
                 last_sent: None,
+                remote_count: 0,
+                remote_names: Vec::new(),
             }),
             contended: AtomicU64::new(0),
         }
@@ -182,6 +191,15 @@ impl Room {
 
 impl Hub {
     pub fn new(stats: Arc<Stats>, settings: RoomSettings) -> Hub {
+        Hub::with_cluster(stats, settings, None)
+    }
+
+    /// A hub whose rooms span the nodes of `cluster` (when `Some`).
+    pub fn with_cluster(
+        stats: Arc<Stats>,
+        settings: RoomSettings,
+        cluster: Option<Cluster>,
+    ) -> Hub {
         Hub {
             shared: Arc::new(HubShared {
                 rooms: Mutex::new(HashMap::new()),
@@ -191,13 +209,106 @@ impl Hub {
                 total: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
                 stats,
+                cluster,
             }),
         }
     }
 
-    /// Connections in all rooms.
+    /// Connections in all rooms of this node.
     pub fn total(&self) -> usize {
         self.shared.total.load(Ordering::Relaxed)
+    }
+
+    /// Connections on every node: presence's `total`.
+    fn cluster_total(&self) -> usize {
+        let remote = self.shared.cluster.as_ref().map_or(0, Cluster::remote_total);
+        self.total() + remote
+    }
+
+    /// The cluster this hub is part of, if any.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.shared.cluster.as_ref()
+    }
+
+    /// Names of the rooms with members on this node.
+    pub fn room_names(&self) -> Vec<Arc<str>> {
+        lock(&self.shared.rooms).keys().cloned().collect()
+    }
+
+    /// This node's members of `room`: their count and names (sorted); `None` if it has none.
+    pub fn local_presence(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
+        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let state = room.lock();
+        if state.closed {
+            return None;
+        }
+        let mut names: Vec<Arc<str>> = state
+            .members
+            .iter()
+            .filter_map(|m| m.name.as_ref().map(|(shown, _)| shown.clone()))
+            .collect();
+        names.sort();
+        Some((state.members.len(), names))
+    }
+
+    /// A message another node relayed to `room`: to every local member (the sender is never
+    /// here) and into the room's history. Nothing if the room has no member on this node.
+    pub fn deliver_remote(&self, room: &str, msg: Message) {
+        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+            return;
+        };
+        let settings = self.shared.settings.load();
+        let mut state = room.lock();
+        let mut delivered = 0u64;
+        for m in &state.members {
+            if m.outbox.push(msg.clone()) {
+                delivered += 1;
+            }
+        }
+        if settings.history > 0 || !state.history.is_empty() {
+            state
+                .history
+                .push(msg, settings.history, settings.history_bytes);
+        }
+        drop(state);
+        let stats = &self.shared.stats;
+        stats.messages_out.fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// The other nodes' members of `room`, as read from Redis: names that appeared or went are
+    /// presence changes like local joins and leaves.
+    pub fn set_remote(&self, room: &str, count: usize, names: Vec<Arc<str>>) {
+        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+            return;
+        };
+        let mut state = room.lock();
+        if state.closed {
+            return;
+        }
+        let (joined, left) = crate::cluster::wire::diff(&state.remote_names, &names);
+        for name in &left {
+            state.roster.remove(name, &name_key(name));
+            state.changes.left(name);
+        }
+        for name in &joined {
+            state.roster.add(name, &name_key(name));
+            state.changes.joined(name);
+        }
+        let changed = !joined.is_empty() || !left.is_empty() || count != state.remote_count;
+        state.remote_names = names;
+        state.remote_count = count;
+        if changed {
+            self.schedule(&room, &mut state);
+        }
+    }
+
+    /// Forgets every other node's members (Redis is unreachable: their counts cannot be kept).
+    pub fn clear_remote(&self) {
+        for room in self.rooms() {
+            let name = room.name.clone();
+            drop(room);
+            self.set_remote(&name, 0, Vec::new());
+        }
     }
 
     /// Rooms with at least one member.
@@ -286,6 +397,9 @@ impl Hub {
             self.shared.total.fetch_add(1, Ordering::Relaxed);
             self.schedule(&room, &mut state);
             drop(state);
+            if let Some(cluster) = &self.shared.cluster {
+                cluster.touch(&room.name);
+            }
             return Ok(Membership {
                 hub: self.clone(),
                 room,
@@ -330,6 +444,14 @@ impl Hub {
             state.changes.left(shown);
         }
         self.shared.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.touch(&room.name);
+            if let Some((_, key)) = &member.name
+                && self.shared.settings.load().unique_names
+            {
+                cluster.release(&room.name, key);
+            }
+        }
         if state.members.is_empty() {
             state.closed = true;
             drop(state);
@@ -397,14 +519,14 @@ impl Hub {
         if state.closed {
             return;
         }
-        let count = state.members.len();
+        let count = state.members.len() + state.remote_count;
         let pending = Pending {
             names: state.changes.len(),
             count_changed: count != state.count_sent,
             resync: state.resync,
         };
         let plan = presence::plan(settings.presence, pending, settings.max_names);
-        let total = self.total();
+        let total = self.cluster_total();
         let (mut full, mut change, mut plain) = (None, None, None);
         let mut sent = 0u64;
         let state = &mut *state;
@@ -507,6 +629,10 @@ impl Membership {
             if (echo || m.id != self.id) && m.outbox.push(msg.clone()) {
                 delivered += 1;
             }
+        }
+        // Under the room lock, so the other nodes see this room's messages in the local order.
+        if let Some(cluster) = &self.hub.shared.cluster {
+            cluster.publish(&self.room.name, &msg);
         }
         if settings.history > 0 || !state.history.is_empty() {
             state

@@ -12,6 +12,7 @@
 //! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
+//! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`hub`]: the room registry, membership guards, fan-out into outboxes, the presence ticker.
 //! - [`history`]: a room's last messages, bounded in count and bytes.
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod envelope;

@@ -67,6 +67,38 @@ pub fn render(s: &Snapshot) -> String {
         Unit::Seconds,
         ConstGauge::new(i64::try_from(s.uptime_seconds).unwrap_or(i64::MAX)),
     );
+    if let Some(cluster) = &s.cluster {
+        r.register(
+            "cluster_up",
+            "1 while Redis is reachable (several nodes), 0 while degraded",
+            gauge(usize::from(cluster.state == "up")),
+        );
+        r.register(
+            "cluster_remote_connections",
+            "Connections on the other live nodes of the cluster",
+            gauge(cluster.remote_connections),
+        );
+        r.register(
+            "cluster_published_messages",
+            "Messages sent to the other nodes through Redis",
+            ConstCounter::new(cluster.published),
+        );
+        r.register(
+            "cluster_received_messages",
+            "Messages received from the other nodes through Redis",
+            ConstCounter::new(cluster.received),
+        );
+        r.register(
+            "cluster_dropped_messages",
+            "Messages not sent to the other nodes because Redis was unreachable or slow",
+            ConstCounter::new(cluster.dropped),
+        );
+        r.register(
+            "cluster_reconnects",
+            "Times the connection to Redis was made again after a loss",
+            ConstCounter::new(cluster.reconnects),
+        );
+    }
     if let Some(cert) = &s.certificate {
         r.register_with_unit(
             "certificate_expiry_timestamp",

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::limits::{self, Descriptors};
 
 use crate::State;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, RoomSettings};
 use crate::shutdown::Shutdown;
@@ -91,9 +92,18 @@ impl Server {
         }
         let stats = Arc::new(Stats::default());
         let rooms = RoomSettings::new(&config);
+        if !config.cluster.redis.is_empty() {
+            info!(
+                redis = %crate::cluster::wire::redact(&config.cluster.redis),
+                node_id = %config.cluster.node_id,
+                prefix = %config.cluster.prefix,
+                "cluster mode"
+            );
+        }
+        let cluster = Cluster::new(&config.cluster);
         let state = Arc::new(State {
             config: ArcSwap::from_pointee(config),
-            hub: Hub::new(stats.clone(), rooms),
+            hub: Hub::with_cluster(stats.clone(), rooms, cluster),
             gate,
             stats,
             shutdown: Shutdown::default(),
@@ -152,6 +162,10 @@ impl Server {
             .shutdown
             .tracker()
             .spawn(async move { hub.run_presence(shutdown.draining()).await });
+        // The cluster's worker and publisher (several nodes), tracked like the ticker.
+        if let Some(cluster) = state.hub.cluster() {
+            crate::cluster::redis::spawn(cluster, state.hub.clone(), &state.shutdown);
+        }
         systemd::ready();
         systemd::spawn_watchdog(state.shutdown.clone());
 
@@ -295,7 +309,7 @@ impl Handle {
     /// heartbeat settings apply to connections admitted from now on; `log.level` at once.
     ///
     /// Keys that need a restart (`server.listen`, `server.backlog`, `tls.enabled`,
-    /// `tls.self_signed`, `cluster.redis`) keep their running value, and the log says so: the
+    /// `tls.self_signed`, every `cluster.*` key) keep their running value, and the log says so: the
     /// configuration in force keeps them too, so what is served and what is logged agree. While
     /// `tls.enabled` or `tls.self_signed` waits for a restart, the certificate in use is kept.
     pub fn reload(&self, mut new: Config) -> Result<(), TlsError> {
@@ -309,6 +323,12 @@ impl Handle {
                 old.tls.self_signed != new.tls.self_signed,
             ),
             ("cluster.redis", old.cluster.redis != new.cluster.redis),
+            ("cluster.node_id", old.cluster.node_id != new.cluster.node_id),
+            ("cluster.prefix", old.cluster.prefix != new.cluster.prefix),
+            (
+                "cluster.node_timeout",
+                old.cluster.node_timeout != new.cluster.node_timeout,
+            ),
         ];
         let tls_waits =
             old.tls.enabled != new.tls.enabled || old.tls.self_signed != new.tls.self_signed;
@@ -328,7 +348,7 @@ impl Handle {
         }
         new.server.listen = old.server.listen.clone();
         new.server.backlog = old.server.backlog;
-        new.cluster.redis = old.cluster.redis.clone();
+        new.cluster = old.cluster.clone();
         if tls_waits {
             new.tls = old.tls.clone();
             warn!("the certificate in use is kept until the restart");

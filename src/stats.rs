@@ -58,6 +58,11 @@ pub struct Snapshot {
     /// The certificate in use; absent when TLS is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<Certificate>,
+    /// `"single"` without `cluster.redis`, else `"up"` or `"degraded"` (Redis unreachable).
+    pub cluster_state: &'static str,
+    /// Details of the cluster side; absent on a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Status>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +139,12 @@ impl Snapshot {
                 .tls
                 .as_ref()
                 .map(|tls| Certificate::new(tls.not_after())),
+            cluster_state: match state.hub.cluster() {
+                None => "single",
+                Some(c) if c.is_up() => "up",
+                Some(_) => "degraded",
+            },
+            cluster: state.hub.cluster().map(crate::cluster::Cluster::status),
         }
     }
 }

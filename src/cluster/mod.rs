@@ -1,0 +1,217 @@
+//! Several nodes joined by Redis (`[cluster] redis`): the handle the hub talks to.
+//!
+//! A single node has no [`Cluster`] at all (the hub holds an `Option`), so it pays one branch per
+//! message. With one, the hub tells it three things, none of which waits for Redis:
+//! - a message was relayed locally ([`Cluster::publish`]): it is queued, bounded, for the publisher
+//!   task, which sends it once to the room's channel (not once per receiver); while Redis is down it
+//!   is dropped on the spot, so nothing is buffered for later and memory stays flat;
+//! - a room's local members changed ([`Cluster::touch`]): the worker task reconciles its channel
+//!   subscriptions with the rooms that have local members, then writes this node's presence entry;
+//! - a member with a claimed name left ([`Cluster::release`]).
+//!
+//! Names are claimed before the join, the one place that waits for Redis ([`Cluster::claim`],
+//! bounded by [`CLAIM_TIMEOUT`]). The I/O lives in [`redis`](self::redis); the pure rules (keys,
+//! envelope, entries, backoff) in [`wire`].
+
+pub mod redis;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config;
+use wire::{Keys, Payload};
+
+/// How long a join waits for Redis to claim a name before it falls back to this node's own rule.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages waiting for the publisher task; past this (Redis slow), further ones are dropped.
+const PUBLISH_QUEUE: usize = 8192;
+
+/// The cluster side of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) url: String,
+    pub(crate) node_id: String,
+    /// `node_id:pid-epoch`: unique per process, so a restarted node is never its predecessor.
+    pub(crate) instance: String,
+    pub(crate) keys: Keys,
+    pub(crate) node_timeout: Duration,
+    /// Whether the worker holds a live subscriber connection and commands succeed.
+    pub(crate) up: AtomicBool,
+    /// Connections on the other live nodes (the rest of presence's `total`).
+    pub(crate) remote_total: AtomicUsize,
+    /// Rooms whose local presence changed since the worker last wrote it.
+    pub(crate) dirty: Mutex<HashSet<Arc<str>>>,
+    /// Wakes the worker when `dirty` gets a room.
+    pub(crate) wake: Notify,
+    /// To the publisher task (the receiver is taken by `redis::spawn`).
+    out_tx: mpsc::Sender<Out>,
+    pub(crate) out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    /// Messages not sent to Redis because it was down or the queue was full.
+    pub(crate) dropped: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    /// The command connection, once made (it reconnects by itself).
+    pub(crate) commands: arc_swap::ArcSwapOption<::redis::aio::ConnectionManager>,
+}
+
+/// What the publisher task sends.
+pub(crate) enum Out {
+    Publish { channel: String, data: Bytes },
+    Release { room: Arc<str>, key: Box<str> },
+}
+
+/// The answer to a name claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This member now holds the name cluster-wide.
+    Won,
+    /// Another member holds it (on some node).
+    Taken,
+    /// Redis did not answer: only this node's rule applies.
+    Unavailable,
+}
+
+/// The cluster state shown in `/stats`.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub state: &'static str,
+    pub instance: String,
+    pub prefix: String,
+    pub remote_connections: usize,
+    pub published: u64,
+    pub received: u64,
+    pub dropped: u64,
+    pub reconnects: u64,
+}
+
+impl Cluster {
+    /// The cluster of `config`, or `None` on a single node (`cluster.redis` empty).
+    pub fn new(config: &config::Cluster) -> Option<Cluster> {
+        if config.redis.is_empty() {
+            return None;
+        }
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let instance = format!(
+            "{}:{}-{:x}",
+            config.node_id,
+            std::process::id(),
+            epoch & 0xffff_ffff_ffff
+        );
+        let (out_tx, out_rx) = mpsc::channel(PUBLISH_QUEUE);
+        Some(Cluster {
+            shared: Arc::new(Shared {
+                url: config.redis.clone(),
+                node_id: config.node_id.clone(),
+                instance,
+                keys: Keys::new(&config.prefix),
+                node_timeout: config.node_timeout,
+                up: AtomicBool::new(false),
+                remote_total: AtomicUsize::new(0),
+                dirty: Mutex::new(HashSet::new()),
+                wake: Notify::new(),
+                out_tx,
+                out_rx: Mutex::new(Some(out_rx)),
+                published: AtomicU64::new(0),
+                received: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                reconnects: AtomicU64::new(0),
+                commands: arc_swap::ArcSwapOption::empty(),
+            }),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Whether Redis is reachable (false: degraded, relaying to local members only).
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// Connections on the other nodes.
+    pub fn remote_total(&self) -> usize {
+        self.shared.remote_total.load(Ordering::Relaxed)
+    }
+
+    /// Sends a locally relayed message to the other nodes, or drops it while Redis is down.
+    pub fn publish(&self, room: &str, msg: &Message) {
+        let s = &self.shared;
+        if !self.is_up() {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let data = wire::encode(&s.instance, &Payload::Message(msg.clone()));
+        let out = Out::Publish {
+            channel: s.keys.channel(room),
+            data,
+        };
+        if s.out_tx.try_send(out).is_err() {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a room's local presence as changed (a join or a leave).
+    pub fn touch(&self, room: &Arc<str>) {
+        crate::hub::lock(&self.shared.dirty).insert(room.clone());
+        self.shared.wake.notify_one();
+    }
+
+    /// Gives back a name this node claimed for a member who left.
+    pub fn release(&self, room: &Arc<str>, key: &str) {
+        let out = Out::Release {
+            room: room.clone(),
+            key: key.into(),
+        };
+        // A full queue leaves the claim to the sweep when this node stops.
+        let _ = self.shared.out_tx.try_send(out);
+    }
+
+    /// Claims `key` in `room` for a joining member, atomically across the cluster.
+    pub async fn claim(&self, room: &str, key: &str) -> Claim {
+        if !self.is_up() {
+            return Claim::Unavailable;
+        }
+        let Some(conn) = self.shared.commands.load_full() else {
+            return Claim::Unavailable;
+        };
+        let attempt = redis::claim(&self.shared, (*conn).clone(), room, key);
+        match tokio::time::timeout(CLAIM_TIMEOUT, attempt).await {
+            Ok(Ok(true)) => Claim::Won,
+            Ok(Ok(false)) => Claim::Taken,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "name claim failed; this node's rule applies");
+                Claim::Unavailable
+            }
+            Err(_) => Claim::Unavailable,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let s = &self.shared;
+        Status {
+            state: if self.is_up() { "up" } else { "degraded" },
+            instance: s.instance.clone(),
+            prefix: s.keys.prefix().to_owned(),
+            remote_connections: self.remote_total(),
+            published: s.published.load(Ordering::Relaxed),
+            received: s.received.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The cluster's I/O: one subscriber connection and one command connection per node, the worker
+//! that keeps subscriptions, presence entries and liveness in step, and the publisher.
+//!
+//! The worker ([`worker`]) owns the subscriber connection. Each turn it reconciles its channel
+//! subscriptions with the rooms that have local members (subscribe on the first local member,
+//! unsubscribe after the last), writes the presence entries of rooms whose local members changed
+//! (then publishes a `P` notice on the room's channel, so the other nodes re-read that one hash:
+//! no request fans out to every node), and re-reads rooms another node announced. Every
+//! `node_timeout / 4` it refreshes this instance's liveness key (TTL `node_timeout`) and sweeps
+//! instances whose key expired: their presence entries, names and connection count go, and their
+//! rooms get a notice. On SIGTERM it sweeps itself, so its members leave every count at once.
+//!
+//! When the subscriber connection drops or a command fails, the node is degraded: it keeps relaying
+//! to local members, drops what it would publish, and reconnects with jittered, capped backoff
+//! ([`wire::backoff`]); once back it resubscribes, rewrites all its entries and re-claims its names.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{AsyncCommands, Client, RedisResult};
+use tracing::{debug, info, warn};
+
+use super::wire::{self, Payload};
+use super::{Cluster, Out, Shared};
+use crate::hub::Hub;
+use crate::request::name_key;
+use crate::shutdown::Shutdown;
+
+/// How long one connection attempt or one round of commands may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages sent to Redis in one pipeline, at most.
+const PUBLISH_BATCH: usize = 512;
+/// Pub/sub messages handled before the worker looks at its other duties.
+const RECEIVE_BATCH: usize = 1024;
+
+/// Sets a name if free; records it under the instance for the sweep. 1 = won.
+const CLAIM: &str = r"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[2])
+  return 1
+end
+return 0";
+
+/// Frees a name if this instance holds it.
+const RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+return 1";
+
+/// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms.
+const SWEEP: &str = r"
+local p, d = ARGV[1], ARGV[2]
+local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
+for _, r in ipairs(rooms) do
+  redis.call('HDEL', p .. ':presence:' .. r, d)
+end
+local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
+for _, e in ipairs(names) do
+  local i = string.find(e, '\n', 1, true)
+  if i then
+    local h = p .. ':names:' .. string.sub(e, 1, i - 1)
+    local k = string.sub(e, i + 1)
+    if redis.call('HGET', h, k) == d then
+      redis.call('HDEL', h, k)
+    end
+  end
+end
+redis.call('HDEL', p .. ':total', d)
+redis.call('DEL', p .. ':node:' .. d .. ':rooms', p .. ':node:' .. d .. ':names', p .. ':node:' .. d .. ':alive')
+redis.call('SREM', p .. ':nodes', d)
+return rooms";
+
+/// Starts the worker and the publisher, tracked by the shutdown's `TaskTracker`.
+pub fn spawn(cluster: &Cluster, hub: Hub, shutdown: &Shutdown) {
+    let s = cluster.shared().clone();
+    let client = match Client::open(s.url.as_str()) {
+        Ok(client) => client,
+        Err(e) => {
+            // Validation parses the URL, so this is rare; the node runs degraded.
+            warn!(redis = %wire::redact(&s.url), error = %e, "cluster.redis cannot be used; running alone");
+            return;
+        }
+    };
+    let rx = crate::hub::lock(&s.out_rx).take();
+    if let Some(rx) = rx {
+        let (s, stop) = (s.clone(), shutdown.clone());
+        shutdown
+            .tracker()
+            .spawn(async move { publisher(s, rx, stop).await });
+    }
+    let stop = shutdown.clone();
+    shutdown
+        .tracker()
+        .spawn(async move { worker(s, client, hub, stop).await });
+}
+
+/// A cheap random number in [0, 1) for the backoff jitter (no need for a crypto source).
+fn jitter(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn connect(client: &Client) -> RedisResult<(redis::aio::PubSub, ConnectionManager)> {
+    let pubsub = client.get_async_pubsub().await?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(IO_TIMEOUT))
+        .set_response_timeout(Some(IO_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(wire::BACKOFF_CAP);
+    let commands = client.get_connection_manager_with_config(config).await?;
+    Ok((pubsub, commands))
+}
+
+/// Why a session with Redis ended.
+enum Ended {
+    Draining,
+    Lost(String),
+}
+
+async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
+    let mut seed = u64::from(std::process::id()) | 1;
+    seed ^= s.instance.len() as u64 * 0x9E37_79B9_7F4A_7C15;
+    let mut attempt = 0u32;
+    let mut sessions = 0u64;
+    let redis = wire::redact(&s.url);
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.draining() => break,
+            r = tokio::time::timeout(IO_TIMEOUT, connect(&client)) => r,
+        };
+        let (pubsub, commands) = match connected {
+            Ok(Ok(c)) => c,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                if attempt == 0 {
+                    warn!(%redis, %error, "cluster degraded: redis unreachable; relaying to local members only, retrying");
+                }
+                let wait = wire::backoff(attempt, jitter(&mut seed));
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = shutdown.draining() => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        if sessions > 0 {
+            s.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        sessions += 1;
+        attempt = 0;
+        s.commands.store(Some(Arc::new(commands.clone())));
+        info!(%redis, instance = %s.instance, "cluster connected");
+        let ended = session(&s, &hub, pubsub, commands, &shutdown).await;
+        s.up.store(false, Ordering::Relaxed);
+        match ended {
+            Ended::Draining => break,
+            Ended::Lost(error) => {
+                warn!(%redis, %error, "cluster degraded: redis unreachable; relaying to local members only, reconnecting");
+                // Counts from other nodes can no longer be kept right: show this node alone.
+                s.remote_total.store(0, Ordering::Relaxed);
+                hub.clear_remote();
+            }
+        }
+    }
+    s.up.store(false, Ordering::Relaxed);
+    // Leave every count at once rather than after node_timeout.
+    if let Some(conn) = s.commands.load_full() {
+        let mut conn = (*conn).clone();
+        match tokio::time::timeout(IO_TIMEOUT, sweep(&s, &mut conn, &s.instance)).await {
+            Ok(Ok(())) => info!(instance = %s.instance, "left the cluster"),
+            _ => debug!("could not leave the cluster cleanly; the others sweep this node after node_timeout"),
+        }
+    }
+}
+
+/// One connected stretch: returns when the connection is lost or the drain starts.
+async fn session(
+    s: &Arc<Shared>,
+    hub: &Hub,
+    pubsub: redis::aio::PubSub,
+    mut conn: ConnectionManager,
+    shutdown: &Shutdown,
+) -> Ended {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+    let mut stale: HashSet<Arc<str>> = HashSet::new();
+    let lost = |e: redis::RedisError| Ended::Lost(e.to_string());
+    // A fresh session (first start, or Redis came back possibly empty): write everything again.
+    if let Err(e) = heartbeat(s, &mut conn).await {
+        return lost(e);
+    }
+    if let Err(e) = reclaim_names(s, hub, &mut conn).await {
+        return lost(e);
+    }
+    {
+        let mut dirty = crate::hub::lock(&s.dirty);
+        dirty.extend(hub.room_names());
+    }
+    s.up.store(true, Ordering::Relaxed);
+    let every = (s.node_timeout / 4).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let synced = tokio::time::timeout(
+            IO_TIMEOUT * 4,
+            sync(s, hub, &mut sink, &mut conn, &mut subscribed, &mut stale),
+        )
+        .await;
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return lost(e),
+            Err(_) => return Ended::Lost("redis did not answer in time".into()),
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.draining() => return Ended::Draining,
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Ended::Lost("subscriber connection closed".into());
+                };
+                receive(s, hub, msg, &mut stale);
+                for _ in 0..RECEIVE_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(msg)) => receive(s, hub, msg, &mut stale),
+                        Some(None) => return Ended::Lost("subscriber connection closed".into()),
+                        None => break,
+                    }
+                }
+            }
+            _ = s.wake.notified() => {}
+            _ = tick.tick() => {
+                match tokio::time::timeout(IO_TIMEOUT, heartbeat(s, &mut conn)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return lost(e),
+                    Err(_) => return Ended::Lost("redis did not answer in time".into()),
+                }
+            }
+        }
+    }
+}
+
+/// One pub/sub message: a relayed message for local members, or a notice to re-read presence.
+fn receive(s: &Shared, hub: &Hub, msg: redis::Msg, stale: &mut HashSet<Arc<str>>) {
+    let channel = msg.get_channel_name();
+    let Some(room) = s.keys.room_of(channel) else {
+        return;
+    };
+    let raw = bytes::Bytes::copy_from_slice(msg.get_payload_bytes());
+    let (from, payload) = match wire::decode(raw) {
+        Ok(decoded) => decoded,
+        Err(e) => return debug!(channel, error = %e, "ignored a message not in wsline's envelope"),
+    };
+    if &from[..] == s.instance.as_bytes() {
+        return;
+    }
+    match payload {
+        Payload::Message(m) => {
+            s.received.fetch_add(1, Ordering::Relaxed);
+            hub.deliver_remote(room, m);
+        }
+        Payload::Presence => {
+            stale.insert(room.into());
+        }
+    }
+}
+
+/// Subscriptions follow the local rooms; changed entries are written; announced rooms re-read.
+async fn sync(
+    s: &Shared,
+    hub: &Hub,
+    sink: &mut PubSubSink,
+    conn: &mut ConnectionManager,
+    subscribed: &mut HashSet<Arc<str>>,
+    stale: &mut HashSet<Arc<str>>,
+) -> RedisResult<()> {
+    let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
+    for room in wanted.difference(subscribed).cloned().collect::<Vec<_>>() {
+        sink.subscribe(s.keys.channel(&room)).await?;
+        subscribed.insert(room.clone());
+        // What the others have: read after subscribing, so no notice falls in between.
+        stale.insert(room.clone());
+        crate::hub::lock(&s.dirty).insert(room);
+    }
+    for room in subscribed.difference(&wanted).cloned().collect::<Vec<_>>() {
+        sink.unsubscribe(s.keys.channel(&room)).await?;
+        subscribed.remove(&room);
+        crate::hub::lock(&s.dirty).insert(room);
+    }
+    let dirty: Vec<Arc<str>> = {
+        let mut dirty = crate::hub::lock(&s.dirty);
+        // A room joined since `wanted` was taken waits for its subscription (next turn).
+        let ready: Vec<Arc<str>> = dirty
+            .iter()
+            .filter(|r| subscribed.contains(*r) || !wanted.contains(*r) && hub.local_presence(r).is_none())
+            .cloned()
+            .collect();
+        for r in &ready {
+            dirty.remove(r);
+        }
+        if !dirty.is_empty() {
+            s.wake.notify_one();
+        }
+        ready
+    };
+    if !dirty.is_empty() {
+        let mut pipe = redis::pipe();
+        for room in &dirty {
+            let presence = s.keys.presence(room);
+            let index = s.keys.node_rooms(&s.instance);
+            match hub.local_presence(room) {
+                Some((count, names)) if count > 0 => {
+                    pipe.hset(&presence, &s.instance, wire::entry(count, &names))
+                        .ignore()
+                        .sadd(&index, &**room)
+                        .ignore();
+                }
+                _ => {
+                    pipe.hdel(&presence, &s.instance)
+                        .ignore()
+                        .srem(&index, &**room)
+                        .ignore();
+                }
+            }
+            pipe.publish(s.keys.channel(room), &wire::encode(&s.instance, &Payload::Presence)[..])
+                .ignore();
+        }
+        pipe.hset(s.keys.total(), &s.instance, hub.total()).ignore();
+        pipe.sadd(s.keys.nodes(), &s.instance).ignore();
+        pipe.query_async::<()>(conn).await?;
+    }
+    let stale_rooms: Vec<Arc<str>> = stale.drain().filter(|r| subscribed.contains(r)).collect();
+    if !stale_rooms.is_empty() {
+        let mut pipe = redis::pipe();
+        for room in &stale_rooms {
+            pipe.hgetall(s.keys.presence(room));
+        }
+        let entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        for (room, entries) in stale_rooms.iter().zip(entries) {
+            let (count, names) = wire::remote(
+                &s.instance,
+                entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            hub.set_remote(room, count, names);
+        }
+        read_total(s, conn).await?;
+    }
+    Ok(())
+}
+
+/// The other instances' connections, from the total hash.
+async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
+    let totals: Vec<(String, usize)> = conn.hgetall(s.keys.total()).await?;
+    let remote = totals
+        .iter()
+        .filter(|(i, _)| *i != s.instance)
+        .map(|(_, n)| *n)
+        .sum();
+    s.remote_total.store(remote, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Refreshes this instance's liveness key and sweeps instances whose key has expired.
+async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
+    let ttl = u64::try_from(s.node_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    let (_, _, nodes): ((), (), Vec<String>) = redis::pipe()
+        .cmd("SET")
+        .arg(s.keys.alive(&s.instance))
+        .arg(&s.node_id)
+        .arg("PX")
+        .arg(ttl)
+        .sadd(s.keys.nodes(), &s.instance)
+        .smembers(s.keys.nodes())
+        .query_async(conn)
+        .await?;
+    let others: Vec<&String> = nodes.iter().filter(|n| **n != s.instance).collect();
+    if !others.is_empty() {
+        let mut pipe = redis::pipe();
+        for n in &others {
+            pipe.exists(s.keys.alive(n));
+        }
+        let alive: Vec<bool> = pipe.query_async(conn).await?;
+        for (n, alive) in others.iter().zip(alive) {
+            if !alive {
+                info!(instance = %n, "cluster node timed out; removing its members from every count");
+                sweep(s, conn, n).await?;
+            }
+        }
+    }
+    read_total(s, conn).await
+}
+
+/// Removes an instance's entries, names and count, and tells its rooms.
+async fn sweep(s: &Shared, conn: &mut ConnectionManager, instance: &str) -> RedisResult<()> {
+    let rooms: Vec<String> = redis::cmd("EVAL")
+        .arg(SWEEP)
+        .arg(0)
+        .arg(s.keys.prefix())
+        .arg(instance)
+        .query_async(conn)
+        .await?;
+    if !rooms.is_empty() {
+        let notice = wire::encode(instance, &Payload::Presence);
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.publish(s.keys.channel(room), &notice[..]).ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Claims a name for this instance (see [`CLAIM`]).
+pub(super) async fn claim(
+    s: &Shared,
+    mut conn: ConnectionManager,
+    room: &str,
+    key: &str,
+) -> RedisResult<bool> {
+    let won: i64 = redis::cmd("EVAL")
+        .arg(CLAIM)
+        .arg(3)
+        .arg(s.keys.names(room))
+        .arg(s.keys.node_names(&s.instance))
+        .arg(s.keys.nodes())
+        .arg(key)
+        .arg(&s.instance)
+        .arg(format!("{room}\n{key}"))
+        .query_async(&mut conn)
+        .await?;
+    Ok(won == 1)
+}
+
+/// After a reconnect (Redis may have restarted empty): claims again the names local members hold.
+async fn reclaim_names(s: &Shared, hub: &Hub, conn: &mut ConnectionManager) -> RedisResult<()> {
+    if !hub.settings().unique_names {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    let mut any = false;
+    for room in hub.room_names() {
+        let Some((_, names)) = hub.local_presence(&room) else {
+            continue;
+        };
+        for name in names {
+            let key = name_key(&name);
+            pipe.cmd("EVAL")
+                .arg(CLAIM)
+                .arg(3)
+                .arg(s.keys.names(&room))
+                .arg(s.keys.node_names(&s.instance))
+                .arg(s.keys.nodes())
+                .arg(&key)
+                .arg(&s.instance)
+                .arg(format!("{room}\n{key}"))
+                .ignore();
+            any = true;
+        }
+    }
+    if any {
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Sends queued messages and name releases to Redis in order, in pipelines of at most
+/// [`PUBLISH_BATCH`]; what fails is dropped (counted), never retried later.
+async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shutdown: Shutdown) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.draining() => return,
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+        };
+        batch.push(first);
+        while batch.len() < PUBLISH_BATCH {
+            match rx.try_recv() {
+                Ok(out) => batch.push(out),
+                Err(_) => break,
+            }
+        }
+        let messages = batch
+            .iter()
+            .filter(|o| matches!(o, Out::Publish { .. }))
+            .count() as u64;
+        let Some(conn) = s.commands.load_full() else {
+            s.dropped.fetch_add(messages, Ordering::Relaxed);
+            batch.clear();
+            continue;
+        };
+        let mut conn = (*conn).clone();
+        let mut pipe = redis::pipe();
+        for out in batch.drain(..) {
+            match out {
+                Out::Publish { channel, data } => {
+                    pipe.publish(channel, &data[..]).ignore();
+                }
+                Out::Release { room, key } => {
+                    pipe.cmd("EVAL")
+                        .arg(RELEASE)
+                        .arg(2)
+                        .arg(s.keys.names(&room))
+                        .arg(s.keys.node_names(&s.instance))
+                        .arg(&*key)
+                        .arg(&s.instance)
+                        .arg(format!("{room}\n{key}"))
+                        .ignore();
+                }
+            }
+        }
+        match tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {
+                s.published.fetch_add(messages, Ordering::Relaxed);
+            }
+            failed => {
+                s.dropped.fetch_add(messages, Ordering::Relaxed);
+                debug!(failed = ?failed.err().map(|_| "timeout"), "publish to redis failed; dropped");
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The pure rules of the cluster: key and channel names, the message envelope, presence entries,
+//! the diff of remote names, and the reconnect backoff. No I/O here, so all of it is unit-tested.
+//!
+//! Envelope (binary-safe, one per relayed message or presence notice):
+//! `[1][kind][len(instance)][instance bytes][payload]`, where kind is `T` (text), `B` (binary) or
+//! `P` (the sender's presence entry for this room changed: re-read it). The instance id is the node
+//! id plus a per-process epoch, so a node drops its own publications and a restarted node is a new
+//! instance whose predecessor's entries are swept, never counted twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Message;
+
+const VERSION: u8 = 1;
+
+/// Every key and channel of one deployment, under `cluster.prefix`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The pub/sub channel of a room: messages and presence notices.
+    pub fn channel(&self, room: &str) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+
+    /// The room a channel name belongs to, if it is one of ours.
+    pub fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":room:")
+    }
+
+    /// Hash: instance -> that node's presence entry for the room ([`entry`]).
+    pub fn presence(&self, room: &str) -> String {
+        format!("{}:presence:{room}", self.prefix)
+    }
+
+    /// Hash: name key (`request::name_key`) -> the instance whose member holds it.
+    pub fn names(&self, room: &str) -> String {
+        format!("{}:names:{room}", self.prefix)
+    }
+
+    /// Hash: instance -> that node's connection count.
+    pub fn total(&self) -> String {
+        format!("{}:total", self.prefix)
+    }
+
+    /// Set of the instances that have written anything (what the sweep walks).
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Set of the rooms an instance has a presence entry in (for the sweep).
+    pub fn node_rooms(&self, instance: &str) -> String {
+        format!("{}:node:{instance}:rooms", self.prefix)
+    }
+
+    /// Set of `room\nkey` for the names an instance holds (for the sweep).
+    pub fn node_names(&self, instance: &str) -> String {
+        format!("{}:node:{instance}:names", self.prefix)
+    }
+
+    /// String with a TTL of `node_timeout`: the instance is alive while it exists.
+    pub fn alive(&self, instance: &str) -> String {
+        format!("{}:node:{instance}:alive", self.prefix)
+    }
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Message(Message),
+    /// The sender's presence entry for the channel's room changed.
+    Presence,
+}
+
+/// Wraps a relayed message (or a presence notice) with the sending instance.
+pub fn encode(instance: &str, payload: &Payload) -> Bytes {
+    let (kind, data): (u8, &[u8]) = match payload {
+        Payload::Message(Message::Binary(b)) => (b'B', b),
+        Payload::Message(Message::Text(t)) => (b'T', t.as_bytes()),
+        // Pings, pongs, closes and raw frames are never relayed.
+        Payload::Message(_) | Payload::Presence => (b'P', &[]),
+    };
+    let id = &instance.as_bytes()[..instance.len().min(255)];
+    let mut out = BytesMut::with_capacity(3 + id.len() + data.len());
+    out.put_u8(VERSION);
+    out.put_u8(kind);
+    out.put_u8(id.len() as u8);
+    out.put_slice(id);
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// Why an envelope was not understood (a foreign publisher on our channel, or a newer version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadEnvelope {
+    #[error("envelope too short")]
+    Short,
+    #[error("unknown envelope version or kind")]
+    Unknown,
+    #[error("text payload is not UTF-8")]
+    NotUtf8,
+}
+
+/// The sending instance and the payload of an envelope. The payload shares `raw`'s buffer.
+pub fn decode(raw: Bytes) -> Result<(Bytes, Payload), BadEnvelope> {
+    if raw.len() < 3 {
+        return Err(BadEnvelope::Short);
+    }
+    let (version, kind, id_len) = (raw[0], raw[1], raw[2] as usize);
+    if version != VERSION {
+        return Err(BadEnvelope::Unknown);
+    }
+    if raw.len() < 3 + id_len {
+        return Err(BadEnvelope::Short);
+    }
+    let instance = raw.slice(3..3 + id_len);
+    let data = raw.slice(3 + id_len..);
+    let payload = match kind {
+        b'B' => Payload::Message(Message::Binary(data)),
+        b'T' => {
+            let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(data)
+                .map_err(|_| BadEnvelope::NotUtf8)?;
+            Payload::Message(Message::Text(text))
+        }
+        b'P' => Payload::Presence,
+        _ => return Err(BadEnvelope::Unknown),
+    };
+    Ok((instance, payload))
+}
+
+/// One node's presence entry for a room: its member count, then one name per line (names cannot
+/// hold line breaks: `request::is_presence_name`).
+pub fn entry(count: usize, names: &[Arc<str>]) -> String {
+    let mut s = count.to_string();
+    for name in names {
+        s.push('\n');
+        s.push_str(name);
+    }
+    s
+}
+
+/// Reads an entry written by [`entry`]; a malformed one counts as empty.
+pub fn parse_entry(s: &str) -> (usize, Vec<Arc<str>>) {
+    let mut lines = s.split('\n');
+    let count = lines.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let names = lines.filter(|n| !n.is_empty()).map(Arc::from).collect();
+    (count, names)
+}
+
+/// Sums the entries of every instance but `own`: the rest of the cluster's members of a room, names
+/// sorted (a multiset: two nodes may list the same name when `unique_names` is off).
+pub fn remote<'a>(
+    own: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (usize, Vec<Arc<str>>) {
+    let (mut count, mut names) = (0usize, Vec::new());
+    for (instance, value) in entries {
+        if instance == own {
+            continue;
+        }
+        let (c, n) = parse_entry(value);
+        count = count.saturating_add(c);
+        names.extend(n);
+    }
+    names.sort();
+    (count, names)
+}
+
+/// What changed between two sorted multisets of names: `(joined, left)`.
+pub fn diff(old: &[Arc<str>], new: &[Arc<str>]) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    let (mut joined, mut left) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                left.push(a.clone());
+                i += 1;
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                joined.push(b.clone());
+                j += 1;
+            }
+            (Some(a), None) => {
+                left.push(a.clone());
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (joined, left)
+}
+
+/// First wait before reconnecting, and the cap.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The wait before reconnect attempt `attempt` (0-based): doubling from [`BACKOFF_BASE`] up to
+/// [`BACKOFF_CAP`], then scaled by `jitter` in [0, 1) to between half and all of it, so nodes that
+/// lost Redis together do not come back in step.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let full = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// Removes the password from a Redis URL for logs: `redis://user:secret@h` -> `redis://user:***@h`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((auth, host)) => (Some(auth), host),
+        None => (None, rest),
+    };
+    match auth {
+        None => format!("{scheme}://{host}"),
+        Some(auth) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<Arc<str>> {
+        v.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    #[test]
+    fn envelopes_keep_opcode_and_bytes() {
+        let bin = Message::Binary(Bytes::from_static(&[0, 255, 10, 13, 0]));
+        for msg in [bin, Message::text("héllo\n"), Message::text("")] {
+            let raw = encode("n1:42", &Payload::Message(msg.clone()));
+            let (from, payload) = decode(raw).unwrap();
+            assert_eq!(&from[..], b"n1:42");
+            assert_eq!(payload, Payload::Message(msg));
+        }
+        let (from, p) = decode(encode("x", &Payload::Presence)).unwrap();
+        assert_eq!((&from[..], p), (&b"x"[..], Payload::Presence));
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_not_panicked_on() {
+        assert_eq!(decode(Bytes::from_static(b"")), Err(BadEnvelope::Short));
+        assert_eq!(decode(Bytes::from_static(b"\x01T\x09ab")), Err(BadEnvelope::Short));
+        assert_eq!(decode(Bytes::from_static(b"\x02T\x00")), Err(BadEnvelope::Unknown));
+        assert_eq!(decode(Bytes::from_static(b"\x01Z\x00")), Err(BadEnvelope::Unknown));
+        assert_eq!(decode(Bytes::from_static(b"\x01T\x00\xff")), Err(BadEnvelope::NotUtf8));
+    }
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let k = Keys::new("blue");
+        assert_eq!(k.channel("lobby"), "blue:room:lobby");
+        assert_eq!(k.room_of("blue:room:lobby"), Some("lobby"));
+        assert_eq!(k.room_of("green:room:lobby"), None);
+        assert_eq!(k.presence("a"), "blue:presence:a");
+        assert_eq!(k.alive("n:1"), "blue:node:n:1:alive");
+    }
+
+    #[test]
+    fn remote_presence_sums_other_instances() {
+        let own = entry(5, &names(&["me"]));
+        let a = entry(2, &names(&["bob", "alice"]));
+        let b = entry(1, &[]);
+        let (count, n) = remote("self", [("self", own.as_str()), ("a", &a), ("b", &b), ("c", "junk")]);
+        assert_eq!(count, 3);
+        assert_eq!(n, names(&["alice", "bob"]));
+    }
+
+    #[test]
+    fn diff_of_name_multisets() {
+        let (j, l) = diff(&names(&["a", "b", "b", "d"]), &names(&["b", "c", "d", "e"]));
+        assert_eq!(j, names(&["c", "e"]));
+        assert_eq!(l, names(&["a", "b"]));
+        let (j, l) = diff(&[], &names(&["x"]));
+        assert_eq!((j, l), (names(&["x"]), vec![]));
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        assert_eq!(backoff(0, 1.0), BACKOFF_BASE);
+        assert_eq!(backoff(0, 0.0), BACKOFF_BASE / 2);
+        assert_eq!(backoff(2, 1.0), BACKOFF_BASE * 4);
+        assert_eq!(backoff(30, 1.0), BACKOFF_CAP);
+        assert!(backoff(30, 0.3) < BACKOFF_CAP);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://:hunter2@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("rediss://u:p@ss@h"), "rediss://u:***@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert!(!redact("nonsense:hunter2").contains("hunter2"));
+    }
+}
