@@ -98,10 +98,9 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         }
         (&Method::GET | &Method::HEAD, "/healthz") => match state.hub.cluster() {
             // Still serving local members: healthy for a load balancer, degraded for a human.
-            Some(cluster) if !cluster.is_up() => text(
-                StatusCode::OK,
-                "ok (cluster degraded: redis unreachable)\n",
-            ),
+            Some(cluster) if !cluster.is_up() => {
+                text(StatusCode::OK, "ok (cluster degraded: redis unreachable)\n")
+            }
             _ => text(StatusCode::OK, "ok\n"),
         },
         (&Method::GET | &Method::HEAD, "/stats") => stats(&req, peer, state),

@@ -130,6 +130,9 @@ struct RoomState {
     /// in `roster` too, so uniqueness and presence messages see the whole cluster.
     remote_count: usize,
     remote_names: Vec<Arc<str>>,
+    /// A message has been relayed here since the room was created (cluster history: a replay
+    /// from Redis goes to the first members only while nothing live has reached them).
+    live: bool,
 }
 
 struct Member {
@@ -171,6 +174,7 @@ impl Room {
                 last_sent: None,
                 remote_count: 0,
                 remote_names: Vec::new(),
+                live: false,
             }),
             contended: AtomicU64::new(0),
         }
@@ -221,7 +225,11 @@ impl Hub {
 
     /// Connections on every node: presence's `total`.
     fn cluster_total(&self) -> usize {
-        let remote = self.shared.cluster.as_ref().map_or(0, Cluster::remote_total);
+        let remote = self
+            .shared
+            .cluster
+            .as_ref()
+            .map_or(0, Cluster::remote_total);
         self.total() + remote
     }
 
@@ -265,6 +273,7 @@ impl Hub {
                 delivered += 1;
             }
         }
+        state.live = true;
         if settings.history > 0 || !state.history.is_empty() {
             state
                 .history
@@ -300,6 +309,30 @@ impl Hub {
         if changed {
             self.schedule(&room, &mut state);
         }
+    }
+
+    /// The room's history as kept in Redis (oldest first), read just after this node subscribed
+    /// to the room: it becomes the room's history and, while nothing live has been relayed in the
+    /// room yet, is replayed to the members who joined while it was being read.
+    pub fn seed_history(&self, room: &str, messages: Vec<Message>) {
+        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+            return;
+        };
+        let settings = self.shared.settings.load();
+        let mut state = room.lock();
+        if state.closed || state.live {
+            return;
+        }
+        let mut history = History::default();
+        for msg in messages {
+            history.push(msg, settings.history, settings.history_bytes);
+        }
+        for m in &state.members {
+            for msg in history.iter() {
+                m.outbox.push(msg.clone());
+            }
+        }
+        state.history = history;
     }
 
     /// Forgets every other node's members (Redis is unreachable: their counts cannot be kept).
@@ -630,9 +663,10 @@ impl Membership {
                 delivered += 1;
             }
         }
+        state.live = true;
         // Under the room lock, so the other nodes see this room's messages in the local order.
         if let Some(cluster) = &self.hub.shared.cluster {
-            cluster.publish(&self.room.name, &msg);
+            cluster.publish(&self.room.name, &msg, settings.history);
         }
         if settings.history > 0 || !state.history.is_empty() {
             state

@@ -323,7 +323,10 @@ impl Handle {
                 old.tls.self_signed != new.tls.self_signed,
             ),
             ("cluster.redis", old.cluster.redis != new.cluster.redis),
-            ("cluster.node_id", old.cluster.node_id != new.cluster.node_id),
+            (
+                "cluster.node_id",
+                old.cluster.node_id != new.cluster.node_id,
+            ),
             ("cluster.prefix", old.cluster.prefix != new.cluster.prefix),
             (
                 "cluster.node_timeout",

@@ -30,8 +30,10 @@ use wire::{Keys, Payload};
 
 /// How long a join waits for Redis to claim a name before it falls back to this node's own rule.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
-/// Messages waiting for the publisher task; past this (Redis slow), further ones are dropped.
-const PUBLISH_QUEUE: usize = 8192;
+/// Messages waiting for the publisher task, and their bytes: past either bound (Redis slower than
+/// the senders), further messages are dropped and counted, never buffered without bound.
+const PUBLISH_QUEUE: usize = 65_536;
+const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
 
 /// The cluster side of a node. Cheap to clone.
 #[derive(Clone)]
@@ -61,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) received: AtomicU64,
     /// Messages not sent to Redis because it was down or the queue was full.
     pub(crate) dropped: AtomicU64,
+    /// Bytes of the envelopes in the publisher's queue (see [`PUBLISH_QUEUE_BYTES`]).
+    pub(crate) queued_bytes: AtomicUsize,
     pub(crate) reconnects: AtomicU64,
     /// The command connection, once made (it reconnects by itself).
     pub(crate) commands: arc_swap::ArcSwapOption<::redis::aio::ConnectionManager>,
@@ -68,8 +72,16 @@ pub(crate) struct Shared {
 
 /// What the publisher task sends.
 pub(crate) enum Out {
-    Publish { channel: String, data: Bytes },
-    Release { room: Arc<str>, key: Box<str> },
+    /// `history`: the room keeps this many messages in its stream (0: none).
+    Publish {
+        room: Arc<str>,
+        data: Bytes,
+        history: usize,
+    },
+    Release {
+        room: Arc<str>,
+        key: Box<str>,
+    },
 }
 
 /// The answer to a name claim.
@@ -128,6 +140,7 @@ impl Cluster {
                 published: AtomicU64::new(0),
                 received: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                queued_bytes: AtomicUsize::new(0),
                 reconnects: AtomicU64::new(0),
                 commands: arc_swap::ArcSwapOption::empty(),
             }),
@@ -149,18 +162,26 @@ impl Cluster {
     }
 
     /// Sends a locally relayed message to the other nodes, or drops it while Redis is down.
-    pub fn publish(&self, room: &str, msg: &Message) {
+    pub fn publish(&self, room: &Arc<str>, msg: &Message, history: usize) {
         let s = &self.shared;
         if !self.is_up() {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let data = wire::encode(&s.instance, &Payload::Message(msg.clone()));
+        let size = data.len();
+        if s.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
+            s.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let out = Out::Publish {
-            channel: s.keys.channel(room),
+            room: room.clone(),
             data,
+            history,
         };
         if s.out_tx.try_send(out).is_err() {
+            s.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             s.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -14,7 +14,7 @@
 //! to local members, drops what it would publish, and reconnects with jittered, capped backoff
 //! ([`wire::backoff`]); once back it resubscribes, rewrites all its entries and re-claims its names.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -53,6 +53,12 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 redis.call('SREM', KEYS[2], ARGV[3])
 return 1";
+
+/// Appends a message to the room's stream and publishes it stamped with its id (`H`).
+const PUBLISH_KEPT: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
+return id";
 
 /// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms.
 const SWEEP: &str = r"
@@ -128,7 +134,7 @@ enum Ended {
 
 async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
     let mut seed = u64::from(std::process::id()) | 1;
-    seed ^= s.instance.len() as u64 * 0x9E37_79B9_7F4A_7C15;
+    seed ^= (s.instance.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut attempt = 0u32;
     let mut sessions = 0u64;
     let redis = wire::redact(&s.url);
@@ -180,7 +186,9 @@ async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
         let mut conn = (*conn).clone();
         match tokio::time::timeout(IO_TIMEOUT, sweep(&s, &mut conn, &s.instance)).await {
             Ok(Ok(())) => info!(instance = %s.instance, "left the cluster"),
-            _ => debug!("could not leave the cluster cleanly; the others sweep this node after node_timeout"),
+            _ => debug!(
+                "could not leave the cluster cleanly; the others sweep this node after node_timeout"
+            ),
         }
     }
 }
@@ -196,6 +204,8 @@ async fn session(
     let (mut sink, mut stream) = pubsub.split();
     let mut subscribed: HashSet<Arc<str>> = HashSet::new();
     let mut stale: HashSet<Arc<str>> = HashSet::new();
+    // Per subscribed room: the newest stream id replayed or delivered (history's seam).
+    let mut seen: HashMap<Arc<str>, wire::StreamId> = HashMap::new();
     let lost = |e: redis::RedisError| Ended::Lost(e.to_string());
     // A fresh session (first start, or Redis came back possibly empty): write everything again.
     if let Err(e) = heartbeat(s, &mut conn).await {
@@ -215,7 +225,15 @@ async fn session(
     loop {
         let synced = tokio::time::timeout(
             IO_TIMEOUT * 4,
-            sync(s, hub, &mut sink, &mut conn, &mut subscribed, &mut stale),
+            sync(
+                s,
+                hub,
+                &mut sink,
+                &mut conn,
+                &mut subscribed,
+                &mut stale,
+                &mut seen,
+            ),
         )
         .await;
         match synced {
@@ -230,10 +248,10 @@ async fn session(
                 let Some(msg) = msg else {
                     return Ended::Lost("subscriber connection closed".into());
                 };
-                receive(s, hub, msg, &mut stale);
+                receive(s, hub, msg, &mut stale, &mut seen);
                 for _ in 0..RECEIVE_BATCH {
                     match stream.next().now_or_never() {
-                        Some(Some(msg)) => receive(s, hub, msg, &mut stale),
+                        Some(Some(msg)) => receive(s, hub, msg, &mut stale, &mut seen),
                         Some(None) => return Ended::Lost("subscriber connection closed".into()),
                         None => break,
                     }
@@ -252,16 +270,31 @@ async fn session(
 }
 
 /// One pub/sub message: a relayed message for local members, or a notice to re-read presence.
-fn receive(s: &Shared, hub: &Hub, msg: redis::Msg, stale: &mut HashSet<Arc<str>>) {
+fn receive(
+    s: &Shared,
+    hub: &Hub,
+    msg: redis::Msg,
+    stale: &mut HashSet<Arc<str>>,
+    seen: &mut HashMap<Arc<str>, wire::StreamId>,
+) {
     let channel = msg.get_channel_name();
     let Some(room) = s.keys.room_of(channel) else {
         return;
     };
     let raw = bytes::Bytes::copy_from_slice(msg.get_payload_bytes());
-    let (from, payload) = match wire::decode(raw) {
+    let (id, from, payload) = match wire::decode_stamped(raw) {
         Ok(decoded) => decoded,
         Err(e) => return debug!(channel, error = %e, "ignored a message not in wsline's envelope"),
     };
+    if let Some(id) = id
+        && let Some(last) = seen.get_mut(room)
+    {
+        // Already in the replay this node read after subscribing.
+        if id <= *last {
+            return;
+        }
+        *last = id;
+    }
     if &from[..] == s.instance.as_bytes() {
         return;
     }
@@ -284,11 +317,15 @@ async fn sync(
     conn: &mut ConnectionManager,
     subscribed: &mut HashSet<Arc<str>>,
     stale: &mut HashSet<Arc<str>>,
+    seen: &mut HashMap<Arc<str>, wire::StreamId>,
 ) -> RedisResult<()> {
     let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
     for room in wanted.difference(subscribed).cloned().collect::<Vec<_>>() {
         sink.subscribe(s.keys.channel(&room)).await?;
         subscribed.insert(room.clone());
+        // Subscribed first, then the replay: a live message is either in it or after it.
+        let last = replay_history(s, hub, conn, &room).await?;
+        seen.insert(room.clone(), last);
         // What the others have: read after subscribing, so no notice falls in between.
         stale.insert(room.clone());
         crate::hub::lock(&s.dirty).insert(room);
@@ -296,6 +333,7 @@ async fn sync(
     for room in subscribed.difference(&wanted).cloned().collect::<Vec<_>>() {
         sink.unsubscribe(s.keys.channel(&room)).await?;
         subscribed.remove(&room);
+        seen.remove(&room);
         crate::hub::lock(&s.dirty).insert(room);
     }
     let dirty: Vec<Arc<str>> = {
@@ -303,7 +341,9 @@ async fn sync(
         // A room joined since `wanted` was taken waits for its subscription (next turn).
         let ready: Vec<Arc<str>> = dirty
             .iter()
-            .filter(|r| subscribed.contains(*r) || !wanted.contains(*r) && hub.local_presence(r).is_none())
+            .filter(|r| {
+                subscribed.contains(*r) || !wanted.contains(*r) && hub.local_presence(r).is_none()
+            })
             .cloned()
             .collect();
         for r in &ready {
@@ -333,8 +373,11 @@ async fn sync(
                         .ignore();
                 }
             }
-            pipe.publish(s.keys.channel(room), &wire::encode(&s.instance, &Payload::Presence)[..])
-                .ignore();
+            pipe.publish(
+                s.keys.channel(room),
+                &wire::encode(&s.instance, &Payload::Presence)[..],
+            )
+            .ignore();
         }
         pipe.hset(s.keys.total(), &s.instance, hub.total()).ignore();
         pipe.sadd(s.keys.nodes(), &s.instance).ignore();
@@ -359,6 +402,45 @@ async fn sync(
     Ok(())
 }
 
+/// Reads the room's last `relay.history` messages from its stream into the room; returns the
+/// newest id read ((0, 0) if none).
+async fn replay_history(
+    s: &Shared,
+    hub: &Hub,
+    conn: &mut ConnectionManager,
+    room: &Arc<str>,
+) -> RedisResult<wire::StreamId> {
+    let keep = hub.settings().history;
+    if keep == 0 {
+        return Ok((0, 0));
+    }
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+        .arg(s.keys.history(room))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(keep)
+        .query_async(conn)
+        .await?;
+    let last = entries
+        .first()
+        .and_then(|(id, _)| wire::parse_stream_id(id))
+        .unwrap_or((0, 0));
+    let messages = entries
+        .into_iter()
+        .rev()
+        .filter_map(|(_, fields)| {
+            let (_, raw) = fields.into_iter().find(|(f, _)| f == "m")?;
+            match wire::decode(bytes::Bytes::from(raw)).ok()? {
+                (_, Payload::Message(m)) => Some(m),
+                _ => None,
+            }
+        })
+        .collect();
+    hub.seed_history(room, messages);
+    Ok(last)
+}
+
 /// The other instances' connections, from the total hash.
 async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
     let totals: Vec<(String, usize)> = conn.hgetall(s.keys.total()).await?;
@@ -373,7 +455,9 @@ async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()>
 
 /// Refreshes this instance's liveness key and sweeps instances whose key has expired.
 async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
-    let ttl = u64::try_from(s.node_timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    let ttl = u64::try_from(s.node_timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     let (_, _, nodes): ((), (), Vec<String>) = redis::pipe()
         .cmd("SET")
         .arg(s.keys.alive(&s.instance))
@@ -493,10 +577,14 @@ async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shu
                 Err(_) => break,
             }
         }
-        let messages = batch
-            .iter()
-            .filter(|o| matches!(o, Out::Publish { .. }))
-            .count() as u64;
+        let (mut messages, mut bytes) = (0u64, 0usize);
+        for out in &batch {
+            if let Out::Publish { data, .. } = out {
+                messages += 1;
+                bytes += data.len();
+            }
+        }
+        s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let Some(conn) = s.commands.load_full() else {
             s.dropped.fetch_add(messages, Ordering::Relaxed);
             batch.clear();
@@ -506,8 +594,26 @@ async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shu
         let mut pipe = redis::pipe();
         for out in batch.drain(..) {
             match out {
-                Out::Publish { channel, data } => {
-                    pipe.publish(channel, &data[..]).ignore();
+                Out::Publish {
+                    room,
+                    data,
+                    history: 0,
+                } => {
+                    pipe.publish(s.keys.channel(&room), &data[..]).ignore();
+                }
+                Out::Publish {
+                    room,
+                    data,
+                    history,
+                } => {
+                    pipe.cmd("EVAL")
+                        .arg(PUBLISH_KEPT)
+                        .arg(2)
+                        .arg(s.keys.history(&room))
+                        .arg(s.keys.channel(&room))
+                        .arg(history)
+                        .arg(&data[..])
+                        .ignore();
                 }
                 Out::Release { room, key } => {
                     pipe.cmd("EVAL")

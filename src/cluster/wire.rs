@@ -3,7 +3,10 @@
 //!
 //! Envelope (binary-safe, one per relayed message or presence notice):
 //! `[1][kind][len(instance)][instance bytes][payload]`, where kind is `T` (text), `B` (binary) or
-//! `P` (the sender's presence entry for this room changed: re-read it). The instance id is the node
+//! `P` (the sender's presence entry for this room changed: re-read it). With `relay.history`, a
+//! message is also appended to the room's Redis stream by the same script that publishes it, and
+//! published as `[1][H][len(id)][stream id][envelope]`, so a node that replays the stream after
+//! subscribing drops exactly the live messages the replay already held. The instance id is the node
 //! id plus a per-process epoch, so a node drops its own publications and a restarted node is a new
 //! instance whose predecessor's entries are swept, never counted twice.
 
@@ -74,6 +77,11 @@ impl Keys {
         format!("{}:node:{instance}:names", self.prefix)
     }
 
+    /// Stream: the room's last messages (`relay.history`), each field `m` an envelope.
+    pub fn history(&self, room: &str) -> String {
+        format!("{}:history:{room}", self.prefix)
+    }
+
     /// String with a TTL of `node_timeout`: the instance is alive while it exists.
     pub fn alive(&self, instance: &str) -> String {
         format!("{}:node:{instance}:alive", self.prefix)
@@ -106,6 +114,15 @@ pub fn encode(instance: &str, payload: &Payload) -> Bytes {
     out.freeze()
 }
 
+/// A Redis stream entry id (`ms-seq`), ordered as Redis orders them.
+pub type StreamId = (u64, u64);
+
+/// Parses `1700000000000-3`.
+pub fn parse_stream_id(s: &str) -> Option<StreamId> {
+    let (ms, seq) = s.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Why an envelope was not understood (a foreign publisher on our channel, or a newer version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadEnvelope {
@@ -115,6 +132,24 @@ pub enum BadEnvelope {
     Unknown,
     #[error("text payload is not UTF-8")]
     NotUtf8,
+}
+
+/// Like [`decode`], also reading the stream id of a message kept in history (`H`).
+pub fn decode_stamped(raw: Bytes) -> Result<(Option<StreamId>, Bytes, Payload), BadEnvelope> {
+    if raw.len() >= 3 && raw[0] == VERSION && raw[1] == b'H' {
+        let len = raw[2] as usize;
+        if raw.len() < 3 + len {
+            return Err(BadEnvelope::Short);
+        }
+        let id = std::str::from_utf8(&raw[3..3 + len])
+            .ok()
+            .and_then(parse_stream_id)
+            .ok_or(BadEnvelope::Unknown)?;
+        let (from, payload) = decode(raw.slice(3 + len..))?;
+        return Ok((Some(id), from, payload));
+    }
+    let (from, payload) = decode(raw)?;
+    Ok((None, from, payload))
 }
 
 /// The sending instance and the payload of an envelope. The payload shares `raw`'s buffer.
@@ -264,12 +299,39 @@ mod tests {
     }
 
     #[test]
+    fn stamped_envelopes_carry_their_stream_id() {
+        let inner = encode("n2", &Payload::Message(Message::text("hi")));
+        let mut raw = vec![1, b'H', 5];
+        raw.extend_from_slice(b"17-42");
+        raw.extend_from_slice(&inner);
+        let (id, from, p) = decode_stamped(Bytes::from(raw)).unwrap();
+        assert_eq!((id, &from[..]), (Some((17, 42)), &b"n2"[..]));
+        assert_eq!(p, Payload::Message(Message::text("hi")));
+        let (id, _, _) = decode_stamped(inner).unwrap();
+        assert_eq!(id, None);
+        assert!(decode_stamped(Bytes::from_static(b"Hx-y")).is_err());
+        assert!(parse_stream_id("5-1") < parse_stream_id("5-10"));
+    }
+
+    #[test]
     fn bad_envelopes_are_refused_not_panicked_on() {
         assert_eq!(decode(Bytes::from_static(b"")), Err(BadEnvelope::Short));
-        assert_eq!(decode(Bytes::from_static(b"\x01T\x09ab")), Err(BadEnvelope::Short));
-        assert_eq!(decode(Bytes::from_static(b"\x02T\x00")), Err(BadEnvelope::Unknown));
-        assert_eq!(decode(Bytes::from_static(b"\x01Z\x00")), Err(BadEnvelope::Unknown));
-        assert_eq!(decode(Bytes::from_static(b"\x01T\x00\xff")), Err(BadEnvelope::NotUtf8));
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01T\x09ab")),
+            Err(BadEnvelope::Short)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x02T\x00")),
+            Err(BadEnvelope::Unknown)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01Z\x00")),
+            Err(BadEnvelope::Unknown)
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01T\x00\xff")),
+            Err(BadEnvelope::NotUtf8)
+        );
     }
 
     #[test]
@@ -287,7 +349,10 @@ mod tests {
         let own = entry(5, &names(&["me"]));
         let a = entry(2, &names(&["bob", "alice"]));
         let b = entry(1, &[]);
-        let (count, n) = remote("self", [("self", own.as_str()), ("a", &a), ("b", &b), ("c", "junk")]);
+        let (count, n) = remote(
+            "self",
+            [("self", own.as_str()), ("a", &a), ("b", &b), ("c", "junk")],
+        );
         assert_eq!(count, 3);
         assert_eq!(n, names(&["alice", "bob"]));
     }

@@ -1,0 +1,107 @@
+//! A real `redis-server` for the cluster tests: on a free loopback port, with its own throwaway
+//! configuration (no snapshots, no append-only file), stopped when dropped.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use super::within;
+
+const BINARIES: [&str; 2] = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"];
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn binary() -> &'static str {
+    BINARIES
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("redis-server is required for the cluster tests: install it with `apt-get install redis-server` (scripts/test does)")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.run().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let child = Command::new(binary())
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        within("redis-server to answer PING", async {
+            loop {
+                if let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)).await {
+                    let mut buf = [0u8; 7];
+                    if tcp.write_all(b"PING\r\n").await.is_ok()
+                        && tcp.read_exact(&mut buf).await.is_ok()
+                        && &buf == b"+PONG\r\n"
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server (its data goes with it) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.run().await;
+    }
+
+    /// One command over RESP, for checks: the raw reply.
+    pub async fn command(&self, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = within("a redis reply", tcp.read(&mut buf)).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
