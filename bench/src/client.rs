@@ -202,7 +202,9 @@ async fn socketio_handshake(ws: &mut Ws) -> Result<(), String> {
     use futures_util::SinkExt;
     let open = next_text(ws, "open packet").await?;
     if !open.starts_with('0') {
-        return Err(format!("socket.io: expected the open packet, got {open:.40}"));
+        return Err(format!(
+            "socket.io: expected the open packet, got {open:.40}"
+        ));
     }
     ws.send(Message::text("40"))
         .await

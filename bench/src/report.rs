@@ -115,10 +115,18 @@ const CLUSTER: &[(&str, &str, bool)] = &[
     ("/lost", "lost", false),
     ("/latency_ms/p50", "latency p50 ms", false),
     ("/latency_ms/p99", "latency p99 ms", false),
-    ("/same_node/delivered_per_s", "same-node delivered msg/s", true),
+    (
+        "/same_node/delivered_per_s",
+        "same-node delivered msg/s",
+        true,
+    ),
     ("/same_node/latency_ms/p50", "same-node p50 ms", false),
     ("/same_node/latency_ms/p99", "same-node p99 ms", false),
-    ("/cross_node/delivered_per_s", "cross-node delivered msg/s", true),
+    (
+        "/cross_node/delivered_per_s",
+        "cross-node delivered msg/s",
+        true,
+    ),
     ("/cross_node/lost", "cross-node lost", false),
     ("/cross_node/latency_ms/p50", "cross-node p50 ms", false),
     ("/cross_node/latency_ms/p99", "cross-node p99 ms", false),
@@ -229,15 +237,20 @@ fn tables(
 }
 
 /// One table: a column per server, then the ratio of the first server's figure to each other's.
-fn print_table(
-    servers: &[String],
-    rows: &[Figure],
-    results: &BTreeMap<(String, String), Value>,
-) {
+fn print_table(servers: &[String], rows: &[Figure], results: &BTreeMap<(String, String), Value>) {
     let base = &servers[0];
-    let ratio_names: Vec<String> = servers.iter().skip(1).map(|s| format!("{base}/{s}")).collect();
+    let ratio_names: Vec<String> = servers
+        .iter()
+        .skip(1)
+        .map(|s| format!("{base}/{s}"))
+        .collect();
     // The ratio columns are 14 wide, or as wide as their names.
-    let width = ratio_names.iter().map(String::len).max().unwrap_or(0).max(14);
+    let width = ratio_names
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let mut header = format!("| {:<11} | {:<28} |", "scenario", "figure");
     for s in servers {
         header += &format!(" {s:>12} |");
@@ -332,7 +345,12 @@ mod tests {
         let tables = tables(&servers, &results);
         assert_eq!(tables.len(), 2);
         assert_eq!(tables[0].0, ["wsline", "node"]);
-        assert!(tables[0].1.iter().all(|f| ["fanout", "chat"].contains(&f.0)));
+        assert!(
+            tables[0]
+                .1
+                .iter()
+                .all(|f| ["fanout", "chat"].contains(&f.0))
+        );
         assert_eq!(tables[1].0, ["wsline-2", "wsline-1", "sio-2"]);
         assert!(tables[1].1.iter().all(|f| f.0 == "cluster"));
     }

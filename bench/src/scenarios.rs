@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, ProcSample, SETTLE, Target, Ws, now_ns, parse, payload};
 
