@@ -48,7 +48,7 @@ impl Target {
     /// This target speaking socket.io (Engine.IO 4, the WebSocket transport from the start, the
     /// main namespace): every connection is ready once the server acknowledged the namespace, and
     /// [`payload`](Self::payload) wraps payloads as `42["m","…"]` events. The URL names the
-    /// Engine.IO endpoint, e.g. `wss://127.0.0.1:4460/socket.io/?EIO=4&transport=websocket&room=bench`.
+    /// Engine.IO endpoint, e.g. `wss://127.0.0.1:4457/socket.io/?EIO=4&transport=websocket&room=bench`.
     pub fn socketio(mut self) -> Target {
         self.socketio = true;
         self

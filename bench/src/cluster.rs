@@ -20,7 +20,7 @@ use crate::scenarios::{self, Fanout, Received, histogram, latency, round};
 pub struct Cluster {
     #[command(flatten)]
     pub fanout: Fanout,
-    /// Another node of the cluster, e.g. wss://127.0.0.1:4459/bench (repeat for more): the
+    /// Another node of the cluster, e.g. wss://127.0.0.1:4458/bench (repeat for more): the
     /// subscribers are spread evenly over --url and these; the publisher is on --url.
     #[arg(long = "node")]
     pub nodes: Vec<String>,
@@ -32,7 +32,7 @@ pub struct Cluster {
     pub redis_pid: Option<u32>,
     /// Speak socket.io (Engine.IO 4 over the WebSocket transport) to every node: the URLs name
     /// the Engine.IO endpoint with the room in the query, e.g.
-    /// wss://127.0.0.1:4460/socket.io/?EIO=4&transport=websocket&room=bench
+    /// wss://127.0.0.1:4457/socket.io/?EIO=4&transport=websocket&room=bench
     #[arg(long)]
     pub socketio: bool,
 }
