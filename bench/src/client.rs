@@ -476,6 +476,28 @@ mod tests {
     }
 
     #[test]
+    fn payloads_parse_bare_and_as_socketio_events() {
+        let plain = Target::new("wss://127.0.0.1:4456/bench", true).unwrap();
+        let sio = Target::new(
+            "wss://127.0.0.1:4457/socket.io/?EIO=4&transport=websocket&room=bench",
+            true,
+        )
+        .unwrap()
+        .socketio();
+        let bare = plain.payload(7, 64);
+        assert_eq!(bare.len(), 64);
+        assert_eq!(parse(&bare).map(|(seq, _)| seq), Some(7));
+        let event = sio.payload(9, 64);
+        let text = event.to_text().unwrap();
+        assert!(text.starts_with("42[\"m\",\"B") && text.ends_with("xx\"]"));
+        assert_eq!(text.len(), 64 + 10);
+        assert_eq!(parse(&event).map(|(seq, _)| seq), Some(9));
+        // Engine.IO pings and other events are not payloads.
+        assert_eq!(parse(&Message::text("2")), None);
+        assert_eq!(parse(&Message::text("42[\"n\",\"B\"]")), None);
+    }
+
+    #[test]
     fn responses_give_status_and_body_length() {
         let r = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 5\r\n\r\nnope\n";
         assert_eq!(parse_response(r), Some((403, 5)));
