@@ -130,8 +130,9 @@ struct RoomState {
     /// in `roster` too, so uniqueness and presence messages see the whole cluster.
     remote_count: usize,
     remote_names: Vec<Arc<str>>,
-    /// A message has been relayed here since the room was created (cluster history: a replay
-    /// from Redis goes to the first members only while nothing live has reached them).
+    /// A message has been relayed here, or the history read from Redis, since the room was
+    /// created (cluster history: a replay from Redis goes to the first members only while nothing
+    /// live has reached them, and only once).
     live: bool,
 }
 
@@ -333,6 +334,8 @@ impl Hub {
             }
         }
         state.history = history;
+        // Seeded once: a reseed after a reconnect must not replay it to the same members again.
+        state.live = true;
     }
 
     /// Forgets every other node's members (Redis is unreachable: their counts cannot be kept).

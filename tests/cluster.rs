@@ -220,6 +220,7 @@ async fn a_killed_node_leaves_every_count_within_node_timeout_and_a_restart_leav
     let _ = b.child.wait().await;
     let p = presence_until(&mut watcher, "b's members to go", |p| p["count"] == 1).await;
     let took = killed.elapsed();
+    eprintln!("members of the killed node gone after {took:?} (node_timeout 2s)");
     assert!(
         took <= Duration::from_secs(3),
         "node_timeout 2s + 1s, took {took:?}"
@@ -251,6 +252,10 @@ async fn a_stopped_node_leaves_every_count_at_once() {
     let stopped = Instant::now();
     b.signal("-TERM");
     let p = presence_until(&mut watcher, "b's member to go", |p| p["count"] == 1).await;
+    eprintln!(
+        "member of the stopped node gone after {:?}",
+        stopped.elapsed()
+    );
     assert!(
         stopped.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -432,4 +437,265 @@ async fn history_spans_nodes_with_an_exact_seam_under_concurrent_publishers() {
     let (a, b) = sequences(&mut late, N - 1).await;
     assert_eq!((a.len(), b.len()), (N, N));
     assert_eq!((a, b), (all.clone(), all));
+}
+
+/// nginx from the shipped files with an `upstream` of two wsline nodes; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(upstreams: &[std::net::SocketAddr]) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nginx is required for this test: install it with `apt-get install nginx` (scripts/test does)");
+        let repo = |f: &str| format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let servers: String = upstreams.iter().map(|a| format!("server {a}; ")).collect();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log {d}/access.log;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             include {map};\n upstream wsline {{ {servers} }}\n\
+             server {{ listen 127.0.0.1:{port}; include {location}; }}\n}}\n",
+            map = repo("nginx/wsline.conf"),
+            location = repo("nginx/wsline-location.conf"),
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        within("nginx to listen", async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn ws(&self, path: &str) -> Plain {
+        let url = format!("ws://127.0.0.1:{}{path}", self.port);
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let (ws, _) = within(
+            "upgrade through nginx",
+            tokio_tungstenite::client_async(url, tcp),
+        )
+        .await
+        .unwrap();
+        Plain { ws }
+    }
+}
+
+/// A WebSocket through nginx (plain on loopback; nginx speaks TLS to the nodes).
+struct Plain {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+}
+
+impl Plain {
+    async fn recv_data(&mut self) -> Message {
+        use futures_util::StreamExt;
+        within("a message through nginx", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(m)) if m.is_text() || m.is_binary() => return m,
+                    Some(Ok(_)) => {}
+                    other => panic!("connection through nginx ended: {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn presence_count(&mut self, n: u64) {
+        within("a presence count through nginx", async {
+            loop {
+                let m = self.recv_data().await;
+                if common::is_presence(&m) {
+                    let p: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+                    if p["count"] == n {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn recv_relayed(&mut self) -> Message {
+        loop {
+            let m = self.recv_data().await;
+            if !common::is_presence(&m) {
+                return m;
+            }
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-QUIT")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_one_nginx_upstream_chat_across_two_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (start_node(&redis, "a").await, start_node(&redis, "b").await);
+    let nginx = Nginx::start(&[a.addr, b.addr]).await;
+    // Round robin: two connections land on the two nodes.
+    let mut first = nginx.ws("/wsline/lobby2?name=ann").await;
+    let mut second = nginx.ws("/wsline/lobby2?name=ben").await;
+    first.presence_count(2).await;
+    second.presence_count(2).await;
+    let (sa, sb) = (stats(&a).await, stats(&b).await);
+    assert_eq!(
+        (sa["connections"].clone(), sb["connections"].clone()),
+        (1.into(), 1.into()),
+        "one client on each node: {sa} {sb}"
+    );
+    first.ws.send(Message::text("hi ben")).await.unwrap();
+    assert_eq!(second.recv_relayed().await, Message::text("hi ben"));
+    assert_eq!(
+        first.recv_relayed().await,
+        Message::text("hi ben"),
+        "its echo"
+    );
+    second
+        .ws
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(first.recv_relayed().await, Message::binary(vec![1u8, 2, 3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_works_is_never_logged_and_cluster_changes_on_sighup_need_a_restart() {
+    let redis = Redis::start_with(&["--requirepass", "hunter2secret"]).await;
+    let url = format!("redis://:hunter2secret@127.0.0.1:{}", redis.port);
+    let (a, b) = (
+        Daemon::start(&node(&url, "a", "wsline", "2s", ""), &[]).await,
+        Daemon::start(&node(&url, "b", "wsline", "2s", ""), &[]).await,
+    );
+    a.wait_log("cluster connected").await;
+    b.wait_log("cluster connected").await;
+    let mut on_a = a.connect("/pw").await;
+    let mut on_b = b.connect("/pw").await;
+    count_is(&mut on_a, 2).await;
+    on_b.send_text("through an authenticated redis").await;
+    assert_eq!(
+        on_a.recv_relayed().await,
+        Message::text("through an authenticated redis")
+    );
+
+    // Every cluster.* key changed: each is reported as waiting for a restart; nothing else moves.
+    let changed = node(
+        "redis://:other-password@127.0.0.1:1",
+        "renamed",
+        "elsewhere",
+        "9s",
+        "",
+    );
+    let original = std::fs::read_to_string(a.config_path()).unwrap();
+    let cluster_at = original.find("[cluster]").unwrap();
+    std::fs::write(
+        a.config_path(),
+        format!("{}{changed}", &original[..cluster_at]),
+    )
+    .unwrap();
+    a.signal("-HUP");
+    let log = a.wait_log("configuration reloaded").await;
+    for key in [
+        "cluster.redis",
+        "cluster.node_id",
+        "cluster.prefix",
+        "cluster.node_timeout",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("takes effect after a restart") && l.contains(key)),
+            "{key} reported as needing a restart:\n{log}"
+        );
+    }
+    on_b.send_text("still clustered").await;
+    assert_eq!(on_a.recv_relayed().await, Message::text("still clustered"));
+    for d in [&a, &b] {
+        let log = d.log();
+        assert!(
+            !log.contains("hunter2secret"),
+            "password in the log:\n{log}"
+        );
+        assert!(
+            !log.contains("other-password"),
+            "password in the log:\n{log}"
+        );
+        assert!(log.contains("redis://:***@127.0.0.1"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_connects_over_tls() {
+    let cert = common::TestCert::new();
+    let (cert_path, key_path) = (
+        cert.cert_path.to_str().unwrap().to_owned(),
+        cert.key_path.to_str().unwrap().to_owned(),
+    );
+    let redis = Redis::start_tls(&cert_path, &key_path).await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    // The nodes trust the test certificate through the system roots' standard override.
+    let env = [("SSL_CERT_FILE", cert_path.as_str())];
+    let (a, b) = (
+        Daemon::start(&node(&url, "a", "wsline", "2s", ""), &env).await,
+        Daemon::start(&node(&url, "b", "wsline", "2s", ""), &env).await,
+    );
+    a.wait_log("cluster connected").await;
+    b.wait_log("cluster connected").await;
+    let mut on_a = a.connect("/tls").await;
+    let mut on_b = b.connect("/tls").await;
+    count_is(&mut on_a, 2).await;
+    on_b.send(Message::binary(vec![7u8; 100])).await;
+    assert_eq!(on_a.recv_relayed().await, Message::binary(vec![7u8; 100]));
 }

@@ -319,6 +319,11 @@ async fn sync(
     stale: &mut HashSet<Arc<str>>,
     seen: &mut HashMap<Arc<str>, wire::StreamId>,
 ) -> RedisResult<()> {
+    // Rooms open or close only with a join or leave, and those mark a room dirty: with nothing
+    // dirty, the subscriptions are in step and a turn after a received message costs nothing.
+    if crate::hub::lock(&s.dirty).is_empty() {
+        return read_stale(s, hub, conn, subscribed, stale).await;
+    }
     let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
     for room in wanted.difference(subscribed).cloned().collect::<Vec<_>>() {
         sink.subscribe(s.keys.channel(&room)).await?;
@@ -383,6 +388,17 @@ async fn sync(
         pipe.sadd(s.keys.nodes(), &s.instance).ignore();
         pipe.query_async::<()>(conn).await?;
     }
+    read_stale(s, hub, conn, subscribed, stale).await
+}
+
+/// Re-reads the presence of the rooms another node announced a change in.
+async fn read_stale(
+    s: &Shared,
+    hub: &Hub,
+    conn: &mut ConnectionManager,
+    subscribed: &HashSet<Arc<str>>,
+    stale: &mut HashSet<Arc<str>>,
+) -> RedisResult<()> {
     let stale_rooms: Vec<Arc<str>> = stale.drain().filter(|r| subscribed.contains(r)).collect();
     if !stale_rooms.is_empty() {
         let mut pipe = redis::pipe();
@@ -402,6 +418,9 @@ async fn sync(
     Ok(())
 }
 
+/// One stream entry as XREVRANGE gives it: id, then field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// Reads the room's last `relay.history` messages from its stream into the room; returns the
 /// newest id read ((0, 0) if none).
 async fn replay_history(
@@ -414,7 +433,7 @@ async fn replay_history(
     if keep == 0 {
         return Ok((0, 0));
     }
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+    let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
         .arg(s.keys.history(room))
         .arg("+")
         .arg("-")
