@@ -5,7 +5,8 @@
 #   SCENARIOS=scale bench/run.sh       # connections to the open-files limit (about 6 minutes)
 #   SCENARIOS=cluster bench/run.sh     # fan-out over two nodes through Redis (about 2 minutes)
 # Each scenario runs against a fresh process of each server (wss, the same self-signed
-# certificate), then a table shows each figure per server and the ratio wsline/node.
+# certificate), then a table shows each figure per server and the ratio wsline/node (the cluster
+# scenarios get a table of their own, ratios of wsline-2 to the other setups).
 # Result lines are kept in bench/results/LAST.jsonl. Needs cargo, node and npm, openssl, taskset.
 #
 # `scale` pins the server to SERVER_CPUS (default core 0) and the load generator to the other
