@@ -11,12 +11,14 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use subtle::ConstantTimeEq;
 
 use crate::State;
+use crate::cluster::Claim;
 use crate::config::Config;
 use crate::hub::{JoinError, Membership};
 use crate::limits::{self, Admission};
@@ -109,15 +111,15 @@ pub struct Admitted {
 
 /// Decides an upgrade request (its `Upgrade: websocket` already seen) and joins its room.
 ///
-/// `taken_elsewhere`: the cluster said another node's member holds the name (see
-/// [`crate::cluster::Cluster::claim`]); the upgrade then ends with `1008 name taken` like a
-/// name taken on this node.
-pub fn admit<B>(
+/// With a cluster and `presence.unique_names`, the name is claimed in Redis after every other check
+/// passed and just before the join ([`crate::cluster::Cluster::claim`], the one wait here, bounded):
+/// a name another node's member holds ends the upgrade with `1008 name taken` like a name taken
+/// on this node, and a claim that did not end in a membership is given back.
+pub async fn admit<B>(
     req: &Request<B>,
     peer: SocketAddr,
     state: &State,
     config: &Config,
-    taken_elsewhere: bool,
 ) -> Result<Admitted, Refusal> {
     let refuse = |why, client, room: Option<&str>| Refusal {
         why,
@@ -165,11 +167,23 @@ pub fn admit<B>(
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
     );
-    let joined = if taken_elsewhere {
-        Err(JoinError::NameTaken)
-    } else {
-        state.hub.join(&target.room, target.name.as_deref(), outbox)
+    let claim = match (state.hub.cluster(), &target.name) {
+        (Some(cluster), Some(name)) if config.presence.unique_names => {
+            let key = crate::request::name_key(name);
+            let claim = cluster.claim(&target.room, &key).await;
+            Some((cluster, key, claim))
+        }
+        _ => None,
     };
+    let joined = match &claim {
+        Some((_, _, Claim::Taken)) => Err(JoinError::NameTaken),
+        _ => state.hub.join(&target.room, target.name.as_deref(), outbox),
+    };
+    if let Some((cluster, key, Claim::Won)) = &claim
+        && joined.is_err()
+    {
+        cluster.release(&Arc::from(target.room.as_str()), key);
+    }
     let membership = match joined {
         Ok(m) => Some(m),
         Err(JoinError::TooManyRooms) => return Err(refuse(Why::TooManyRooms, Some(client), room)),

@@ -33,7 +33,6 @@ use tracing::{debug, info, warn};
 
 use crate::State;
 use crate::admit::{Admitted, Refusal, Why, admit, has_token};
-use crate::cluster::Claim;
 use crate::conn::{self, Conn};
 use crate::envelope::Envelope;
 use crate::limits;
@@ -185,28 +184,6 @@ fn stats(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response<B
     r
 }
 
-/// With a cluster and `presence.unique_names`: claims the requested name in Redis before the join,
-/// so two members racing on two nodes cannot both get it. `None` when there is nothing to claim.
-async fn claim_name<B>(
-    req: &Request<B>,
-    state: &State,
-    config: &crate::Config,
-) -> Option<(String, String, Claim)> {
-    let cluster = state.hub.cluster()?;
-    if !config.presence.unique_names {
-        return None;
-    }
-    let target = crate::request::parse_target(
-        req.uri().path(),
-        req.uri().query(),
-        &config.relay.default_room,
-    )
-    .ok()?;
-    let key = crate::request::name_key(target.name.as_deref()?);
-    let claim = cluster.claim(&target.room, &key).await;
-    Some((target.room, key, claim))
-}
-
 fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::UPGRADE, "websocket")
 }
@@ -217,17 +194,7 @@ async fn upgrade(
     state: &Arc<State>,
 ) -> Response<Body> {
     let config = state.config.load_full();
-    let claim = claim_name(&req, state, &config).await;
-    let taken_elsewhere = matches!(claim, Some((_, _, Claim::Taken)));
-    let admitted = admit(&req, peer, state, &config, taken_elsewhere);
-    if let Some((room, key, Claim::Won)) = &claim
-        && !matches!(&admitted, Ok(a) if a.membership.is_some())
-        && let Some(cluster) = state.hub.cluster()
-    {
-        // Claimed, but not joined: give the name back.
-        cluster.release(&Arc::from(room.as_str()), key);
-    }
-    let admitted = match admitted {
+    let admitted = match admit(&req, peer, state, &config).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(&refusal, peer),
     };

@@ -883,6 +883,81 @@ mod tests {
         drop(cid);
     }
 
+    #[tokio::test]
+    async fn other_nodes_members_join_the_count_the_names_and_uniqueness() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let a = hub.join("r", Some("ann"), ann_tx).unwrap();
+        hub.send_presence(&a.room);
+        drained(&ann).await;
+        let names = |v: &[&str]| v.iter().map(|n| Arc::from(*n)).collect::<Vec<_>>();
+        // Two members elsewhere, one named.
+        hub.set_remote("r", 2, names(&["bob"]));
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":3,"total":1,"joined":["bob"],"left":[]}"#]
+        );
+        // A name held on another node is taken here (by its key).
+        assert_eq!(
+            hub.join("r", Some("BOB"), outbox()).err(),
+            Some(JoinError::NameTaken)
+        );
+        // This node's own presence leaves the others out.
+        assert_eq!(hub.local_presence("r"), Some((1, names(&["ann"]))));
+        // Bob leaves, cid arrives elsewhere; then Redis is lost: the others vanish.
+        hub.set_remote("r", 2, names(&["cid"]));
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [
+                r#"{"type":"presence","room":"r","count":3,"total":1,"joined":["cid"],"left":["bob"]}"#
+            ]
+        );
+        hub.clear_remote();
+        hub.send_presence(&a.room);
+        assert_eq!(
+            drained(&ann).await,
+            [r#"{"type":"presence","room":"r","count":1,"total":1,"joined":[],"left":["cid"]}"#]
+        );
+        // Nothing for a room with no member here.
+        hub.set_remote("nowhere", 5, names(&["x"]));
+        assert_eq!(hub.room_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_from_another_node_reaches_every_local_member_and_the_history() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let a = hub.join("r", None, ann_tx).unwrap();
+        hub.deliver_remote("r", Message::text("m1"));
+        hub.deliver_remote("absent", Message::text("lost"));
+        assert_eq!(drained(&ann).await, ["m1"]);
+        let (bob_tx, bob) = pair();
+        let _b = hub.join("r", None, bob_tx).unwrap();
+        assert_eq!(
+            drained(&bob).await,
+            ["m1"],
+            "replayed from the room's history"
+        );
+        // Once something live has been relayed, a late history read from Redis is not replayed.
+        hub.seed_history("r", vec![Message::text("old")]);
+        a.publish(Message::text("m2"), true);
+        assert_eq!(drained(&ann).await, ["m2"]);
+    }
+
+    #[tokio::test]
+    async fn a_history_read_from_redis_is_replayed_once_to_the_first_members() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let _a = hub.join("r", None, ann_tx).unwrap();
+        hub.seed_history("r", ["h1", "h2", "h3", "h4"].map(Message::text).to_vec());
+        assert_eq!(drained(&ann).await, ["h2", "h3", "h4"], "history = 3");
+        hub.seed_history("r", vec![Message::text("again")]);
+        hub.deliver_remote("r", Message::text("live"));
+        assert_eq!(drained(&ann).await, ["live"]);
+    }
+
     /// A member's idea of the room, rebuilt from its presence messages as a client would.
     #[derive(Debug, Default)]
     struct View {

@@ -10,9 +10,12 @@
 //! - a member with a claimed name left ([`Cluster::release`]).
 //!
 //! Names are claimed before the join, the one place that waits for Redis ([`Cluster::claim`],
-//! bounded by [`CLAIM_TIMEOUT`]). The I/O lives in [`redis`](self::redis); the pure rules (keys,
-//! envelope, entries, backoff) in [`wire`].
+//! bounded by [`CLAIM_TIMEOUT`]). The connections, worker and publisher live in
+//! [`redis`](self::redis), liveness, sweep, totals and names in [`presence`], the history stream in
+//! [`history`]; the pure rules (keys, envelope, entries, backoff) in [`wire`].
 
+pub mod history;
+pub mod presence;
 pub mod redis;
 pub mod wire;
 
@@ -210,7 +213,7 @@ impl Cluster {
         let Some(conn) = self.shared.commands.load_full() else {
             return Claim::Unavailable;
         };
-        let attempt = redis::claim(&self.shared, (*conn).clone(), room, key);
+        let attempt = presence::claim(&self.shared, (*conn).clone(), room, key);
         match tokio::time::timeout(CLAIM_TIMEOUT, attempt).await {
             Ok(Ok(true)) => Claim::Won,
             Ok(Ok(false)) => Claim::Taken,

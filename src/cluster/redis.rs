@@ -21,13 +21,14 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{AsyncCommands, Client, RedisResult};
+use redis::{Client, RedisResult};
 use tracing::{debug, info, warn};
 
+use super::history::{PUBLISH_KEPT, replay_history};
+use super::presence::{RELEASE, heartbeat, reclaim_names, sweep};
 use super::wire::{self, Payload};
 use super::{Cluster, Out, Shared};
 use crate::hub::Hub;
-use crate::request::name_key;
 use crate::shutdown::Shutdown;
 
 /// How long one connection attempt or one round of commands may take.
@@ -36,52 +37,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBLISH_BATCH: usize = 512;
 /// Pub/sub messages handled before the worker looks at its other duties.
 const RECEIVE_BATCH: usize = 1024;
-
-/// Sets a name if free; records it under the instance for the sweep. 1 = won.
-const CLAIM: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('SADD', KEYS[3], ARGV[2])
-  return 1
-end
-return 0";
-
-/// Frees a name if this instance holds it.
-const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-redis.call('SREM', KEYS[2], ARGV[3])
-return 1";
-
-/// Appends a message to the room's stream and publishes it stamped with its id (`H`).
-const PUBLISH_KEPT: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
-return id";
-
-/// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms.
-const SWEEP: &str = r"
-local p, d = ARGV[1], ARGV[2]
-local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
-for _, r in ipairs(rooms) do
-  redis.call('HDEL', p .. ':presence:' .. r, d)
-end
-local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
-for _, e in ipairs(names) do
-  local i = string.find(e, '\n', 1, true)
-  if i then
-    local h = p .. ':names:' .. string.sub(e, 1, i - 1)
-    local k = string.sub(e, i + 1)
-    if redis.call('HGET', h, k) == d then
-      redis.call('HDEL', h, k)
-    end
-  end
-end
-redis.call('HDEL', p .. ':total', d)
-redis.call('DEL', p .. ':node:' .. d .. ':rooms', p .. ':node:' .. d .. ':names', p .. ':node:' .. d .. ':alive')
-redis.call('SREM', p .. ':nodes', d)
-return rooms";
 
 /// Starts the worker and the publisher, tracked by the shutdown's `TaskTracker`.
 pub fn spawn(cluster: &Cluster, hub: Hub, shutdown: &Shutdown) {
@@ -260,7 +215,14 @@ async fn session(
             _ = s.wake.notified() => {}
             _ = tick.tick() => {
                 match tokio::time::timeout(IO_TIMEOUT, heartbeat(s, &mut conn)).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(false)) => {}
+                    Ok(Ok(true)) => {
+                        warn!(instance = %s.instance, "this node's liveness key had expired (late heartbeat); writing its presence and names again");
+                        if let Err(e) = reclaim_names(s, hub, &mut conn).await {
+                            return lost(e);
+                        }
+                        crate::hub::lock(&s.dirty).extend(hub.room_names());
+                    }
                     Ok(Err(e)) => return lost(e),
                     Err(_) => return Ended::Lost("redis did not answer in time".into()),
                 }
@@ -405,7 +367,17 @@ async fn read_stale(
         for room in &stale_rooms {
             pipe.hgetall(s.keys.presence(room));
         }
-        let entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        // The totals in the same round trip, stored before the rooms are scheduled, so the
+        // presence messages these reads cause carry a `total` as fresh as their `count`.
+        pipe.hgetall(s.keys.total());
+        let mut entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        let totals = entries.pop().unwrap_or_default();
+        let remote_total = totals
+            .iter()
+            .filter(|(i, _)| *i != s.instance)
+            .filter_map(|(_, n)| n.parse::<usize>().ok())
+            .sum();
+        s.remote_total.store(remote_total, Ordering::Relaxed);
         for (room, entries) in stale_rooms.iter().zip(entries) {
             let (count, names) = wire::remote(
                 &s.instance,
@@ -413,166 +385,6 @@ async fn read_stale(
             );
             hub.set_remote(room, count, names);
         }
-        read_total(s, conn).await?;
-    }
-    Ok(())
-}
-
-/// One stream entry as XREVRANGE gives it: id, then field/value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// Reads the room's last `relay.history` messages from its stream into the room; returns the
-/// newest id read ((0, 0) if none).
-async fn replay_history(
-    s: &Shared,
-    hub: &Hub,
-    conn: &mut ConnectionManager,
-    room: &Arc<str>,
-) -> RedisResult<wire::StreamId> {
-    let keep = hub.settings().history;
-    if keep == 0 {
-        return Ok((0, 0));
-    }
-    let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
-        .arg(s.keys.history(room))
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(keep)
-        .query_async(conn)
-        .await?;
-    let last = entries
-        .first()
-        .and_then(|(id, _)| wire::parse_stream_id(id))
-        .unwrap_or((0, 0));
-    let messages = entries
-        .into_iter()
-        .rev()
-        .filter_map(|(_, fields)| {
-            let (_, raw) = fields.into_iter().find(|(f, _)| f == "m")?;
-            match wire::decode(bytes::Bytes::from(raw)).ok()? {
-                (_, Payload::Message(m)) => Some(m),
-                _ => None,
-            }
-        })
-        .collect();
-    hub.seed_history(room, messages);
-    Ok(last)
-}
-
-/// The other instances' connections, from the total hash.
-async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
-    let totals: Vec<(String, usize)> = conn.hgetall(s.keys.total()).await?;
-    let remote = totals
-        .iter()
-        .filter(|(i, _)| *i != s.instance)
-        .map(|(_, n)| *n)
-        .sum();
-    s.remote_total.store(remote, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Refreshes this instance's liveness key and sweeps instances whose key has expired.
-async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
-    let ttl = u64::try_from(s.node_timeout.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let (_, _, nodes): ((), (), Vec<String>) = redis::pipe()
-        .cmd("SET")
-        .arg(s.keys.alive(&s.instance))
-        .arg(&s.node_id)
-        .arg("PX")
-        .arg(ttl)
-        .sadd(s.keys.nodes(), &s.instance)
-        .smembers(s.keys.nodes())
-        .query_async(conn)
-        .await?;
-    let others: Vec<&String> = nodes.iter().filter(|n| **n != s.instance).collect();
-    if !others.is_empty() {
-        let mut pipe = redis::pipe();
-        for n in &others {
-            pipe.exists(s.keys.alive(n));
-        }
-        let alive: Vec<bool> = pipe.query_async(conn).await?;
-        for (n, alive) in others.iter().zip(alive) {
-            if !alive {
-                info!(instance = %n, "cluster node timed out; removing its members from every count");
-                sweep(s, conn, n).await?;
-            }
-        }
-    }
-    read_total(s, conn).await
-}
-
-/// Removes an instance's entries, names and count, and tells its rooms.
-async fn sweep(s: &Shared, conn: &mut ConnectionManager, instance: &str) -> RedisResult<()> {
-    let rooms: Vec<String> = redis::cmd("EVAL")
-        .arg(SWEEP)
-        .arg(0)
-        .arg(s.keys.prefix())
-        .arg(instance)
-        .query_async(conn)
-        .await?;
-    if !rooms.is_empty() {
-        let notice = wire::encode(instance, &Payload::Presence);
-        let mut pipe = redis::pipe();
-        for room in &rooms {
-            pipe.publish(s.keys.channel(room), &notice[..]).ignore();
-        }
-        pipe.query_async::<()>(conn).await?;
-    }
-    Ok(())
-}
-
-/// Claims a name for this instance (see [`CLAIM`]).
-pub(super) async fn claim(
-    s: &Shared,
-    mut conn: ConnectionManager,
-    room: &str,
-    key: &str,
-) -> RedisResult<bool> {
-    let won: i64 = redis::cmd("EVAL")
-        .arg(CLAIM)
-        .arg(3)
-        .arg(s.keys.names(room))
-        .arg(s.keys.node_names(&s.instance))
-        .arg(s.keys.nodes())
-        .arg(key)
-        .arg(&s.instance)
-        .arg(format!("{room}\n{key}"))
-        .query_async(&mut conn)
-        .await?;
-    Ok(won == 1)
-}
-
-/// After a reconnect (Redis may have restarted empty): claims again the names local members hold.
-async fn reclaim_names(s: &Shared, hub: &Hub, conn: &mut ConnectionManager) -> RedisResult<()> {
-    if !hub.settings().unique_names {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    let mut any = false;
-    for room in hub.room_names() {
-        let Some((_, names)) = hub.local_presence(&room) else {
-            continue;
-        };
-        for name in names {
-            let key = name_key(&name);
-            pipe.cmd("EVAL")
-                .arg(CLAIM)
-                .arg(3)
-                .arg(s.keys.names(&room))
-                .arg(s.keys.node_names(&s.instance))
-                .arg(s.keys.nodes())
-                .arg(&key)
-                .arg(&s.instance)
-                .arg(format!("{room}\n{key}"))
-                .ignore();
-            any = true;
-        }
-    }
-    if any {
-        pipe.query_async::<()>(conn).await?;
     }
     Ok(())
 }
