@@ -3,8 +3,10 @@
 #   bench/run.sh                       # the five short scenarios, defaults of the issue (about 4 minutes)
 #   SCENARIOS="fanout chat" bench/run.sh
 #   SCENARIOS=scale bench/run.sh       # connections to the open-files limit (about 6 minutes)
+#   SCENARIOS=cluster bench/run.sh     # fan-out over two nodes through Redis (about 2 minutes)
 # Each scenario runs against a fresh process of each server (wss, the same self-signed
-# certificate), then a table shows each figure per server and the ratio wsline/node.
+# certificate), then a table shows each figure per server and the ratio wsline/node (the cluster
+# scenarios get a table of their own, ratios of wsline-2 to the other setups).
 # Result lines are kept in bench/results/LAST.jsonl. Needs cargo, node and npm, openssl, taskset.
 #
 # `scale` pins the server to SERVER_CPUS (default core 0) and the load generator to the other
@@ -13,6 +15,14 @@
 # the tutorial server has neither rooms nor /stats). Knobs: SCALE_N (default: the open-files
 # limit less 1000), SCALE_HOLD (seconds at rest, default 35: one 30 s heartbeat round),
 # SCALE_STORM (joins, default 10000), SCALE_ROOMS (default 10000), SCALE_OPEN_TIMEOUT (default 60).
+#
+# `cluster` (and `cluster-max`, the same publisher as fast as delivery keeps up) spreads
+# CLUSTER_SUBSCRIBERS (default 1000) over two nodes on one fresh redis-server (REDIS_PORT), the
+# publisher on the first node at CLUSTER_RATE msg/s (default 1000), and runs four setups, each
+# against fresh processes: wsline-2 (two wsline nodes, one `[cluster] redis`), wsline-1 (every
+# subscriber on one wsline, no Redis), sio-2 (socket.io with @socket.io/redis-adapter on two Node
+# processes, bench/node-cluster/, checked first with socket.io-client) and sio-1 (one socket.io
+# process, no Redis). Needs redis-server as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +35,11 @@ SCALE_STORM="${SCALE_STORM:-10000}"
 SCALE_ROOMS="${SCALE_ROOMS:-10000}"
 SCALE_OPEN_TIMEOUT="${SCALE_OPEN_TIMEOUT:-60}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
+WSLINE_PORT_B="${WSLINE_PORT_B:-4458}"
+NODE_PORT_B="${NODE_PORT_B:-4459}"
+REDIS_PORT="${REDIS_PORT:-4460}"
+CLUSTER_SUBSCRIBERS="${CLUSTER_SUBSCRIBERS:-1000}"
+CLUSTER_RATE="${CLUSTER_RATE:-1000}"
 # The load generator gets the cores the server does not (all of them on a one-core machine).
 cores=$(nproc)
 LOADGEN_CPUS="${LOADGEN_CPUS:-$(if [ "$cores" -gt 2 ]; then echo "1-$((cores - 1))"; elif [ "$cores" -eq 2 ]; then echo 1; else echo 0; fi)}"
@@ -38,6 +53,9 @@ else
 fi
 bin="target/$BUILD"
 (cd bench/node && [ -d node_modules/ws ] || npm ci --no-audit --no-fund >&2)
+case " $SCENARIOS " in
+    *" cluster"*) (cd bench/node-cluster && [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2) ;;
+esac
 
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -51,8 +69,9 @@ ulimit -n "$(ulimit -Hn)"
 # from 127.0.0.1 (scale: 127.0.0.1-8), and the publisher sends faster than a chat user. Scale
 # also gets a deeper listen queue and room for 10 000 rooms, and its storm holds TLS sessions
 # open for seconds before upgrading them all at once, so the handshake deadline is longer.
-wsline_config() { # scenario
-    local presence=json scale=false
+# A cluster node (node id given) gets its own port and id and the shared Redis.
+wsline_config() { # scenario [port node_id]
+    local presence=json scale=false port=${2:-$WSLINE_PORT} node_id=${3:-}
     case "$1" in
         idle | scale) presence=off ;; # no presence traffic, so memory and CPU are measured at rest
         scale-count) presence=plain ;; # the count alone, as the tutorial server sends it
@@ -60,7 +79,7 @@ wsline_config() { # scenario
     case "$1" in scale*) scale=true ;; esac
     cat <<TOML
 [server]
-listen = "127.0.0.1:$WSLINE_PORT"
+listen = "127.0.0.1:$port"
 drain_timeout = "1s"
 $($scale && echo 'backlog = 4096' || true)
 [tls]
@@ -77,6 +96,7 @@ burst = 1000000
 $($scale && echo 'handshake_timeout = "60s"' || true)
 [log]
 level = "warn"
+$([ -n "$node_id" ] && printf '[cluster]\nredis = "redis://127.0.0.1:%s"\nnode_id = "%s"\n' "$REDIS_PORT" "$node_id" || true)
 TOML
 }
 
@@ -146,6 +166,79 @@ measure() { # server scenario [scale options]
     stop
 }
 
+# The cluster scenarios: a fresh redis-server (when two nodes share it) and fresh nodes per setup;
+# sets `urls` and `node_pids` (the publisher's node first) and `redis_pid` (empty without Redis).
+start_redis() {
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --loglevel warning >/dev/null &
+    redis_pid=$!
+    wait_port "$REDIS_PORT"
+}
+
+start_cluster() { # setup scenario
+    node_pids=() redis_pid=
+    local port node=a sio_path='/socket.io/?EIO=4&transport=websocket&room=bench'
+    case "$1" in
+        wsline-2)
+            start_redis
+            for port in "$WSLINE_PORT" "$WSLINE_PORT_B"; do
+                wsline_config "$2" "$port" "bench-$node" > "$work/wsline-$node.toml"
+                $bin/wsline --config "$work/wsline-$node.toml" &
+                node_pids+=("$!")
+                node=b
+            done
+            wait_port "$WSLINE_PORT"
+            wait_port "$WSLINE_PORT_B"
+            urls=("wss://127.0.0.1:$WSLINE_PORT/bench" "wss://127.0.0.1:$WSLINE_PORT_B/bench")
+            ;;
+        wsline-1)
+            wsline_config "$2" > "$work/wsline.toml"
+            $bin/wsline --config "$work/wsline.toml" &
+            node_pids+=("$!")
+            wait_port "$WSLINE_PORT"
+            urls=("wss://127.0.0.1:$WSLINE_PORT/bench")
+            ;;
+        sio-2)
+            start_redis
+            for port in "$NODE_PORT" "$NODE_PORT_B"; do
+                node bench/node-cluster/server.js "$port" "$work/cert.pem" "$work/key.pem" \
+                    "redis://127.0.0.1:$REDIS_PORT" >/dev/null &
+                node_pids+=("$!")
+            done
+            wait_port "$NODE_PORT"
+            wait_port "$NODE_PORT_B"
+            node bench/node-cluster/check.js "https://127.0.0.1:$NODE_PORT" "https://127.0.0.1:$NODE_PORT_B"
+            urls=("wss://127.0.0.1:$NODE_PORT$sio_path" "wss://127.0.0.1:$NODE_PORT_B$sio_path")
+            ;;
+        sio-1)
+            node bench/node-cluster/server.js "$NODE_PORT" "$work/cert.pem" "$work/key.pem" >/dev/null &
+            node_pids+=("$!")
+            wait_port "$NODE_PORT"
+            urls=("wss://127.0.0.1:$NODE_PORT$sio_path")
+            ;;
+    esac
+}
+
+# One cluster measurement against fresh processes; its result line is kept.
+measure_cluster() { # setup scenario
+    local setup=$1 scenario=$2
+    echo "== $scenario: $setup" >&2
+    start_cluster "$setup" "$scenario"
+    local args=(cluster --url "${urls[0]}" --server-pid "${node_pids[0]}" --insecure
+        --label "$setup" -n "$CLUSTER_SUBSCRIBERS" -t "$SECONDS_PER_RUN")
+    if [ "$scenario" = cluster-max ]; then args+=(--max); else args+=(-r "$CLUSTER_RATE"); fi
+    if [ "${#urls[@]}" -gt 1 ]; then args+=(--node "${urls[1]}" --node-pid "${node_pids[1]}"); fi
+    if [ -n "$redis_pid" ]; then args+=(--redis-pid "$redis_pid"); fi
+    case "$setup" in sio-*) args+=(--socketio) ;; esac
+    $bin/wsline-bench "${args[@]}" | tee -a "$results"
+    # The nodes first, then Redis.
+    local p
+    for p in "${node_pids[@]}" $redis_pid; do
+        kill -TERM "$p"
+        wait "$p" || true
+    done
+}
+
 mkdir -p bench/results
 results=bench/results/LAST.jsonl
 : > "$results"
@@ -161,6 +254,11 @@ for scenario in $SCENARIOS; do
             done
             measure wsline scale-count --presence count --phases rooms
             ;;
+        cluster | cluster-max)
+            for setup in wsline-2 wsline-1 sio-2 sio-1; do
+                measure_cluster "$setup" "$scenario"
+            done
+            ;;
         *)
             for server in wsline node; do
                 measure "$server" "$scenario"
@@ -173,5 +271,11 @@ echo
 echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d), node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version')"
 case " $SCENARIOS " in
     *" scale "*) echo "scale: server on CPU $SERVER_CPUS, load generator on CPU $LOADGEN_CPUS, $(ulimit -n) open files each, hold ${SCALE_HOLD}s" ;;
+esac
+case " $SCENARIOS " in
+    *" cluster"*)
+        v() { node -p "require('./bench/node-cluster/node_modules/$1/package.json').version"; }
+        echo "cluster: $CLUSTER_SUBSCRIBERS subscribers, $(redis-server --version | grep -o 'v=[^ ]*'), socket.io $(v socket.io), @socket.io/redis-adapter $(v @socket.io/redis-adapter), redis (node) $(v redis)"
+        ;;
 esac
 $bin/wsline-bench report "$results"

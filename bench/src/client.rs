@@ -26,6 +26,8 @@ pub type Ws = WebSocketStream<Box<dyn Io>>;
 pub struct Target {
     pub uri: Uri,
     tls: Option<TlsConnector>,
+    /// Speak socket.io over the WebSocket: join with its handshake, send payloads as `m` events.
+    socketio: bool,
 }
 
 impl Target {
@@ -36,7 +38,34 @@ impl Target {
             Some("ws") => None,
             _ => return Err(format!("--url {url}: use ws:// or wss://")),
         };
-        Ok(Target { uri, tls })
+        Ok(Target {
+            uri,
+            tls,
+            socketio: false,
+        })
+    }
+
+    /// This target speaking socket.io (Engine.IO 4, the WebSocket transport from the start, the
+    /// main namespace): every connection is ready once the server acknowledged the namespace, and
+    /// [`payload`](Self::payload) wraps payloads as `42["m","…"]` events. The URL names the
+    /// Engine.IO endpoint, e.g. `wss://127.0.0.1:4457/socket.io/?EIO=4&transport=websocket&room=bench`.
+    pub fn socketio(mut self) -> Target {
+        self.socketio = true;
+        self
+    }
+
+    /// A benchmark payload ([`payload`]) as this target's protocol sends it.
+    pub fn payload(&self, seq: u64, size: usize) -> Message {
+        let message = payload(seq, size);
+        if self.socketio {
+            // Payloads are hex digits and `x`: nothing to escape in a JSON string.
+            Message::text(format!(
+                "{SOCKETIO_EVENT}{}\"]",
+                message.to_text().unwrap_or_default()
+            ))
+        } else {
+            message
+        }
     }
 
     /// Opens a WebSocket to this target's URL with `path` instead of its own, if given.
@@ -124,9 +153,12 @@ impl Target {
         let config = WebSocketConfig::default()
             .read_buffer_size(read_buffer)
             .max_message_size(Some(16 << 20));
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(config))
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(config))
             .await
             .map_err(|e| format!("upgrade: {e}"))?;
+        if self.socketio {
+            socketio_handshake(&mut ws).await?;
+        }
         Ok(ws)
     }
 
@@ -154,6 +186,47 @@ impl Target {
         let (status, body) =
             parse_response(&response).ok_or_else(|| format!("GET {path}: not an HTTP response"))?;
         Ok((status, body, elapsed))
+    }
+}
+
+/// The start of a socket.io `m` event with a string argument: `42["m","`, the payload, `"]`.
+const SOCKETIO_EVENT: &str = "42[\"m\",\"";
+
+/// How long a socket.io handshake may take, packet by packet.
+const SOCKETIO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After the WebSocket upgrade: Engine.IO's open packet (`0{"sid":…}`), then the connect to the
+/// main namespace (`40`) and its acknowledgement (`40{"sid":…}`), after which the server has run
+/// its `connection` handler (the room is joined).
+async fn socketio_handshake(ws: &mut Ws) -> Result<(), String> {
+    use futures_util::SinkExt;
+    let open = next_text(ws, "open packet").await?;
+    if !open.starts_with('0') {
+        return Err(format!(
+            "socket.io: expected the open packet, got {open:.40}"
+        ));
+    }
+    ws.send(Message::text("40"))
+        .await
+        .map_err(|e| format!("socket.io: {e}"))?;
+    let ack = next_text(ws, "namespace acknowledgement").await?;
+    if !ack.starts_with("40") {
+        return Err(format!("socket.io: connect refused: {ack:.80}"));
+    }
+    Ok(())
+}
+
+/// The next text message of a socket.io handshake (`what`), within [`SOCKETIO_TIMEOUT`].
+async fn next_text(ws: &mut Ws, what: &str) -> Result<String, String> {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(SOCKETIO_TIMEOUT, ws.next()).await {
+            Err(_) => return Err(format!("socket.io: no {what} in {SOCKETIO_TIMEOUT:?}")),
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Err(format!("socket.io: {e}")),
+            Ok(None) => return Err(format!("socket.io: closed before the {what}")),
+        }
     }
 }
 
@@ -256,13 +329,17 @@ pub fn payload(seq: u64, size: usize) -> Message {
     Message::text(text)
 }
 
-/// (sequence, send time) of one of our payloads; `None` for anything else (presence, counts).
+/// (sequence, send time) of one of our payloads, bare or in a socket.io `m` event; `None` for
+/// anything else (presence, counts).
 pub fn parse(msg: &Message) -> Option<(u64, u64)> {
     let bytes: &[u8] = match msg {
         Message::Text(t) => t.as_bytes(),
         Message::Binary(b) => b,
         _ => return None,
     };
+    let bytes = bytes
+        .strip_prefix(SOCKETIO_EVENT.as_bytes())
+        .unwrap_or(bytes);
     if bytes.len() < 33 || bytes[0] != b'B' {
         return None;
     }
@@ -396,6 +473,28 @@ mod tests {
         let sched = "cat (26302, #threads: 1)\n---\nse.exec_start   :   696833.388008\nse.sum_exec_runtime                          :             0.258794\n";
         assert_eq!(sum_exec_runtime_ms(sched), Some(0.258794));
         assert_eq!(sum_exec_runtime_ms("nothing here"), None);
+    }
+
+    #[test]
+    fn payloads_parse_bare_and_as_socketio_events() {
+        let plain = Target::new("wss://127.0.0.1:4456/bench", true).unwrap();
+        let sio = Target::new(
+            "wss://127.0.0.1:4457/socket.io/?EIO=4&transport=websocket&room=bench",
+            true,
+        )
+        .unwrap()
+        .socketio();
+        let bare = plain.payload(7, 64);
+        assert_eq!(bare.len(), 64);
+        assert_eq!(parse(&bare).map(|(seq, _)| seq), Some(7));
+        let event = sio.payload(9, 64);
+        let text = event.to_text().unwrap();
+        assert!(text.starts_with("42[\"m\",\"B") && text.ends_with("xx\"]"));
+        assert_eq!(text.len(), 64 + 10);
+        assert_eq!(parse(&event).map(|(seq, _)| seq), Some(9));
+        // Engine.IO pings and other events are not payloads.
+        assert_eq!(parse(&Message::text("2")), None);
+        assert_eq!(parse(&Message::text("42[\"n\",\"B\"]")), None);
     }
 
     #[test]

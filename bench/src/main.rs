@@ -1,8 +1,9 @@
 //! `wsline-bench`: a load generator for WebSocket relays (wsline, or any server that relays every
-//! message to everyone connected to the same URL). Each run prints one JSON line; `report` turns
-//! the lines of several servers into a side-by-side table with ratios.
+//! message to everyone connected to the same URL; `cluster` also speaks socket.io). Each run prints
+//! one JSON line; `report` turns the lines of several servers into side-by-side tables with ratios.
 
 mod client;
+mod cluster;
 mod report;
 mod scale;
 mod scenarios;
@@ -73,6 +74,14 @@ enum Command {
         #[command(flatten)]
         opts: scale::Scale,
     },
+    /// Fan-out over a cluster: N subscribers spread over --url and each --node, the publisher on
+    /// --url; deliveries and latency on the publisher's node and across nodes, apart.
+    Cluster {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: cluster::Cluster,
+    },
     /// A table of JSON result lines (from files, or stdin), each scenario's figures side by side.
     Report {
         /// Files of result lines; the first server named is the one the ratios are of.
@@ -87,6 +96,7 @@ enum Scenario {
     Idle(scenarios::Idle),
     Connect(scenarios::Connect),
     Scale(scale::Scale),
+    Cluster(cluster::Cluster),
 }
 
 #[tokio::main]
@@ -99,6 +109,7 @@ async fn main() -> ExitCode {
         Command::Idle { common, opts } => (common, Scenario::Idle(opts)),
         Command::Connect { common, opts } => (common, Scenario::Connect(opts)),
         Command::Scale { common, opts } => (common, Scenario::Scale(opts)),
+        Command::Cluster { common, opts } => (common, Scenario::Cluster(opts)),
     };
     match run(&common, &scenario).await {
         Ok(mut line) => {
@@ -123,6 +134,7 @@ async fn run(common: &Common, scenario: &Scenario) -> Result<serde_json::Value, 
         Scenario::Idle(o) => scenarios::idle(&target, o, pid).await,
         Scenario::Connect(o) => scenarios::connect(&target, o, pid).await,
         Scenario::Scale(o) => scale::scale(&target, o, pid).await,
+        Scenario::Cluster(o) => cluster::cluster(&target, o, pid, common.insecure).await,
     }
 }
 

@@ -1,5 +1,6 @@
-//! `wsline-bench report`: result lines of several servers as one table, with the ratio of the
-//! first server's figure to each other server's.
+//! `wsline-bench report`: result lines of several servers as side-by-side tables (one per set of
+//! servers that ran the same scenarios), with the ratio of each table's first server's figure to
+//! each other server's.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -107,7 +108,42 @@ const SCALE_COUNT: &[(&str, &str, bool)] = &[
     ("/rooms/metrics/bytes", "/metrics bytes", false),
 ];
 
-/// Every row of the table, in order.
+/// `cluster` (at a rate) and `cluster-max` (saturated): fan-out over two nodes, single-node runs
+/// beside them. "same" is the publisher's node, "cross" the other (through Redis).
+const CLUSTER: &[(&str, &str, bool)] = &[
+    ("/delivered_per_s", "delivered msg/s", true),
+    ("/lost", "lost", false),
+    ("/latency_ms/p50", "latency p50 ms", false),
+    ("/latency_ms/p99", "latency p99 ms", false),
+    (
+        "/same_node/delivered_per_s",
+        "same-node delivered msg/s",
+        true,
+    ),
+    ("/same_node/latency_ms/p50", "same-node p50 ms", false),
+    ("/same_node/latency_ms/p99", "same-node p99 ms", false),
+    (
+        "/cross_node/delivered_per_s",
+        "cross-node delivered msg/s",
+        true,
+    ),
+    ("/cross_node/lost", "cross-node lost", false),
+    ("/cross_node/latency_ms/p50", "cross-node p50 ms", false),
+    ("/cross_node/latency_ms/p99", "cross-node p99 ms", false),
+    (
+        "/server_cpu_s_per_million",
+        "nodes CPU s / M deliveries",
+        false,
+    ),
+    (
+        "/redis_cpu_s_per_million",
+        "redis CPU s / M deliveries",
+        false,
+    ),
+    ("/server_rss_kib", "nodes RSS KiB", false),
+];
+
+/// Every row of the tables, in order.
 fn figures() -> Vec<Figure> {
     let scale = |scenario: &'static str, rows: &[(&'static str, &'static str, bool)]| {
         rows.iter()
@@ -118,6 +154,8 @@ fn figures() -> Vec<Figure> {
     all.extend(scale("scale", SCALE));
     all.extend(scale("scale-count", SCALE));
     all.extend(scale("scale-count", SCALE_COUNT));
+    all.extend(scale("cluster", CLUSTER));
+    all.extend(scale("cluster-max", CLUSTER));
     all
 }
 
@@ -160,16 +198,65 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
             v,
         );
     }
-    let Some(base) = servers.first().cloned() else {
+    if servers.is_empty() {
         eprintln!("wsline-bench report: no result lines");
         return ExitCode::FAILURE;
-    };
+    }
+    for (i, (servers, rows)) in tables(&servers, &results).into_iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_table(&servers, &rows, &results);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The rows of every scenario some server has lines for, grouped into tables by the servers
+/// that ran the scenario (in order of first appearance): `cluster` runs other servers (two nodes,
+/// one node, socket.io) than the single-node scenarios, and its ratios are of its own first one.
+fn tables(
+    servers: &[String],
+    results: &BTreeMap<(String, String), Value>,
+) -> Vec<(Vec<String>, Vec<Figure>)> {
+    let mut tables: Vec<(Vec<String>, Vec<Figure>)> = Vec::new();
+    for figure in figures() {
+        let ran: Vec<String> = servers
+            .iter()
+            .filter(|s| results.contains_key(&(figure.0.to_string(), (*s).clone())))
+            .cloned()
+            .collect();
+        if ran.is_empty() {
+            continue;
+        }
+        match tables.iter_mut().find(|(s, _)| *s == ran) {
+            Some((_, rows)) => rows.push(figure),
+            None => tables.push((ran, vec![figure])),
+        }
+    }
+    tables
+}
+
+/// One table: a column per server, then the ratio of the first server's figure to each other's.
+fn print_table(servers: &[String], rows: &[Figure], results: &BTreeMap<(String, String), Value>) {
+    let base = &servers[0];
+    let ratio_names: Vec<String> = servers
+        .iter()
+        .skip(1)
+        .map(|s| format!("{base}/{s}"))
+        .collect();
+    // The ratio columns are 14 wide, or as wide as their names.
+    let width = ratio_names
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let mut header = format!("| {:<11} | {:<28} |", "scenario", "figure");
-    for s in &servers {
+    for s in servers {
         header += &format!(" {s:>12} |");
     }
-    for s in servers.iter().skip(1) {
-        header += &format!(" {:>14} |", format!("{base}/{s}"));
+    for name in &ratio_names {
+        header += &format!(" {name:>width$} |");
     }
     println!("{header}");
     println!(
@@ -179,7 +266,7 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
             .map(|c| if c == '|' { '|' } else { '-' })
             .collect::<String>()
     );
-    for (scenario, pointer, label, _higher_better) in figures() {
+    for &(scenario, pointer, label, _higher_better) in rows {
         let values: Vec<Option<f64>> = servers
             .iter()
             .map(|s| {
@@ -201,11 +288,10 @@ pub fn print(files: &[PathBuf]) -> ExitCode {
                 (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
-            row += &format!(" {ratio:>14} |");
+            row += &format!(" {ratio:>width$} |");
         }
         println!("{row}");
     }
-    ExitCode::SUCCESS
 }
 
 fn merge(into: &mut Value, more: Value) {
@@ -234,6 +320,39 @@ mod tests {
         keys.dedup();
         assert_eq!(keys.len(), all.len());
         assert!(all.iter().all(|(_, _, label, _)| label.len() <= 28));
+    }
+
+    #[test]
+    fn scenarios_run_by_other_servers_get_their_own_table() {
+        let mut results = BTreeMap::new();
+        for (scenario, server) in [
+            ("fanout", "wsline"),
+            ("fanout", "node"),
+            ("chat", "wsline"),
+            ("chat", "node"),
+            ("cluster", "wsline-2"),
+            ("cluster", "wsline-1"),
+            ("cluster", "sio-2"),
+        ] {
+            results.insert(
+                (scenario.to_string(), server.to_string()),
+                serde_json::json!({}),
+            );
+        }
+        let servers: Vec<String> = ["wsline", "node", "wsline-2", "wsline-1", "sio-2"]
+            .map(String::from)
+            .to_vec();
+        let tables = tables(&servers, &results);
+        assert_eq!(tables.len(), 2);
+        assert_eq!(tables[0].0, ["wsline", "node"]);
+        assert!(
+            tables[0]
+                .1
+                .iter()
+                .all(|f| ["fanout", "chat"].contains(&f.0))
+        );
+        assert_eq!(tables[1].0, ["wsline-2", "wsline-1", "sio-2"]);
+        assert!(tables[1].1.iter().all(|f| f.0 == "cluster"));
     }
 
     #[test]

@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, ProcSample, SETTLE, Target, Ws, now_ns, parse, payload};
 
@@ -28,7 +30,7 @@ pub(crate) fn latency(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn cpu(before: Option<ProcSample>, after: Option<ProcSample>, deliveries: u64) -> Value {
+pub(crate) fn cpu(before: Option<ProcSample>, after: Option<ProcSample>, deliveries: u64) -> Value {
     match (before, after) {
         (Some(b), Some(a)) => {
             let seconds = a.cpu_seconds - b.cpu_seconds;
@@ -48,23 +50,23 @@ pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn merge(into: &mut Value, more: Value) {
+pub(crate) fn merge(into: &mut Value, more: Value) {
     if let (Some(a), Value::Object(b)) = (into.as_object_mut(), more) {
         a.extend(b);
     }
 }
 
 /// What one receiving connection saw.
-struct Received {
-    payloads: u64,
-    others: u64,
-    histogram: Histogram<u64>,
-    last_at: Option<Instant>,
+pub(crate) struct Received {
+    pub payloads: u64,
+    pub others: u64,
+    pub histogram: Histogram<u64>,
+    pub last_at: Option<Instant>,
 }
 
 /// Reads `ws` until the senders are done and either everything sent has arrived or the grace
 /// period has passed. `progress` is set to the highest sequence number seen plus one.
-async fn receive(
+pub(crate) async fn receive(
     mut ws: futures_util::stream::SplitStream<Ws>,
     expected: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
@@ -150,45 +152,7 @@ pub async fn fanout(target: &Target, o: &Fanout, pid: Option<u32>) -> Result<Val
     tokio::time::sleep(SETTLE).await;
 
     let before = client::sample(pid);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(o.seconds);
-    let mut seq = 0u64;
-    if o.max {
-        while Instant::now() < end {
-            let slowest = progress
-                .iter()
-                .map(|p| p.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(seq);
-            let mut batch = 0;
-            while seq < slowest + o.window && batch < 64 {
-                tx.feed(payload(seq, o.size))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                seq += 1;
-                batch += 1;
-            }
-            if batch > 0 {
-                tx.flush().await.map_err(|e| e.to_string())?;
-            } else {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        }
-    } else {
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        while Instant::now() < end {
-            tick.tick().await;
-            let due = (start.elapsed().as_secs_f64() * o.rate as f64) as u64;
-            let due = due.min(o.rate * o.seconds);
-            while seq < due {
-                tx.feed(payload(seq, o.size))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                seq += 1;
-            }
-            tx.flush().await.map_err(|e| e.to_string())?;
-        }
-    }
+    let (start, seq) = publish(target, &mut tx, o, &progress).await?;
     expected.store(seq, Ordering::Release);
     done.store(true, Ordering::Release);
 
@@ -213,6 +177,57 @@ pub async fn fanout(target: &Target, o: &Fanout, pid: Option<u32>) -> Result<Val
     });
     merge(&mut out, cpu(before, after, delivered));
     Ok(out)
+}
+
+/// The fan-out publisher: sends `o.seconds` of payloads from `tx` at `o.rate`, or with `o.max`
+/// as fast as the slowest subscriber's `progress` lets it. Returns when it started and how many
+/// it sent.
+pub(crate) async fn publish(
+    target: &Target,
+    tx: &mut SplitSink<Ws, Message>,
+    o: &Fanout,
+    progress: &[Arc<AtomicU64>],
+) -> Result<(Instant, u64), String> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(o.seconds);
+    let mut seq = 0u64;
+    if o.max {
+        while Instant::now() < end {
+            let slowest = progress
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(seq);
+            let mut batch = 0;
+            while seq < slowest + o.window && batch < 64 {
+                tx.feed(target.payload(seq, o.size))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                seq += 1;
+                batch += 1;
+            }
+            if batch > 0 {
+                tx.flush().await.map_err(|e| e.to_string())?;
+            } else {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+    } else {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while Instant::now() < end {
+            tick.tick().await;
+            let due = (start.elapsed().as_secs_f64() * o.rate as f64) as u64;
+            let due = due.min(o.rate * o.seconds);
+            while seq < due {
+                tx.feed(target.payload(seq, o.size))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                seq += 1;
+            }
+            tx.flush().await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((start, seq))
 }
 
 #[derive(clap::Args)]
