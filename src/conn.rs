@@ -109,7 +109,7 @@ pub enum Next {
     Refuse(u16, &'static str, OutboxRx),
 }
 
-type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
+type TlsIo = crate::tls::TlsStream;
 
 /// The two halves of an upgraded stream, by the stream's type.
 enum Halves {

@@ -1,0 +1,435 @@
+//! A server TLS stream over rustls' unbuffered API that holds no buffer while a connection idles.
+//!
+//! rustls' buffered `ServerConnection` keeps a 4 KiB read buffer allocated for as long as a read is
+//! pending, which for a WebSocket relay is always: most of what an idle wss connection costs. Here
+//! wsline owns the buffers instead:
+//! - `incoming` (ciphertext) is allocated only once the socket is readable and freed as soon as the
+//!   records in it are processed; it outlives a read only while a record is partly received;
+//! - `plain` holds decrypted bytes the reader has not taken yet, and is freed when drained;
+//! - `outgoing` holds ciphertext the socket has not taken yet (at most one write's records: a
+//!   write waits until the socket took the previous one), and is freed when sent.
+//!
+//! A vectored write is gathered into records of up to 16 KiB, encrypted into `outgoing` and
+//! written to the socket with one `write`. Handshake and alert output (session tickets, key update
+//! answers) is sent from whichever half is polling, since both halves share this one struct.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest plaintext in one TLS record.
+const MAX_FRAGMENT: usize = 16 * 1024;
+/// How much the socket is offered per read when no record length is known yet.
+const READ_CHUNK: usize = 4 * 1024;
+/// A TLS record header: type, version, length.
+const HEADER: usize = 5;
+
+/// A TLS connection accepted by wsline: the socket and rustls' state, with buffers that exist only
+/// while bytes are in flight.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet processed; empty and unallocated between records.
+    incoming: Vec<u8>,
+    /// Decrypted bytes not yet read, from `plain_at` on.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Ciphertext not yet written, from `out_at` on.
+    outgoing: Vec<u8>,
+    out_at: usize,
+    /// The peer's close_notify was seen, or its side of the socket reached end of file.
+    read_closed: bool,
+    /// Our close_notify is queued.
+    close_queued: bool,
+}
+
+/// Where rustls stopped once everything it had to send is on its way.
+enum Rest {
+    /// It needs more input (during the handshake) before anything can be written.
+    Blocked,
+    /// Application data may be written; more input is welcome.
+    Writable,
+    /// Both sides have closed.
+    Closed,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Accepts a TLS connection on `tcp`: runs the handshake until application data may flow both ways.
+/// The caller bounds it with the handshake deadline.
+pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut stream = TlsStream {
+        tcp,
+        conn,
+        incoming: Vec::new(),
+        plain: Vec::new(),
+        plain_at: 0,
+        outgoing: Vec::new(),
+        out_at: 0,
+        read_closed: false,
+        close_queued: false,
+    };
+    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+impl TlsStream {
+    /// The protocol agreed by ALPN, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let rest = ready!(self.poll_process(cx))?;
+            if !self.conn.is_handshaking() {
+                return self.poll_send(cx);
+            }
+            if matches!(rest, Rest::Closed) || self.read_closed {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            ready!(self.poll_fill(cx))?;
+        }
+    }
+
+    /// Lets rustls process the complete records in `incoming`: application data goes to `plain`,
+    /// handshake and alert output to the socket. Pending only while that output cannot be sent.
+    fn poll_process(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Rest>> {
+        loop {
+            let Self {
+                tcp,
+                conn,
+                incoming,
+                plain,
+                outgoing,
+                out_at,
+                read_closed,
+                ..
+            } = self;
+            let status = conn.process_tls_records(incoming);
+            let discard = status.discard;
+            let mut step = None;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.send_alert(cx);
+                    return Poll::Ready(Err(tls_error(e)));
+                }
+            };
+            match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        plain.extend_from_slice(record.map_err(tls_error)?.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let start = outgoing.len();
+                    let mut need = READ_CHUNK;
+                    loop {
+                        outgoing.resize(start + need, 0);
+                        match data.encode(&mut outgoing[start..]) {
+                            Ok(n) => {
+                                outgoing.truncate(start + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(e)) => need = e.required_size,
+                            Err(e) => {
+                                outgoing.truncate(start);
+                                return Poll::Ready(Err(io::Error::other(e.to_string())));
+                            }
+                        }
+                    }
+                }
+                ConnectionState::TransmitTlsData(data) => {
+                    match poll_write_all(tcp, outgoing, out_at, cx) {
+                        Poll::Ready(Ok(())) => data.done(),
+                        // Not done: rustls asks again on the next call.
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => step = Some(Poll::Pending),
+                    }
+                }
+                ConnectionState::PeerClosed => *read_closed = true,
+                ConnectionState::Closed => {
+                    *read_closed = true;
+                    step = Some(Poll::Ready(Ok(Rest::Closed)));
+                }
+                ConnectionState::BlockedHandshake => step = Some(Poll::Ready(Ok(Rest::Blocked))),
+                ConnectionState::WriteTraffic(_) => step = Some(Poll::Ready(Ok(Rest::Writable))),
+                // wsline enables no early data; anything new is not something it can serve.
+                _ => {
+                    return Poll::Ready(Err(io::Error::other("unexpected tls connection state")));
+                }
+            }
+            if discard > 0 {
+                incoming.drain(..discard);
+            }
+            if incoming.is_empty() && incoming.capacity() > 0 {
+                *incoming = Vec::new();
+            }
+            if let Some(step) = step {
+                return step;
+            }
+        }
+    }
+
+    /// After an error, sends the alert rustls queued (e.g. `protocol_version` to a TLS 1.0 hello)
+    /// if the socket takes it now; the connection is over either way.
+    fn send_alert(&mut self, cx: &mut Context<'_>) {
+        let Self {
+            tcp,
+            conn,
+            outgoing,
+            out_at,
+            ..
+        } = self;
+        // rustls answers from its queue before it looks at the (failed) state again.
+        for _ in 0..4 {
+            match conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    let start = outgoing.len();
+                    outgoing.resize(start + READ_CHUNK, 0);
+                    let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
+                    outgoing.truncate(start + n);
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    let _ = poll_write_all(tcp, outgoing, out_at, cx);
+                    data.done();
+                }
+                _ => break,
+            }
+        }
+        if !outgoing.is_empty() {
+            let _ = poll_write_all(tcp, outgoing, out_at, cx);
+        }
+    }
+
+    /// Reads from the socket into `incoming`, allocating it only once the socket is readable.
+    /// Ready(Ok(0)) is end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            let used = self.incoming.len();
+            // Enough for the record in progress, if its header is here.
+            let record = match used >= HEADER {
+                true => HEADER + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]])),
+                false => 0,
+            };
+            self.incoming.resize(record.max(used + READ_CHUNK), 0);
+            let read = self.tcp.try_read(&mut self.incoming[used..]);
+            self.incoming.truncate(used + *read.as_ref().unwrap_or(&0));
+            if self.incoming.is_empty() {
+                self.incoming = Vec::new();
+            }
+            match read {
+                Ok(0) => {
+                    self.read_closed = true;
+                    return Poll::Ready(Ok(0));
+                }
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes all of `outgoing` to the socket.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_write_all(&self.tcp, &mut self.outgoing, &mut self.out_at, cx)
+    }
+
+    /// Encrypts up to one record of `bufs` into `outgoing`; returns the plaintext bytes taken.
+    fn encrypt(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let take = total.min(MAX_FRAGMENT);
+        let mut gathered = [0u8; MAX_FRAGMENT];
+        let plaintext: &[u8] = match bufs.iter().find(|b| !b.is_empty()) {
+            // One slice (or the first holds the whole record): no gathering copy.
+            Some(first) if first.len() >= take => &first[..take],
+            _ => {
+                let mut at = 0;
+                for buf in bufs {
+                    let n = buf.len().min(take - at);
+                    gathered[at..at + n].copy_from_slice(&buf[..n]);
+                    at += n;
+                    if at == take {
+                        break;
+                    }
+                }
+                &gathered[..take]
+            }
+        };
+        let Self {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = self;
+        let status = conn.process_tls_records(incoming);
+        let discard = status.discard;
+        let ConnectionState::WriteTraffic(mut traffic) = status.state.map_err(tls_error)? else {
+            return Err(io::Error::other("tls stream not writable"));
+        };
+        let start = outgoing.len();
+        let mut need = take + 64;
+        loop {
+            outgoing.resize(start + need, 0);
+            match traffic.encrypt(plaintext, &mut outgoing[start..]) {
+                Ok(n) => {
+                    outgoing.truncate(start + n);
+                    break;
+                }
+                Err(EncryptError::InsufficientSize(e)) => need = e.required_size,
+                Err(e) => {
+                    outgoing.truncate(start);
+                    return Err(io::Error::other(e.to_string()));
+                }
+            }
+        }
+        if discard > 0 {
+            incoming.drain(..discard);
+        }
+        if incoming.is_empty() && incoming.capacity() > 0 {
+            *incoming = Vec::new();
+        }
+        Ok(take)
+    }
+}
+
+/// Writes `buf[*at..]` to the socket; the buffer is freed once all of it is written.
+fn poll_write_all(
+    tcp: &TcpStream,
+    buf: &mut Vec<u8>,
+    at: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *at < buf.len() {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(&buf[*at..]) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    *buf = Vec::new();
+    *at = 0;
+    Poll::Ready(Ok(()))
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        dst: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_at < this.plain.len() {
+                let n = dst.remaining().min(this.plain.len() - this.plain_at);
+                dst.put_slice(&this.plain[this.plain_at..this.plain_at + n]);
+                this.plain_at += n;
+                if this.plain_at == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed || dst.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.poll_process(cx))?;
+            if this.plain.is_empty() && !this.read_closed {
+                ready!(this.poll_fill(cx))?;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        if this.close_queued {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // Bounded: what the socket has not taken yet must go before more is encrypted.
+        ready!(this.poll_send(cx))?;
+        match ready!(this.poll_process(cx))? {
+            Rest::Writable => {}
+            Rest::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Rest::Blocked => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+        let taken = this.encrypt(bufs)?;
+        // One socket write per record sequence; what the socket does not take waits in `outgoing`.
+        match this.poll_send(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) | Poll::Pending => {}
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_queued {
+            ready!(this.poll_send(cx))?;
+            if let Rest::Writable = ready!(this.poll_process(cx))? {
+                let Self {
+                    conn,
+                    incoming,
+                    outgoing,
+                    ..
+                } = this;
+                let status = conn.process_tls_records(incoming);
+                let discard = status.discard;
+                if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
+                    outgoing.resize(64, 0);
+                    match traffic.queue_close_notify(outgoing) {
+                        Ok(n) => outgoing.truncate(n),
+                        Err(e) => {
+                            outgoing.clear();
+                            return Poll::Ready(Err(io::Error::other(e.to_string())));
+                        }
+                    }
+                }
+                if discard > 0 {
+                    incoming.drain(..discard);
+                }
+            }
+            this.close_queued = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
