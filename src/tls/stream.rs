@@ -91,9 +91,11 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let rest = ready!(self.poll_process(cx))?;
+            let rest = self.process()?;
+            // Our flight goes out before we wait for the client's answer to it.
+            ready!(self.poll_send(cx))?;
             if !self.conn.is_handshaking() {
-                return self.poll_send(cx);
+                return Poll::Ready(Ok(()));
             }
             if matches!(rest, Rest::Closed) || self.read_closed {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
@@ -103,8 +105,12 @@ impl TlsStream {
     }
 
     /// Lets rustls process the complete records in `incoming`: application data goes to `plain`,
-    /// handshake and alert output to the socket. Pending only while that output cannot be sent.
-    fn poll_process(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Rest>> {
+    /// handshake and alert output to `outgoing` and, as far as the socket takes it at once, out.
+    ///
+    /// It never waits for the socket: the read half must not register for writability (the
+    /// socket keeps one waker per direction, and the write half's would be lost). What is left
+    /// goes with the next write or flush, which every writer does before encrypting more.
+    fn process(&mut self) -> io::Result<Rest> {
         loop {
             let Self {
                 tcp,
@@ -122,8 +128,8 @@ impl TlsStream {
             let state = match status.state {
                 Ok(state) => state,
                 Err(e) => {
-                    self.send_alert(cx);
-                    return Poll::Ready(Err(tls_error(e)));
+                    self.send_alert();
+                    return Err(tls_error(e));
                 }
             };
             match state {
@@ -136,7 +142,7 @@ impl TlsStream {
                     let start = outgoing.len();
                     let mut need = READ_CHUNK;
                     loop {
-                        outgoing.resize(start + need, 0);
+                        zero_extend(outgoing, start + need);
                         match data.encode(&mut outgoing[start..]) {
                             Ok(n) => {
                                 outgoing.truncate(start + n);
@@ -145,30 +151,25 @@ impl TlsStream {
                             Err(EncodeError::InsufficientSize(e)) => need = e.required_size,
                             Err(e) => {
                                 outgoing.truncate(start);
-                                return Poll::Ready(Err(io::Error::other(e.to_string())));
+                                return Err(io::Error::other(e.to_string()));
                             }
                         }
                     }
                 }
                 ConnectionState::TransmitTlsData(data) => {
-                    match poll_write_all(tcp, outgoing, out_at, cx) {
-                        Poll::Ready(Ok(())) => data.done(),
-                        // Not done: rustls asks again on the next call.
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => step = Some(Poll::Pending),
-                    }
+                    // Ours to send from here on, whatever the socket takes now.
+                    try_write_all(tcp, outgoing, out_at)?;
+                    data.done();
                 }
                 ConnectionState::PeerClosed => *read_closed = true,
                 ConnectionState::Closed => {
                     *read_closed = true;
-                    step = Some(Poll::Ready(Ok(Rest::Closed)));
+                    step = Some(Rest::Closed);
                 }
-                ConnectionState::BlockedHandshake => step = Some(Poll::Ready(Ok(Rest::Blocked))),
-                ConnectionState::WriteTraffic(_) => step = Some(Poll::Ready(Ok(Rest::Writable))),
+                ConnectionState::BlockedHandshake => step = Some(Rest::Blocked),
+                ConnectionState::WriteTraffic(_) => step = Some(Rest::Writable),
                 // wsline enables no early data; anything new is not something it can serve.
-                _ => {
-                    return Poll::Ready(Err(io::Error::other("unexpected tls connection state")));
-                }
+                _ => return Err(io::Error::other("unexpected tls connection state")),
             }
             if discard > 0 {
                 incoming.drain(..discard);
@@ -177,14 +178,14 @@ impl TlsStream {
                 *incoming = Vec::new();
             }
             if let Some(step) = step {
-                return step;
+                return Ok(step);
             }
         }
     }
 
     /// After an error, sends the alert rustls queued (e.g. `protocol_version` to a TLS 1.0 hello)
     /// if the socket takes it now; the connection is over either way.
-    fn send_alert(&mut self, cx: &mut Context<'_>) {
+    fn send_alert(&mut self) {
         let Self {
             tcp,
             conn,
@@ -197,19 +198,16 @@ impl TlsStream {
             match conn.process_tls_records(&mut []).state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     let start = outgoing.len();
-                    outgoing.resize(start + READ_CHUNK, 0);
+                    zero_extend(outgoing, start + READ_CHUNK);
                     let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
                     outgoing.truncate(start + n);
                 }
                 Ok(ConnectionState::TransmitTlsData(data)) => {
-                    let _ = poll_write_all(tcp, outgoing, out_at, cx);
+                    let _ = try_write_all(tcp, outgoing, out_at);
                     data.done();
                 }
                 _ => break,
             }
-        }
-        if !outgoing.is_empty() {
-            let _ = poll_write_all(tcp, outgoing, out_at, cx);
         }
     }
 
@@ -224,7 +222,7 @@ impl TlsStream {
                 true => HEADER + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]])),
                 false => 0,
             };
-            self.incoming.resize(record.max(used + READ_CHUNK), 0);
+            zero_extend(&mut self.incoming, record.max(used + READ_CHUNK));
             let read = self.tcp.try_read(&mut self.incoming[used..]);
             self.incoming.truncate(used + *read.as_ref().unwrap_or(&0));
             if self.incoming.is_empty() {
@@ -282,7 +280,7 @@ impl TlsStream {
         let start = outgoing.len();
         let mut need = take + 64;
         loop {
-            outgoing.resize(start + need, 0);
+            zero_extend(outgoing, start + need);
             match traffic.encrypt(plaintext, &mut outgoing[start..]) {
                 Ok(n) => {
                     outgoing.truncate(start + n);
@@ -303,6 +301,38 @@ impl TlsStream {
         }
         Ok(take)
     }
+}
+
+/// Sets `buf`'s length to `len`, filling with zeros: a fresh zeroed allocation, or copies from a
+/// zeroed block (one `memcpy` each, where `Vec::resize` loops per byte in an unoptimized build).
+fn zero_extend(buf: &mut Vec<u8>, len: usize) {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    if buf.capacity() == 0 {
+        *buf = vec![0; len];
+        return;
+    }
+    buf.truncate(len);
+    buf.reserve(len - buf.len());
+    while buf.len() < len {
+        let n = (len - buf.len()).min(ZEROS.len());
+        buf.extend_from_slice(&ZEROS[..n]);
+    }
+}
+
+/// Writes what the socket takes of `buf[*at..]` without waiting; the buffer is freed once all of
+/// it is written.
+fn try_write_all(tcp: &TcpStream, buf: &mut Vec<u8>, at: &mut usize) -> io::Result<()> {
+    while *at < buf.len() {
+        match tcp.try_write(&buf[*at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    *buf = Vec::new();
+    *at = 0;
+    Ok(())
 }
 
 /// Writes `buf[*at..]` to the socket; the buffer is freed once all of it is written.
@@ -347,7 +377,7 @@ impl AsyncRead for TlsStream {
             if this.read_closed || dst.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            ready!(this.poll_process(cx))?;
+            this.process()?;
             if this.plain.is_empty() && !this.read_closed {
                 ready!(this.poll_fill(cx))?;
             }
@@ -378,7 +408,7 @@ impl AsyncWrite for TlsStream {
         }
         // Bounded: what the socket has not taken yet must go before more is encrypted.
         ready!(this.poll_send(cx))?;
-        match ready!(this.poll_process(cx))? {
+        match this.process()? {
             Rest::Writable => {}
             Rest::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
             Rest::Blocked => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
@@ -404,7 +434,7 @@ impl AsyncWrite for TlsStream {
         let this = self.get_mut();
         if !this.close_queued {
             ready!(this.poll_send(cx))?;
-            if let Rest::Writable = ready!(this.poll_process(cx))? {
+            if let Rest::Writable = this.process()? {
                 let Self {
                     conn,
                     incoming,
@@ -414,11 +444,13 @@ impl AsyncWrite for TlsStream {
                 let status = conn.process_tls_records(incoming);
                 let discard = status.discard;
                 if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
-                    outgoing.resize(64, 0);
-                    match traffic.queue_close_notify(outgoing) {
-                        Ok(n) => outgoing.truncate(n),
+                    // An alert record: 2 bytes of alert, a header and the AEAD overhead.
+                    let start = outgoing.len();
+                    zero_extend(outgoing, start + 64);
+                    match traffic.queue_close_notify(&mut outgoing[start..]) {
+                        Ok(n) => outgoing.truncate(start + n),
                         Err(e) => {
-                            outgoing.clear();
+                            outgoing.truncate(start);
                             return Poll::Ready(Err(io::Error::other(e.to_string())));
                         }
                     }
