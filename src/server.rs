@@ -263,9 +263,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     match state.tls.clone() {
         None => crate::http::serve(TokioIo::new(tcp), peer, state, first_head_by, timeout).await,
         Some(tls) => {
-            let accepted =
-                tokio::time::timeout_at(first_head_by, crate::tls::accept(tls.server_config(), tcp))
-                    .await;
+            let accepted = tokio::time::timeout_at(
+                first_head_by,
+                crate::tls::accept(tls.server_config(), tcp),
+            )
+            .await;
             let stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),

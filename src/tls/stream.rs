@@ -219,7 +219,9 @@ impl TlsStream {
             let used = self.incoming.len();
             // Enough for the record in progress, if its header is here.
             let record = match used >= HEADER {
-                true => HEADER + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]])),
+                true => {
+                    HEADER + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]))
+                }
                 false => 0,
             };
             zero_extend(&mut self.incoming, record.max(used + READ_CHUNK));
