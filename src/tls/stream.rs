@@ -30,6 +30,9 @@ const MAX_FRAGMENT: usize = 16 * 1024;
 const READ_CHUNK: usize = 4 * 1024;
 /// A TLS record header: type, version, length.
 const HEADER: usize = 5;
+/// What a record adds to its plaintext, at most: header, explicit nonce (TLS 1.2), content type
+/// (TLS 1.3) and tag, rounded up. rustls says so if it needs more.
+const RECORD_OVERHEAD: usize = 64;
 
 /// A TLS connection accepted by wsline: the socket and rustls' state, with buffers that exist only
 /// while bytes are in flight.
@@ -251,23 +254,10 @@ impl TlsStream {
     fn encrypt(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let take = total.min(MAX_FRAGMENT);
-        let mut gathered = [0u8; MAX_FRAGMENT];
-        let plaintext: &[u8] = match bufs.iter().find(|b| !b.is_empty()) {
-            // One slice (or the first holds the whole record): no gathering copy.
-            Some(first) if first.len() >= take => &first[..take],
-            _ => {
-                let mut at = 0;
-                for buf in bufs {
-                    let n = buf.len().min(take - at);
-                    gathered[at..at + n].copy_from_slice(&buf[..n]);
-                    at += n;
-                    if at == take {
-                        break;
-                    }
-                }
-                &gathered[..take]
-            }
-        };
+        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]);
+        // One slice (or a first one that fills the record) is encrypted from where it is; several
+        // are gathered behind the room for the ciphertext, in `outgoing` itself.
+        let gather = first.len() < take;
         let Self {
             conn,
             incoming,
@@ -280,10 +270,25 @@ impl TlsStream {
             return Err(io::Error::other("tls stream not writable"));
         };
         let start = outgoing.len();
-        let mut need = take + 64;
+        let mut need = take + RECORD_OVERHEAD;
         loop {
+            outgoing.truncate(start);
+            outgoing.reserve(need + if gather { take } else { 0 });
             zero_extend(outgoing, start + need);
-            match traffic.encrypt(plaintext, &mut outgoing[start..]) {
+            if gather {
+                let mut left = take;
+                for buf in bufs {
+                    let n = buf.len().min(left);
+                    outgoing.extend_from_slice(&buf[..n]);
+                    left -= n;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+            let (room, gathered) = outgoing.split_at_mut(start + need);
+            let plaintext = if gather { &*gathered } else { &first[..take] };
+            match traffic.encrypt(plaintext, &mut room[start..]) {
                 Ok(n) => {
                     outgoing.truncate(start + n);
                     break;
@@ -465,5 +470,135 @@ impl AsyncWrite for TlsStream {
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server config for `localhost` and a client config that trusts it, for `version` only.
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = generated.cert.der().clone();
+        let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::clone(&cert)).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (Arc::new(server), Arc::new(client))
+    }
+
+    async fn pair(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+        let (server, client) = configs(version);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(client)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server, tcp).await.unwrap()
+        };
+        tokio::join!(accept, connect)
+    }
+
+    fn idle(stream: &TlsStream) -> bool {
+        stream.incoming.capacity() == 0
+            && stream.plain.capacity() == 0
+            && stream.outgoing.capacity() == 0
+    }
+
+    #[tokio::test]
+    async fn both_versions_carry_records_both_ways_and_hold_no_buffer_at_rest() {
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let (mut server, mut client) = pair(version).await;
+            assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+            assert!(idle(&server), "{version:?}: buffers after the handshake");
+
+            // Several records each way; the server writes 300 slices of 1 000 bytes vectored.
+            let big: Vec<u8> = (0..300_000).map(|i| (i % 251) as u8).collect();
+            client.write_all(&big).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = vec![0; big.len()];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, big);
+            let slices: Vec<IoSlice<'_>> = big.chunks(1000).map(IoSlice::new).collect();
+            let writing = async {
+                let mut sent = 0;
+                while sent < big.len() {
+                    let skip = sent / 1000;
+                    let mut iov = slices[skip..].to_vec();
+                    iov[0] = IoSlice::new(&big[sent..(skip + 1) * 1000]);
+                    let n = server.write_vectored(&iov).await.unwrap();
+                    // Each call is one record: up to 16 KiB of the gathered slices.
+                    assert!(n <= MAX_FRAGMENT);
+                    sent += n;
+                }
+                server.flush().await.unwrap();
+            };
+            let mut back = vec![0; big.len()];
+            tokio::join!(writing, async {
+                client.read_exact(&mut back).await.unwrap()
+            });
+            assert_eq!(back, big);
+            assert!(idle(&server), "{version:?}: buffers after the exchange");
+
+            // close_notify: the client sees a clean end, not a truncation.
+            server.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_and_traffic_goes_on() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after the update").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0; 16];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after the update");
+        server.write_all(b"still here").await.unwrap();
+        server.flush().await.unwrap();
+        let mut back = [0; 10];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"still here");
+        assert!(idle(&server));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_ends_the_read_with_eof() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert!(idle(&server));
     }
 }
