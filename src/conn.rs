@@ -109,7 +109,7 @@ pub enum Next {
     Refuse(u16, &'static str, OutboxRx),
 }
 
-type TlsIo = tokio_rustls::server::TlsStream<TcpStream>;
+type TlsIo = crate::tls::TlsStream;
 
 /// The two halves of an upgraded stream, by the stream's type.
 enum Halves {
@@ -120,7 +120,7 @@ enum Halves {
 }
 
 /// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
-/// the request head come along), so the connection reads and writes rustls directly.
+/// the request head come along), so the connection reads and writes wsline's TLS stream directly.
 pub async fn serve(upgraded: Upgraded, max_message: u64, next: Next) {
     match split(upgraded) {
         (Halves::Tls(rd, wr), early) => drive(rd, wr, early, max_message, next).await,

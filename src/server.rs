@@ -31,8 +31,6 @@ use crate::stats::Stats;
 use crate::systemd;
 use crate::tls::{Tls, TlsError};
 
-/// Ciphertext rustls may hold per connection before a write waits for the socket.
-const TLS_BUFFER_BYTES: usize = 16 * 1024 + 512;
 /// How long the accept loop rests after an error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// At most one "accept failed" line per this period; the line counts the failures since the last.
@@ -279,15 +277,16 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
     match state.tls.clone() {
         None => crate::http::serve(TokioIo::new(tcp), peer, state, first_head_by, timeout).await,
         Some(tls) => {
-            let accepted = tokio::time::timeout_at(first_head_by, tls.acceptor().accept(tcp)).await;
-            let mut stream = match accepted {
+            let accepted = tokio::time::timeout_at(
+                first_head_by,
+                crate::tls::accept(tls.server_config(), tcp),
+            )
+            .await;
+            let stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => return debug!(%peer, "tls handshake timed out"),
             };
-            // rustls buffers up to 64 KiB of ciphertext per connection by default; for a client
-            // that stopped reading that is memory held until it is closed. One record is enough.
-            stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_BYTES));
             crate::http::serve(TokioIo::new(stream), peer, state, first_head_by, timeout).await
         }
     }

@@ -15,9 +15,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config;
+
+mod stream;
+
+pub use stream::{TlsStream, accept};
 
 /// Why a certificate or key could not be used. Each names the file and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +65,9 @@ impl TlsError {
 /// The TLS side of the server: an acceptor whose certificate can be swapped while running.
 #[derive(Clone)]
 pub struct Tls {
-    acceptor: TlsAcceptor,
-    /// Shared with the `ServerConfig` inside `acceptor`, which asks it on every handshake.
+    /// What every handshake starts from (see [`accept`]).
+    server: Arc<ServerConfig>,
+    /// Shared with `server`, which asks it on every handshake.
     cert: Arc<SwappableCert>,
     /// The current certificate's notAfter, in Unix seconds, for /stats and /metrics.
     not_after: Arc<AtomicI64>,
@@ -95,14 +99,15 @@ impl Tls {
         // tungstenite cannot speak WebSocket over HTTP/2, so only offer HTTP/1.1.
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Some(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+            server: Arc::new(server),
             cert,
             not_after,
         }))
     }
 
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    /// The rustls configuration new connections are accepted with.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
     }
 
     /// Loads the pair again and uses it for new handshakes; on error the old pair stays. A

@@ -179,3 +179,38 @@ async fn one_16_mib_message_to_100_members_is_held_once() {
         peak - before
     );
 }
+
+/// Idle members in the idle-memory test.
+const IDLE_WSS: usize = 2000;
+/// What one idle wss connection may hold (README, "Performance"): the connection's task, rustls'
+/// keys and state, the socket. No TLS buffer stays allocated while nothing is in flight. Release
+/// builds measure about 7.6 KiB (`wsline-bench idle`, 10 000 connections); this bound leaves room
+/// for an unoptimized build and the allocator's slack.
+const IDLE_PER_CONNECTION_KIB: f64 = 8.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wss_connection_holds_no_tls_buffer() {
+    let daemon = Daemon::start(
+        "[limits]\nmax_connections_per_ip = 5000\n[presence]\nformat = \"off\"\n",
+        &[],
+    )
+    .await;
+    // A few connections first, so that what the first ones set up once (room, worker state) is
+    // in the baseline.
+    let warm = members(&daemon, "/idle", 50).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (before, _) = daemon.rss_kib();
+    let idle = members(&daemon, "/idle", IDLE_WSS).await;
+    // Each member has been answered; let the last handshakes' buffers go.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (after, _) = daemon.rss_kib();
+    let per = (after as f64 - before as f64) / IDLE_WSS as f64;
+    eprintln!(
+        "{IDLE_WSS} idle wss connections: RSS {before} KiB -> {after} KiB, {per:.2} KiB each"
+    );
+    assert!(
+        per <= IDLE_PER_CONNECTION_KIB,
+        "{per:.2} KiB per idle connection, over {IDLE_PER_CONNECTION_KIB} KiB"
+    );
+    drop((warm, idle));
+}

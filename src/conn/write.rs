@@ -3,8 +3,8 @@
 //! Each frame is its header (at most 10 bytes, built on the stack by [`frame::header`]) followed by
 //! the payload the message shares with every other receiver; both go to TLS as one vectored write
 //! per batch piece (up to [`MAX_FRAMES_PER_WRITE`] frames), so the only copy of a payload made for
-//! this connection is rustls encrypting it into at most one record of ciphertext
-//! (`TLS_BUFFER_BYTES`), sent and freed at once. Nothing here grows with the largest message.
+//! this connection is rustls encrypting it into at most one record of ciphertext (see
+//! `tls::stream`), sent and freed at once. Nothing here grows with the largest message.
 //!
 //! State lives in [`Writer`] (the batch and how much of its first frame is written), so writing can
 //! stop at any await and resume in the close phase: a frame is always finished before another
@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::frame::{self, OpCode};
 use crate::outbox::OutboxRx;
 
-/// Frames gathered into one vectored write; rustls takes what fits its buffer limit (one record).
+/// Frames gathered into one vectored write; the TLS stream takes what fits one record.
 pub const MAX_FRAMES_PER_WRITE: usize = 32;
 /// A socket that takes no byte for this long while data waits belongs to a reader that stopped:
 /// the connection is evicted as a slow consumer (1013).

@@ -1,0 +1,604 @@
+//! A server TLS stream over rustls' unbuffered API that holds no buffer while a connection idles.
+//!
+//! rustls' buffered `ServerConnection` keeps a 4 KiB read buffer allocated for as long as a read is
+//! pending, which for a WebSocket relay is always: most of what an idle wss connection costs. Here
+//! wsline owns the buffers instead:
+//! - `incoming` (ciphertext) is allocated only once the socket is readable and freed as soon as the
+//!   records in it are processed; it outlives a read only while a record is partly received;
+//! - `plain` holds decrypted bytes the reader has not taken yet, and is freed when drained;
+//! - `outgoing` holds ciphertext the socket has not taken yet (at most one write's records: a
+//!   write waits until the socket took the previous one), and is freed when sent.
+//!
+//! A vectored write is gathered into records of up to 16 KiB, encrypted into `outgoing` and
+//! written to the socket with one `write`. Handshake and alert output (session tickets, key update
+//! answers) is sent from whichever half is polling, since both halves share this one struct.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest plaintext in one TLS record.
+const MAX_FRAGMENT: usize = 16 * 1024;
+/// How much the socket is offered per read when no record length is known yet.
+const READ_CHUNK: usize = 4 * 1024;
+/// A TLS record header: type, version, length.
+const HEADER: usize = 5;
+/// What a record adds to its plaintext, at most: header, explicit nonce (TLS 1.2), content type
+/// (TLS 1.3) and tag, rounded up. rustls says so if it needs more.
+const RECORD_OVERHEAD: usize = 64;
+
+/// A TLS connection accepted by wsline: the socket and rustls' state, with buffers that exist only
+/// while bytes are in flight.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet processed; empty and unallocated between records.
+    incoming: Vec<u8>,
+    /// Decrypted bytes not yet read, from `plain_at` on.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Ciphertext not yet written, from `out_at` on.
+    outgoing: Vec<u8>,
+    out_at: usize,
+    /// The peer's close_notify was seen, or its side of the socket reached end of file.
+    read_closed: bool,
+    /// Our close_notify is queued.
+    close_queued: bool,
+}
+
+/// Where rustls stopped once everything it had to send is on its way.
+enum Rest {
+    /// It needs more input (during the handshake) before anything can be written.
+    Blocked,
+    /// Application data may be written; more input is welcome.
+    Writable,
+    /// Both sides have closed.
+    Closed,
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Accepts a TLS connection on `tcp`: runs the handshake until application data may flow both ways.
+/// The caller bounds it with the handshake deadline.
+pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut stream = TlsStream {
+        tcp,
+        conn,
+        incoming: Vec::new(),
+        plain: Vec::new(),
+        plain_at: 0,
+        outgoing: Vec::new(),
+        out_at: 0,
+        read_closed: false,
+        close_queued: false,
+    };
+    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+impl TlsStream {
+    /// The protocol agreed by ALPN, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let rest = self.process()?;
+            // Our flight goes out before we wait for the client's answer to it.
+            ready!(self.poll_send(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(rest, Rest::Closed) || self.read_closed {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            ready!(self.poll_fill(cx))?;
+        }
+    }
+
+    /// Lets rustls process the complete records in `incoming`: application data goes to `plain`,
+    /// handshake and alert output to `outgoing` and, as far as the socket takes it at once, out.
+    ///
+    /// It never waits for the socket: the read half must not register for writability (the
+    /// socket keeps one waker per direction, and the write half's would be lost). What is left
+    /// goes with the next write or flush, which every writer does before encrypting more.
+    fn process(&mut self) -> io::Result<Rest> {
+        loop {
+            let Self {
+                tcp,
+                conn,
+                incoming,
+                plain,
+                outgoing,
+                out_at,
+                read_closed,
+                ..
+            } = self;
+            let status = conn.process_tls_records(incoming);
+            let discard = status.discard;
+            let mut step = None;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.send_alert();
+                    return Err(tls_error(e));
+                }
+            };
+            match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        plain.extend_from_slice(record.map_err(tls_error)?.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let start = outgoing.len();
+                    let mut need = READ_CHUNK;
+                    loop {
+                        zero_extend(outgoing, start + need);
+                        match data.encode(&mut outgoing[start..]) {
+                            Ok(n) => {
+                                outgoing.truncate(start + n);
+                                break;
+                            }
+                            Err(EncodeError::InsufficientSize(e)) => need = e.required_size,
+                            Err(e) => {
+                                outgoing.truncate(start);
+                                return Err(io::Error::other(e.to_string()));
+                            }
+                        }
+                    }
+                }
+                ConnectionState::TransmitTlsData(data) => {
+                    // Ours to send from here on, whatever the socket takes now.
+                    try_write_all(tcp, outgoing, out_at)?;
+                    data.done();
+                }
+                ConnectionState::PeerClosed => *read_closed = true,
+                ConnectionState::Closed => {
+                    *read_closed = true;
+                    step = Some(Rest::Closed);
+                }
+                ConnectionState::BlockedHandshake => step = Some(Rest::Blocked),
+                ConnectionState::WriteTraffic(_) => step = Some(Rest::Writable),
+                // wsline enables no early data; anything new is not something it can serve.
+                _ => return Err(io::Error::other("unexpected tls connection state")),
+            }
+            if discard > 0 {
+                incoming.drain(..discard);
+            }
+            if incoming.is_empty() && incoming.capacity() > 0 {
+                *incoming = Vec::new();
+            }
+            if let Some(step) = step {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// After an error, sends the alert rustls queued (e.g. `protocol_version` to a TLS 1.0 hello)
+    /// if the socket takes it now; the connection is over either way.
+    fn send_alert(&mut self) {
+        let Self {
+            tcp,
+            conn,
+            outgoing,
+            out_at,
+            ..
+        } = self;
+        // rustls answers from its queue before it looks at the (failed) state again.
+        for _ in 0..4 {
+            match conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    let start = outgoing.len();
+                    zero_extend(outgoing, start + READ_CHUNK);
+                    let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
+                    outgoing.truncate(start + n);
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    let _ = try_write_all(tcp, outgoing, out_at);
+                    data.done();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Reads from the socket into `incoming`, allocating it only once the socket is readable.
+    /// Ready(Ok(0)) is end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            let used = self.incoming.len();
+            // Enough for the record in progress, if its header is here.
+            let record = match used >= HEADER {
+                true => {
+                    HEADER + usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]))
+                }
+                false => 0,
+            };
+            zero_extend(&mut self.incoming, record.max(used + READ_CHUNK));
+            let read = self.tcp.try_read(&mut self.incoming[used..]);
+            self.incoming.truncate(used + *read.as_ref().unwrap_or(&0));
+            if self.incoming.is_empty() {
+                self.incoming = Vec::new();
+            }
+            match read {
+                Ok(0) => {
+                    self.read_closed = true;
+                    return Poll::Ready(Ok(0));
+                }
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes all of `outgoing` to the socket.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        poll_write_all(&self.tcp, &mut self.outgoing, &mut self.out_at, cx)
+    }
+
+    /// Encrypts up to one record of `bufs` into `outgoing`; returns the plaintext bytes taken.
+    fn encrypt(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let take = total.min(MAX_FRAGMENT);
+        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]);
+        // One slice (or a first one that fills the record) is encrypted from where it is; several
+        // are gathered behind the room for the ciphertext, in `outgoing` itself.
+        let gather = first.len() < take;
+        let Self {
+            conn,
+            incoming,
+            outgoing,
+            ..
+        } = self;
+        let status = conn.process_tls_records(incoming);
+        let discard = status.discard;
+        let ConnectionState::WriteTraffic(mut traffic) = status.state.map_err(tls_error)? else {
+            return Err(io::Error::other("tls stream not writable"));
+        };
+        let start = outgoing.len();
+        let mut need = take + RECORD_OVERHEAD;
+        loop {
+            outgoing.truncate(start);
+            outgoing.reserve(need + if gather { take } else { 0 });
+            zero_extend(outgoing, start + need);
+            if gather {
+                let mut left = take;
+                for buf in bufs {
+                    let n = buf.len().min(left);
+                    outgoing.extend_from_slice(&buf[..n]);
+                    left -= n;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+            let (room, gathered) = outgoing.split_at_mut(start + need);
+            let plaintext = if gather { &*gathered } else { &first[..take] };
+            match traffic.encrypt(plaintext, &mut room[start..]) {
+                Ok(n) => {
+                    outgoing.truncate(start + n);
+                    break;
+                }
+                Err(EncryptError::InsufficientSize(e)) => need = e.required_size,
+                Err(e) => {
+                    outgoing.truncate(start);
+                    return Err(io::Error::other(e.to_string()));
+                }
+            }
+        }
+        if discard > 0 {
+            incoming.drain(..discard);
+        }
+        if incoming.is_empty() && incoming.capacity() > 0 {
+            *incoming = Vec::new();
+        }
+        Ok(take)
+    }
+}
+
+/// Sets `buf`'s length to `len`, filling with zeros: a fresh zeroed allocation, or copies from a
+/// zeroed block (one `memcpy` each, where `Vec::resize` loops per byte in an unoptimized build).
+fn zero_extend(buf: &mut Vec<u8>, len: usize) {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    if buf.capacity() == 0 {
+        *buf = vec![0; len];
+        return;
+    }
+    buf.truncate(len);
+    buf.reserve(len - buf.len());
+    while buf.len() < len {
+        let n = (len - buf.len()).min(ZEROS.len());
+        buf.extend_from_slice(&ZEROS[..n]);
+    }
+}
+
+/// Writes what the socket takes of `buf[*at..]` without waiting; the buffer is freed once all of
+/// it is written.
+fn try_write_all(tcp: &TcpStream, buf: &mut Vec<u8>, at: &mut usize) -> io::Result<()> {
+    while *at < buf.len() {
+        match tcp.try_write(&buf[*at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    *buf = Vec::new();
+    *at = 0;
+    Ok(())
+}
+
+/// Writes `buf[*at..]` to the socket; the buffer is freed once all of it is written.
+fn poll_write_all(
+    tcp: &TcpStream,
+    buf: &mut Vec<u8>,
+    at: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *at < buf.len() {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(&buf[*at..]) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    *buf = Vec::new();
+    *at = 0;
+    Poll::Ready(Ok(()))
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        dst: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_at < this.plain.len() {
+                let n = dst.remaining().min(this.plain.len() - this.plain_at);
+                dst.put_slice(&this.plain[this.plain_at..this.plain_at + n]);
+                this.plain_at += n;
+                if this.plain_at == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed || dst.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.process()?;
+            if this.plain.is_empty() && !this.read_closed {
+                ready!(this.poll_fill(cx))?;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        if this.close_queued {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // Bounded: what the socket has not taken yet must go before more is encrypted.
+        ready!(this.poll_send(cx))?;
+        match this.process()? {
+            Rest::Writable => {}
+            Rest::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            Rest::Blocked => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+        let taken = this.encrypt(bufs)?;
+        // One socket write per record sequence; what the socket does not take waits in `outgoing`.
+        match this.poll_send(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) | Poll::Pending => {}
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_queued {
+            ready!(this.poll_send(cx))?;
+            if let Rest::Writable = this.process()? {
+                let Self {
+                    conn,
+                    incoming,
+                    outgoing,
+                    ..
+                } = this;
+                let status = conn.process_tls_records(incoming);
+                let discard = status.discard;
+                if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
+                    // An alert record: 2 bytes of alert, a header and the AEAD overhead.
+                    let start = outgoing.len();
+                    zero_extend(outgoing, start + 64);
+                    match traffic.queue_close_notify(&mut outgoing[start..]) {
+                        Ok(n) => outgoing.truncate(start + n),
+                        Err(e) => {
+                            outgoing.truncate(start);
+                            return Poll::Ready(Err(io::Error::other(e.to_string())));
+                        }
+                    }
+                }
+                if discard > 0 {
+                    incoming.drain(..discard);
+                }
+            }
+            this.close_queued = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server config for `localhost` and a client config that trusts it, for `version` only.
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = generated.cert.der().clone();
+        let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::clone(&cert)).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (Arc::new(server), Arc::new(client))
+    }
+
+    async fn pair(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+        let (server, client) = configs(version);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(client)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server, tcp).await.unwrap()
+        };
+        tokio::join!(accept, connect)
+    }
+
+    fn idle(stream: &TlsStream) -> bool {
+        stream.incoming.capacity() == 0
+            && stream.plain.capacity() == 0
+            && stream.outgoing.capacity() == 0
+    }
+
+    #[tokio::test]
+    async fn both_versions_carry_records_both_ways_and_hold_no_buffer_at_rest() {
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let (mut server, mut client) = pair(version).await;
+            assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+            assert!(idle(&server), "{version:?}: buffers after the handshake");
+
+            // Several records each way; the server writes 300 slices of 1 000 bytes vectored.
+            let big: Vec<u8> = (0..300_000).map(|i| (i % 251) as u8).collect();
+            client.write_all(&big).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = vec![0; big.len()];
+            server.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, big);
+            let slices: Vec<IoSlice<'_>> = big.chunks(1000).map(IoSlice::new).collect();
+            let writing = async {
+                let mut sent = 0;
+                while sent < big.len() {
+                    let skip = sent / 1000;
+                    let mut iov = slices[skip..].to_vec();
+                    iov[0] = IoSlice::new(&big[sent..(skip + 1) * 1000]);
+                    let n = server.write_vectored(&iov).await.unwrap();
+                    // Each call is one record: up to 16 KiB of the gathered slices.
+                    assert!(n <= MAX_FRAGMENT);
+                    sent += n;
+                }
+                server.flush().await.unwrap();
+            };
+            let mut back = vec![0; big.len()];
+            tokio::join!(writing, async {
+                client.read_exact(&mut back).await.unwrap()
+            });
+            assert_eq!(back, big);
+            assert!(idle(&server), "{version:?}: buffers after the exchange");
+
+            // close_notify: the client sees a clean end, not a truncation.
+            server.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_and_traffic_goes_on() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after the update").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0; 16];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after the update");
+        server.write_all(b"still here").await.unwrap();
+        server.flush().await.unwrap();
+        let mut back = [0; 10];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"still here");
+        assert!(idle(&server));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_ends_the_read_with_eof() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert!(idle(&server));
+    }
+}
