@@ -562,6 +562,14 @@ impl Hub {
             resync: state.resync,
         };
         let plan = presence::plan(settings.presence, pending, settings.max_names);
+        if plan.fresh.is_none() && plan.members.is_none() {
+            // Nothing to send (presence off): no pass over every member. `fresh` stays set, so a
+            // later switch to a format still sends each member its state.
+            state.changes.clear();
+            state.resync = false;
+            state.count_sent = count;
+            return;
+        }
         let total = self.cluster_total();
         let (mut full, mut change, mut plain) = (None, None, None);
         let mut sent = 0u64;
