@@ -96,7 +96,7 @@ impl Tls {
         ])
         .with_no_client_auth()
         .with_cert_resolver(cert.clone());
-        // tungstenite cannot speak WebSocket over HTTP/2, so only offer HTTP/1.1.
+        // WebSocket over HTTP/2 (RFC 8441) is not served, so only offer HTTP/1.1.
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Some(Tls {
             server: Arc::new(server),
