@@ -3,6 +3,24 @@
 
 use std::process::Command;
 
+/// cargo-deb works in one scratch directory (`target/wsline/`), which it clears at the start of a
+/// run: two runs at once spoil each other's files, so the tests here take turns.
+static CARGO_DEB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs cargo-deb with `args`, alone, writing its packages into `out`.
+fn cargo_deb(args: &[&str], out: &std::path::Path) {
+    let _turn = CARGO_DEB.lock().unwrap_or_else(|e| e.into_inner());
+    run(
+        Command::new("cargo")
+            .arg("deb")
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        "cargo-deb (cargo install cargo-deb)",
+    );
+}
+
 fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| {
         panic!("{what} is required for this test ({e}); scripts/test installs it")
@@ -38,13 +56,7 @@ fn the_package_ships_a_stripped_binary_and_stays_small() {
     // The real package: cargo-deb builds the release profile (minutes the first time; a no-op
     // after `cargo build --release`) and strips the binary into a -dbgsym.ddeb.
     let out = tempfile::tempdir().unwrap();
-    run(
-        Command::new("cargo")
-            .args(["deb", "--locked", "--fast", "-o"])
-            .arg(out.path())
-            .current_dir(env!("CARGO_MANIFEST_DIR")),
-        "cargo-deb (cargo install cargo-deb)",
-    );
+    cargo_deb(&["--locked", "--fast"], out.path());
     let (deb, ddeb) = packages(out.path());
     let size = run(
         Command::new("dpkg-deb")
@@ -97,20 +109,9 @@ fn cargo_deb_packages_the_binary_the_unit_and_the_config() {
     // The test suite's own (debug) build is packaged: the packaging is what is under test here.
     let _ = env!("CARGO_BIN_EXE_wsline");
     let out = tempfile::tempdir().unwrap();
-    run(
-        Command::new("cargo")
-            .args([
-                "deb",
-                "--profile",
-                "dev",
-                "--no-build",
-                "--no-strip",
-                "--fast",
-                "-o",
-            ])
-            .arg(out.path())
-            .current_dir(env!("CARGO_MANIFEST_DIR")),
-        "cargo-deb (cargo install cargo-deb)",
+    cargo_deb(
+        &["--profile", "dev", "--no-build", "--no-strip", "--fast"],
+        out.path(),
     );
     let (deb, _) = packages(out.path());
     let contents = run(Command::new("dpkg-deb").arg("-c").arg(&deb), "dpkg-deb");
