@@ -15,7 +15,8 @@
 //! with pruning, settled by the room's `closed` flag: a room emptied by its last leave is marked
 //! closed before it leaves the map, and a join that finds it closed removes it and tries again.
 //! Below the map, the order is a room, then an outbox's queue (which its writer takes alone, for one
-//! swap), then the hub's list of changed rooms. Fan-out takes only the room lock and the queues: a
+//! swap), then the hub's list of changed rooms, then the cluster's set of rooms to republish (never
+//! held while a room is locked). Fan-out takes only the room lock and the queues: a
 //! message is put, as a refcounted clone, into each member's bounded [`Outbox`]; nothing is written
 //! to a socket under a lock. A member whose outbox is full is evicted (its connection closes with
 //! 1013) rather than slowing anyone else down.

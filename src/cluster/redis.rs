@@ -312,19 +312,15 @@ async fn sync(
         crate::hub::lock(&s.dirty).insert(room);
     }
     let dirty: Vec<Arc<str>> = {
-        let mut dirty = crate::hub::lock(&s.dirty);
+        // Taken out first: `local_presence` locks rooms, and a leave takes `dirty` under its
+        // room's lock, so `dirty` is never held while a room is locked.
+        let pending = std::mem::take(&mut *crate::hub::lock(&s.dirty));
         // A room joined since `wanted` was taken waits for its subscription (next turn).
-        let ready: Vec<Arc<str>> = dirty
-            .iter()
-            .filter(|r| {
-                subscribed.contains(*r) || !wanted.contains(*r) && hub.local_presence(r).is_none()
-            })
-            .cloned()
-            .collect();
-        for r in &ready {
-            dirty.remove(r);
-        }
-        if !dirty.is_empty() {
+        let (ready, waiting): (Vec<Arc<str>>, Vec<Arc<str>>) = pending.into_iter().partition(|r| {
+            subscribed.contains(r) || !wanted.contains(r) && hub.local_presence(r).is_none()
+        });
+        if !waiting.is_empty() {
+            crate::hub::lock(&s.dirty).extend(waiting);
             s.wake.notify_one();
         }
         ready

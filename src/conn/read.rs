@@ -136,7 +136,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     return Ok(Incoming::Pong);
                 }
                 OpCode::Close => {
-                    let code = frame::close_code(&self.control)?;
+                    let code = frame::close_code(&std::mem::take(&mut self.control))?;
                     return Ok(Incoming::Close(code));
                 }
                 _ if !head.fin => {}

@@ -29,9 +29,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inli
 pub fn serves(path: &str) -> bool {
     match path {
         "/" | "/client.js" | "/demo.js" => true,
-        _ => path
-            .strip_prefix('/')
-            .is_some_and(|room| is_room_name(room) && room != "." && room != ".."),
+        _ => path.strip_prefix('/').is_some_and(is_room_name),
     }
 }
 
