@@ -316,14 +316,15 @@ impl Hub {
     /// The room's history as kept in Redis (oldest first), read just after this node subscribed
     /// to the room: it becomes the room's history and, while nothing live has been relayed in the
     /// room yet, is replayed to the members who joined while it was being read.
-    pub fn seed_history(&self, room: &str, messages: Vec<Message>) {
+    /// `false` when it was not seeded (the room is gone or already live).
+    pub fn seed_history(&self, room: &str, messages: Vec<Message>) -> bool {
         let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
-            return;
+            return false;
         };
         let settings = self.shared.settings.load();
         let mut state = room.lock();
         if state.closed || state.live {
-            return;
+            return false;
         }
         let mut history = History::default();
         for msg in messages {
@@ -337,6 +338,7 @@ impl Hub {
         state.history = history;
         // Seeded once: a reseed after a reconnect must not replay it to the same members again.
         state.live = true;
+        true
     }
 
     /// Forgets every other node's members (Redis is unreachable: their counts cannot be kept).
@@ -668,6 +670,8 @@ impl Membership {
     /// The room's history keeps it within the bounds in force (the hub's settings).
     pub fn publish(&self, msg: Message, echo: bool) {
         let settings = self.hub.shared.settings.load();
+        let cluster = self.hub.shared.cluster.as_ref();
+        let encoded = cluster.and_then(|c| c.encode(&msg));
         let mut state = self.room.lock();
         let mut delivered = 0u64;
         for m in &state.members {
@@ -677,8 +681,8 @@ impl Membership {
         }
         state.live = true;
         // Under the room lock, so the other nodes see this room's messages in the local order.
-        if let Some(cluster) = &self.hub.shared.cluster {
-            cluster.publish(&self.room.name, &msg, settings.history);
+        if let (Some(cluster), Some(data)) = (cluster, encoded) {
+            cluster.publish(&self.room.name, data, settings.history);
         }
         if settings.history > 0 || !state.history.is_empty() {
             state

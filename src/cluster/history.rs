@@ -55,6 +55,11 @@ pub(super) async fn replay_history(
             }
         })
         .collect();
-    hub.seed_history(room, messages);
-    Ok(last)
+    // Not seeded (the room went live first): nothing of the stream was delivered, so no live
+    // message may be dropped as already replayed.
+    Ok(if hub.seed_history(room, messages) {
+        last
+    } else {
+        (0, 0)
+    })
 }

@@ -177,14 +177,23 @@ impl Cluster {
         self.shared.remote_total.load(Ordering::Relaxed)
     }
 
-    /// Sends a locally relayed message to the other nodes, or drops it while Redis is down.
-    pub fn publish(&self, room: &Arc<str>, msg: &Message, history: usize) {
-        let s = &self.shared;
+    /// A locally relayed message in the envelope the other nodes read; `None` (counted as
+    /// dropped) while Redis is down. Made before the room lock is taken: only [`Cluster::publish`]
+    /// needs it, for the order.
+    pub fn encode(&self, msg: &Message) -> Option<Bytes> {
         if !self.is_up() {
-            s.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        let data = wire::encode(&s.instance, &Payload::Message(msg.clone()));
+        Some(wire::encode(
+            &self.shared.instance,
+            &Payload::Message(msg.clone()),
+        ))
+    }
+
+    /// Queues an [`Cluster::encode`]d message for the other nodes; dropped when the queue is full.
+    pub fn publish(&self, room: &Arc<str>, data: Bytes, history: usize) {
+        let s = &self.shared;
         let size = data.len();
         if s.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
             s.queued_bytes.fetch_sub(size, Ordering::Relaxed);

@@ -55,14 +55,20 @@ return rooms";
 
 /// The other instances' connections, from the total hash.
 pub(super) async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
-    let totals: Vec<(String, usize)> = conn.hgetall(s.keys.total()).await?;
+    let totals: Vec<(String, String)> = conn.hgetall(s.keys.total()).await?;
+    store_remote_total(s, &totals);
+    Ok(())
+}
+
+/// Stores the sum of the other instances' connections from the total hash's fields; a value that
+/// is not a number (not written by wsline) counts as nothing rather than failing the heartbeat.
+pub(super) fn store_remote_total(s: &Shared, totals: &[(String, String)]) {
     let remote = totals
         .iter()
         .filter(|(i, _)| *i != s.instance)
-        .map(|(_, n)| *n)
+        .filter_map(|(_, n)| n.parse::<usize>().ok())
         .sum();
     s.remote_total.store(remote, Ordering::Relaxed);
-    Ok(())
 }
 
 /// Refreshes this instance's liveness key and sweeps instances whose key has expired.

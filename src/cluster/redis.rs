@@ -26,7 +26,7 @@ use redis::{Client, RedisResult};
 use tracing::{debug, info, warn};
 
 use super::history::{PUBLISH_KEPT, replay_history};
-use super::presence::{RELEASE, heartbeat, reclaim_names, sweep};
+use super::presence::{RELEASE, heartbeat, reclaim_names, store_remote_total, sweep};
 use super::wire::{self, Payload};
 use super::{Cluster, Out, Shared};
 use crate::hub::Hub;
@@ -375,13 +375,7 @@ async fn read_stale(
         // presence messages these reads cause carry a `total` as fresh as their `count`.
         pipe.hgetall(s.keys.total());
         let mut entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
-        let totals = entries.pop().unwrap_or_default();
-        let remote_total = totals
-            .iter()
-            .filter(|(i, _)| *i != s.instance)
-            .filter_map(|(_, n)| n.parse::<usize>().ok())
-            .sum();
-        s.remote_total.store(remote_total, Ordering::Relaxed);
+        store_remote_total(s, &entries.pop().unwrap_or_default());
         for (room, entries) in stale_rooms.iter().zip(entries) {
             let (count, names) = wire::remote(
                 &s.instance,

@@ -194,7 +194,11 @@ pub fn entry(count: usize, names: &[Arc<str>]) -> String {
 pub fn parse_entry(s: &str) -> (usize, Vec<Arc<str>>) {
     let mut lines = s.split('\n');
     let count = lines.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    let names = lines.filter(|n| !n.is_empty()).map(Arc::from).collect();
+    // Only names this node would accept itself: presence's size bound relies on them.
+    let names = lines
+        .filter(|n| crate::request::is_presence_name(n))
+        .map(Arc::from)
+        .collect();
     (count, names)
 }
 
