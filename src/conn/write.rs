@@ -2,9 +2,10 @@
 //!
 //! Each frame is its header (at most 10 bytes, built on the stack by [`frame::header`]) followed by
 //! the payload the message shares with every other receiver; both go to TLS as one vectored write
-//! per batch piece (up to [`MAX_FRAMES_PER_WRITE`] frames), so the only copy of a payload made for
-//! this connection is rustls encrypting it into at most one record of ciphertext (see
-//! `tls::stream`), sent and freed at once. Nothing here grows with the largest message.
+//! per batch piece (up to [`MAX_FRAMES_PER_WRITE`] frames, at most one TLS record's worth), so what
+//! is made for this connection alone is that record: the slices gathered into one plaintext record
+//! (at most 16 KiB) and its ciphertext (see `tls::stream`), sent and freed at once. Nothing here
+//! grows with the largest message.
 //!
 //! State lives in [`Writer`] (the batch and how much of its first frame is written), so writing can
 //! stop at any await and resume in the close phase: a frame is always finished before another
@@ -117,7 +118,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.flush().await
     }
 
-    /// Writes a close frame (after finishing any frame in progress) and flushes.
+    /// Writes a close frame and flushes; the caller finishes the frame in progress first
+    /// ([`Writer::drain`] or [`Writer::finish_frame`]).
     pub async fn close_frame(&mut self, code: Option<u16>, reason: &str) -> Result<(), WriteEnd> {
         let payload = code
             .map(|c| frame::close_payload(c, reason))
@@ -164,7 +166,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let written = std::future::poll_fn(|cx| {
             let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
             let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
-            let mut frames = 0;
+            let (mut frames, mut gathered) = (0, 0);
             for msg in batch.iter().take(take) {
                 let Some((opcode, payload)) = parts(msg) else {
                     break;
@@ -172,6 +174,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 heads[frames] = frame::header(opcode, payload.len());
                 payloads[frames] = payload;
                 frames += 1;
+                // One write takes at most one TLS record: frames past it would wait anyway.
+                gathered += heads[frames - 1].len() + payload.len();
+                if gathered - sent >= crate::tls::MAX_FRAGMENT {
+                    break;
+                }
             }
             let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
             let mut n = 0;

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest plaintext in one TLS record.
-const MAX_FRAGMENT: usize = 16 * 1024;
+pub const MAX_FRAGMENT: usize = 16 * 1024;
 /// How much the socket is offered per read when no record length is known yet.
 const READ_CHUNK: usize = 4 * 1024;
 /// A TLS record header: type, version, length.
@@ -88,6 +88,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
 
 impl TlsStream {
     /// The protocol agreed by ALPN, if any.
+    #[cfg(test)]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
