@@ -1,7 +1,7 @@
 //! One WebSocket connection, from the upgraded stream to the close frame.
 //!
 //! wsline owns both directions of the protocol (RFC 6455 framing is in [`crate::frame`]): the
-//! [`read`] half turns client frames into whole messages under the size limit, the [`write`] half
+//! [`read`] half turns client frames into whole messages under the size limit, the [`write`](mod@write) half
 //! writes queued messages as a header plus the shared payload straight into TLS. The task runs
 //! three loops at once and ends with the first to finish: the reader (client messages -> the
 //! room), the writer (the outbox -> the socket) and the heartbeat (one timer: pings, idle). The

@@ -54,6 +54,7 @@ impl History {
         self.messages.iter()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.messages.len()
     }
@@ -62,6 +63,7 @@ impl History {
         self.messages.is_empty()
     }
 
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -205,14 +205,14 @@ async fn upgrade(
         outbox,
     } = admitted;
     if membership.is_none() {
-        info!(
-            status = 101,
-            code = 1008,
-            reason = "name taken",
-            %client,
-            %peer,
-            %room,
-            "upgrade refused"
+        // Upgraded only to be closed, as the contract answers a taken name.
+        log_refusal(
+            101,
+            Some(1008),
+            "name taken",
+            &client.to_string(),
+            peer,
+            &room,
         );
     }
 
@@ -262,6 +262,18 @@ async fn upgrade(
     response
 }
 
+/// The `upgrade refused` line, for refusals before the `101` and for a taken name after it.
+fn log_refusal(
+    status: u16,
+    code: Option<u16>,
+    reason: &str,
+    client: &str,
+    peer: SocketAddr,
+    room: &str,
+) {
+    info!(status, code, reason, %client, %peer, %room, "upgrade refused");
+}
+
 /// The one place a refused upgrade becomes its answer and its log line. The answer closes the
 /// connection: a refused client has nothing more to say, and its descriptor is better spent on
 /// the next one.
@@ -274,14 +286,7 @@ fn refused(refusal: &Refusal, peer: SocketAddr) -> Response<Body> {
         .map_or_else(|| "unknown".to_owned(), |c| c.to_string());
     // The path's room only (when valid): the query may hold the token, which is never logged.
     let room = refusal.room.as_deref().unwrap_or("");
-    info!(
-        status = status.as_u16(),
-        reason = &*reason,
-        %client,
-        %peer,
-        room = %room,
-        "upgrade refused"
-    );
+    log_refusal(status.as_u16(), None, &reason, &client, peer, room);
     let mut r = text(status, format!("{reason}\n"));
     let headers = r.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -11,7 +11,7 @@
 //!
 //! Names are claimed before the join, the one place that waits for Redis ([`Cluster::claim`],
 //! bounded by [`CLAIM_TIMEOUT`]). The connections, worker and publisher live in
-//! [`redis`](self::redis), liveness, sweep, totals and names in [`presence`], the history stream in
+//! [`redis`], liveness, sweep, totals and names in [`presence`], the history stream in
 //! [`history`]; the pure rules (keys, envelope, entries, backoff) in [`wire`].
 
 pub mod history;

@@ -1,7 +1,7 @@
 //! The cluster's I/O: one subscriber connection and one command connection per node, the worker
 //! that keeps subscriptions, presence entries and liveness in step, and the publisher.
 //!
-//! The worker ([`worker`]) owns the subscriber connection. Each turn it reconciles its channel
+//! The worker (`worker`) owns the subscriber connection. Each turn it reconciles its channel
 //! subscriptions with the rooms that have local members (subscribe on the first local member,
 //! unsubscribe after the last), writes the presence entries of rooms whose local members changed
 //! (then publishes a `P` notice on the room's channel, so the other nodes re-read that one hash:
