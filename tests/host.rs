@@ -410,9 +410,11 @@ impl Drop for Host {
         let _ = Command::new("kill")
             .arg(self.nspawn.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.nspawn.try_wait() {
+                eprintln!("host: powered off in {:.1?}", started.elapsed());
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -481,7 +483,15 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
     let names: Vec<_> = blocks.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["install", "nginx", "hand-off", "start", "check", "renew"],
+        [
+            "install",
+            "nginx",
+            "hand-off",
+            "credentials-check",
+            "start",
+            "check",
+            "renew"
+        ],
         "the README's host-test blocks"
     );
     let block = |name: &str| {
@@ -633,11 +643,41 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
     assert_eq!(host.show("ExecMainStatus"), "0");
     drop((alice, bob));
 
+    // The other hand-off, LoadCredential=: the unit's own commented lines, switched on in a
+    // drop-in, and the config pointed at the credentials directory.
+    host.ok(&format!(
+        "{{ echo '[Service]'; sed -n 's/^#LoadCredential=/LoadCredential=/p' \
+             /usr/lib/systemd/system/wsline.service | sed 's/chat.example.com/{NAME}/'; }} \
+             > /etc/systemd/system/wsline.service.d/credentials.conf && \
+         cp /etc/wsline/wsline.toml /root/wsline.toml.tls && \
+         sed -i -e 's|^cert = .*|cert = \"/run/credentials/wsline.service/fullchain.pem\"|' \
+                -e 's|^key = .*|key = \"/run/credentials/wsline.service/privkey.pem\"|' \
+                /etc/wsline/wsline.toml"
+    ));
+    // By hand the files are not there (exit 78, EX_CONFIG); the README's command checks the sources.
+    let plain = host.sh("wsline --check-config --config /etc/wsline/wsline.toml");
+    assert_eq!(plain.status.code(), Some(78), "{}", text(&plain.stderr));
+    let output = host.step("credentials-check", block("credentials-check"));
+    assert!(output.starts_with("config OK\n"), "{output}");
+    host.ok("systemctl daemon-reload && systemctl start wsline");
+    assert_eq!(
+        host.served_certificate("127.0.0.1:3456"),
+        host.file_certificate(&format!("/etc/letsencrypt/live/{NAME}/fullchain.pem"))
+    );
+    assert_eq!(
+        host.ok(&format!("curl -sS --fail https://{NAME}/wsline/healthz")),
+        "ok\n"
+    );
+    host.ok(
+        "rm /etc/systemd/system/wsline.service.d/credentials.conf && \
+         cp /root/wsline.toml.tls /etc/wsline/wsline.toml && systemctl daemon-reload",
+    );
+
     // The watchdog, with a short period: alive past twice the period, restarted when stopped.
     host.ok(
         "mkdir -p /run/systemd/system/wsline.service.d && \
          printf '[Service]\\nWatchdogSec=2s\\nTimeoutAbortSec=5s\\n' > /run/systemd/system/wsline.service.d/watchdog.conf && \
-         systemctl daemon-reload && systemctl start wsline",
+         systemctl daemon-reload && systemctl restart wsline",
     );
     let pid = host.main_pid();
     let restarts = host.show("NRestarts");
