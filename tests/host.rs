@@ -210,7 +210,7 @@ struct Host {
     nspawn: Child,
     pid1: u32,
     /// The copy of the cached root that this boot may change.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     root: PathBuf,
 }
 
@@ -258,7 +258,7 @@ impl Host {
         let mut host = Host {
             pid1: 0,
             nspawn,
-            _dir: dir,
+            dir,
             root,
         };
         // The container's init is systemd-nspawn's child.
@@ -277,7 +277,7 @@ impl Host {
             "the host did not boot: {state}{}\n{}\nlog: {}",
             text(&out.stderr),
             text(&host.sh("systemctl --failed --no-pager").stdout),
-            std::fs::read_to_string(host._dir.path().join("boot.log")).unwrap_or_default()
+            std::fs::read_to_string(host.dir.path().join("boot.log")).unwrap_or_default()
         );
         eprintln!("host: booted in {:.1?}", started.elapsed());
         host
@@ -412,15 +412,18 @@ impl Drop for Host {
             .status();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.nspawn.try_wait() {
-                eprintln!("host: powered off in {:.1?}", started.elapsed());
-                return;
+        while !matches!(self.nspawn.try_wait(), Ok(Some(_))) {
+            if Instant::now() >= deadline {
+                let _ = self.nspawn.kill();
+                let _ = self.nspawn.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
+        eprintln!("host: powered off in {:.1?}", started.elapsed());
+        let started = Instant::now();
+        let _ = std::fs::remove_dir_all(self.dir.path());
+        eprintln!("host: its root removed in {:.1?}", started.elapsed());
     }
 }
 
