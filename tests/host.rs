@@ -385,14 +385,14 @@ impl Host {
         client
     }
 
-    /// The SHA-256 fingerprint of the certificate served at `addr` for [`NAME`].
+    /// The SHA-256 fingerprint of the certificate served at `addr` for [`NAME`]; empty when no
+    /// handshake succeeded (callers compare it with a file's).
     fn served_certificate(&self, addr: &str) -> String {
-        self.ok(&format!(
+        let out = self.sh(&format!(
             "openssl s_client -connect {addr} -servername {NAME} </dev/null 2>/dev/null \
              | openssl x509 -noout -fingerprint -sha256"
-        ))
-        .trim()
-        .to_owned()
+        ));
+        text(&out.stdout).trim().to_owned()
     }
 
     fn file_certificate(&self, path: &str) -> String {
@@ -612,13 +612,23 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
     // Renewal through the deploy hook: wsline (same process, connections kept) and nginx serve
     // the new certificate.
     let old = host.served_certificate("127.0.0.1:443");
+    assert!(
+        old.contains("Fingerprint="),
+        "nginx serves no certificate: {old:?}"
+    );
     assert_eq!(old, host.served_certificate("127.0.0.1:3456"));
     host.step("renew", block("renew"));
     let new = host.file_certificate(&format!("/etc/letsencrypt/live/{NAME}/fullchain.pem"));
     assert_ne!(new, old, "the renewal made a new certificate");
     assert_eq!(host.file_certificate("/etc/wsline/tls/fullchain.pem"), new);
-    assert_eq!(host.served_certificate("127.0.0.1:3456"), new, "wsline");
-    assert_eq!(host.served_certificate("127.0.0.1:443"), new, "nginx");
+    // Both reloads are signals: `systemctl reload` returns once they are sent, and the new
+    // certificate is served a moment later.
+    host.wait_for("wsline to serve the renewed certificate", || {
+        (host.served_certificate("127.0.0.1:3456") == new).then_some(())
+    });
+    host.wait_for("nginx to serve the renewed certificate", || {
+        (host.served_certificate("127.0.0.1:443") == new).then_some(())
+    });
     assert_eq!(host.main_pid(), pid);
     assert_eq!(alice.command("send after renewal"), "got after renewal");
     assert_eq!(bob.command("wait after renewal"), "got after renewal");
