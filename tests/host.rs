@@ -261,8 +261,25 @@ impl Host {
             dir,
             root,
         };
-        // The container's init is systemd-nspawn's child.
-        host.pid1 = host.wait_for("the container's init", || init_of(host.nspawn.id()));
+        // The container's init is systemd-nspawn's child. Where nspawn may not boot a container
+        // (no permission for namespaces or mounts), it exits: say why.
+        let deadline = Instant::now() + WAIT;
+        host.pid1 = loop {
+            if let Some(pid) = init_of(host.nspawn.id()) {
+                break pid;
+            }
+            if let Ok(Some(status)) = host.nspawn.try_wait() {
+                panic!(
+                    "systemd-nspawn could not boot the host ({status}):\n{}",
+                    std::fs::read_to_string(host.dir.path().join("boot.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no systemd in the container after {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         // systemctl answers once systemd's private socket is up; then it waits for the boot.
         host.wait_for("systemd in the container to listen", || {
             host.sh("test -S /run/systemd/private")
