@@ -762,12 +762,18 @@ fn is_log_filter(filter: &str) -> bool {
     }) && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 
+/// The machine's host name from `uname(2)` (what `gethostname()` returns). Not
+/// `/proc/sys/kernel/hostname`: the shipped unit's `ProcSubset=pid` hides it, which made every
+/// node of a cluster `wsline`. That fallback stays for a name that is empty or not UTF-8.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+    let uname = rustix::system::uname();
+    uname
+        .nodename()
+        .to_str()
         .ok()
+        .map(str::trim)
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "wsline".into())
+        .map_or_else(|| "wsline".into(), str::to_owned)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -890,6 +896,15 @@ mod tests {
         assert_eq!(c.heartbeat.idle_timeout, Duration::from_secs(75));
         assert_eq!(c.security.trusted_proxies.len(), 2);
         assert!(!c.cluster.node_id.is_empty());
+    }
+
+    /// The default node id is the kernel's host name, read with `uname(2)` (which works where
+    /// `ProcSubset=pid` hides `/proc/sys`; here /proc is whole, so the two must agree).
+    #[test]
+    fn the_default_node_id_is_the_host_name() {
+        let c = Config::from_toml("[tls]\nenabled = false\n").unwrap();
+        let proc = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(c.cluster.node_id, proc.trim());
     }
 
     #[test]
