@@ -2,8 +2,8 @@
 //! and in one order, before the `101`.
 //!
 //! [`admit`] checks the handshake (405, 400, 426), the drain (503), the room, name and session
-//! (400), a missing name where the room requires one (400), the client's address (400 when a trusted proxy's headers leave it unknown), the Origin (403), the
-//! token (401), the connection limits (503 with the descriptor cap folded in, 429) and the room
+//! (400), a missing name where the room requires one (400), the client's address (400 when a
+//! trusted proxy's headers leave it unknown), the Origin (403), the token (401), the connection limits (503 with the descriptor cap folded in, 429) and the room
 //! limit (503), and joins the room. It returns what the connection needs ([`Admitted`]) or a
 //! [`Refusal`] that says its status and reason; `http` turns that into the response, with
 //! `Connection: close`, and the one log line. A name already taken is not a refusal here: the

@@ -60,6 +60,10 @@ pub struct Config {
     pub cluster: Cluster,
     /// `[[rooms]]`: per-room settings, the first entry whose `match` fits a room wins.
     pub rooms: Vec<RoomRule>,
+    /// The configuration each `rooms` entry makes, built once on first use ([`Config::for_room`]),
+    /// so connections of a room share one copy; not a key of the file.
+    #[serde(skip)]
+    resolved: Resolved,
     /// Where the file was and where each key sits in it; not a key of the file.
     #[serde(skip)]
     pub origin: Origin,
@@ -524,27 +528,40 @@ impl Origin {
     }
 }
 
-impl Config {
-    /// The first `[[rooms]]` entry for `room`, if any.
-    pub fn rule_for(&self, room: &str) -> Option<&RoomRule> {
-        self.rooms.iter().find(|rule| rule.matches(room))
-    }
+/// [`Config::for_room`]'s copies, one per `[[rooms]]` entry. A clone of the configuration starts
+/// without them, so a clone whose entries are then changed never serves stale copies.
+#[derive(Debug, Default)]
+struct Resolved(std::sync::OnceLock<Vec<std::sync::Arc<Config>>>);
 
+impl Clone for Resolved {
+    fn clone(&self) -> Self {
+        Resolved::default()
+    }
+}
+
+impl Config {
     /// The configuration as it applies to `room`: this one with the first matching `[[rooms]]`
     /// entry's overrides written in (the same `Arc` when no entry matches, so rooms without one
     /// cost nothing). Its own `rooms` list is empty: it is already resolved.
     pub fn for_room(self: &std::sync::Arc<Config>, room: &str) -> std::sync::Arc<Config> {
-        match self.rule_for(room) {
-            None => self.clone(),
-            Some(rule) => {
-                let mut config = Config {
-                    rooms: Vec::new(),
-                    ..(**self).clone()
-                };
-                rule.apply(&mut config);
-                std::sync::Arc::new(config)
-            }
-        }
+        let Some(i) = self.rooms.iter().position(|rule| rule.matches(room)) else {
+            return self.clone();
+        };
+        let resolved = self.resolved.0.get_or_init(|| {
+            self.rooms
+                .iter()
+                .map(|rule| {
+                    let mut config = Config {
+                        rooms: Vec::new(),
+                        resolved: Resolved::default(),
+                        ..(**self).clone()
+                    };
+                    rule.apply(&mut config);
+                    std::sync::Arc::new(config)
+                })
+                .collect()
+        });
+        resolved[i].clone()
     }
 
     /// Reads, parses and validates the file at `path`. Relative `tls.cert` / `tls.key` paths are
@@ -676,6 +693,7 @@ impl Config {
             }
             let mut config = Config {
                 rooms: Vec::new(),
+                resolved: Resolved::default(),
                 ..self.clone()
             };
             rule.apply(&mut config);
@@ -1345,6 +1363,10 @@ mod tests {
             config.for_room("我的房间2").heartbeat.app_ping,
             "",
             "exact match only"
+        );
+        assert!(
+            std::sync::Arc::ptr_eq(&count, &config.for_room("count-2")),
+            "one copy per entry, shared by its rooms"
         );
         let other = config.for_room("lobby");
         assert!(

@@ -89,6 +89,18 @@ impl RoomSettings {
         }
     }
 
+    /// `room`'s history bounds (`history`, `history_bytes`): what the message path needs, without
+    /// copying the rest.
+    pub fn history_for(&self, room: &str) -> (usize, usize) {
+        match self.rules.iter().find(|r| r.matches(room)) {
+            None => (self.history, self.history_bytes),
+            Some(_) => {
+                let own = self.for_room(room);
+                (own.history, own.history_bytes)
+            }
+        }
+    }
+
     /// The settings of `room`: these with the first matching `[[rooms]]` entry's overrides.
     pub fn for_room(&self, room: &str) -> RoomSettings {
         let mut own = self.clone();
@@ -297,7 +309,7 @@ impl Hub {
         let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
             return;
         };
-        let settings = self.shared.settings.load().for_room(&room.name);
+        let (history, history_bytes) = self.shared.settings.load().history_for(&room.name);
         let mut state = room.lock();
         let mut delivered = 0u64;
         for m in &state.members {
@@ -306,10 +318,8 @@ impl Hub {
             }
         }
         state.live = true;
-        if settings.history > 0 || !state.history.is_empty() {
-            state
-                .history
-                .push(msg, settings.history, settings.history_bytes);
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
         }
         drop(state);
         let stats = &self.shared.stats;
@@ -745,7 +755,7 @@ impl Membership {
     /// the room lock, so every receiver sees one sender's messages in the order they were sent.
     /// The room's history keeps it within the bounds in force (the hub's settings).
     pub fn publish(&self, msg: Message, echo: bool) {
-        let settings = self.hub.shared.settings.load().for_room(&self.room.name);
+        let (history, history_bytes) = self.hub.shared.settings.load().history_for(&self.room.name);
         let cluster = self.hub.shared.cluster.as_ref();
         let encoded = cluster.and_then(|c| c.encode(&msg));
         let mut state = self.room.lock();
@@ -758,12 +768,10 @@ impl Membership {
         state.live = true;
         // Under the room lock, so the other nodes see this room's messages in the local order.
         if let (Some(cluster), Some(data)) = (cluster, encoded) {
-            cluster.publish(&self.room.name, data, settings.history);
+            cluster.publish(&self.room.name, data, history);
         }
-        if settings.history > 0 || !state.history.is_empty() {
-            state
-                .history
-                .push(msg, settings.history, settings.history_bytes);
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
         }
         drop(state);
         let stats = &self.hub.shared.stats;

@@ -480,7 +480,7 @@ async fn the_heartbeat_example_pings_and_reconnects_once() {
     let root = site();
     let nginx = Nginx::start(addr, root.path()).await;
     let s = Session::new("heartbeat");
-    let page = open(&s, "a", &nginx.url("/heartbeat.html?ping_ms=200")).await;
+    let page = open(&s, "a", &nginx.url("/heartbeat.html?ping_ms=1000")).await;
     page.wait_text("#status", "open").await;
     page.wait(
         "two pongs",

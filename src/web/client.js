@@ -21,7 +21,8 @@
 // - Sends ?session=ID, a random id kept per tab (sessionStorage): a reconnect after a network
 //   drop takes its name over from its own ghost connection instead of getting "name taken".
 // - At most one socket at a time: a new one is opened only after the previous one has closed,
-//   except a dead link's, which is abandoned (its close handshake could take Chromium 60 s).
+//   except a dead link's, which is abandoned (its close handshake can keep Chromium waiting for
+//   minutes).
 // - Reconnects with jittered exponential backoff (0.5 s doubling to 30 s, each delay 50-100 %
 //   of the step); stops on close 1008 (name taken, rate limit), on 4001 (this session was taken
 //   over by another tab) and after close(), and always says why in a `status` event.
@@ -165,7 +166,7 @@ export class Room extends EventTarget {
         ping = setInterval(() => {
           if (Date.now() - heard > 2 * this.pingEvery) {
             // Dead link: nothing heard for two periods. Its close handshake cannot complete
-            // (Chromium waits 60 s for it), so the socket is abandoned and the next one opened;
+            // (Chromium would wait minutes for it), so the socket is abandoned and the next one opened;
             // the server gives the name to the new one (same session) and closes the ghost.
             ws.onclose = ws.onmessage = null;
             ws.close();
