@@ -896,3 +896,39 @@ async fn the_quick_start_page_imports_client_js_across_origins_without_the_demo(
         p.assert_no_errors(|_| false).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_whose_session_is_taken_over_says_so_and_stops() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("replaced");
+    let first = open(&s, "first", &url(&daemon, "/r?name=sam")).await;
+    connected(&first).await;
+    // A duplicated tab carries the same sessionStorage, hence the same session.
+    let session = first.eval("sessionStorage.getItem('wsline-session')").await;
+    assert!(session.as_str().is_some_and(|s| s.len() == 32), "{session}");
+    let second = open(&s, "second", &url(&daemon, "/")).await;
+    second
+        .eval(&format!(
+            "sessionStorage.setItem('wsline-session', {session}); location.href = 'r?name=sam'; true"
+        ))
+        .await;
+    connected(&second).await;
+    first.wait_text("#status", "replaced: ").await;
+    first
+        .wait_text("#log", "your name was taken over by another tab")
+        .await;
+    let made = first
+        .wait(
+            "1.5 s after the takeover",
+            "new Promise(r => setTimeout(() => r(window.__sockets.made), 1500))",
+        )
+        .await;
+    assert_eq!(
+        made, 1,
+        "a replaced tab does not reconnect (it would take the name back)"
+    );
+    wait_stats(&daemon, "one sam", |s| s["connections"] == 1).await;
+    for page in [&first, &second] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
