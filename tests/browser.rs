@@ -763,7 +763,7 @@ async fn a_page_cut_half_open_reconnects_takes_its_name_over_and_is_listed_once(
     let sam = open(
         &s,
         "sam",
-        &format!("https://127.0.0.1:{}/r?name=sam&ping_ms=300", proxy.port),
+        &format!("https://127.0.0.1:{}/r?name=sam&ping_ms=500", proxy.port),
     )
     .await;
     connected(&sam).await;
@@ -774,12 +774,21 @@ async fn a_page_cut_half_open_reconnects_takes_its_name_over_and_is_listed_once(
         .await;
 
     // The network switch: sam's socket stays open at both ends and carries nothing.
+    let (made, _, _) = sam.sockets().await;
+    let replaced_before = daemon.log().matches("code=4001").count();
     proxy.cut();
     // client.js notices the missing pongs, abandons the socket and reconnects with its session;
     // the server hands the name over at once and closes the ghost with 4001.
-    sam.wait_text("#log", "reconnecting").await;
+    sam.wait(
+        "a new socket after the cut",
+        &format!("window.__sockets.made > {made}"),
+    )
+    .await;
     sam.wait_text("#status", "connected to r as sam").await;
-    daemon.wait_log("code=4001").await;
+    daemon
+        .wait_log_times("code=4001", replaced_before + 1)
+        .await;
+    assert!(sam.text("#log").await.contains("reconnecting"));
     wait_stats(&daemon, "sam once, the ghost gone", |s| {
         s["connections"] == 2 && s["rooms"]["r"] == 2
     })
