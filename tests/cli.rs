@@ -667,3 +667,51 @@ async fn a_reload_whose_certificate_does_not_load_names_the_line() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn check_config_checks_each_rooms_entry_at_its_line_and_accepts_the_guides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "rooms.toml",
+        "[tls]\nself_signed = true\n[limits]\nqueue_messages = 10\n\
+         [[rooms]]\nmatch = \"chat-*\"\nrelay = { history = 20 }\n\
+         [[rooms]]\nmatch = \"count-*\"\npresence = { format = \"plain\", colour = 1 }\n",
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":7:21: [[rooms]] #1 (match = \"chat-*\"): relay.history: must be below limits.queue_messages (10)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":10:32: [[rooms]] #2: presence.colour: unknown key"),
+        "{stderr}"
+    );
+    // The README's configuration for the four examples is a valid file, and its history line
+    // names the largest per-room history.
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let (_, after) = readme
+        .split_once("<!-- config: examples -->\n```toml\n")
+        .unwrap();
+    let rooms = after.split_once("```").unwrap().0;
+    let path = write(
+        dir.path(),
+        "guide.toml",
+        &format!(
+            "[tls]\nself_signed = true\n{rooms}[[rooms]]\nmatch = \"h\"\nrelay = {{ history = 5, history_bytes = \"1KiB\" }}\n"
+        ),
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("config OK\n"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("10000 rooms x 1.0 KiB per room"),
+        "{stdout}"
+    );
+}
