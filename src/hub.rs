@@ -682,7 +682,13 @@ impl Membership {
         state.live = true;
         // Under the room lock, so the other nodes see this room's messages in the local order.
         if let (Some(cluster), Some(data)) = (cluster, encoded) {
-            cluster.publish(&self.room.name, data, settings.history);
+            // A message too large for the history is not appended to the room's stream either,
+            // where it would take one of the `history` places from the messages before it.
+            let kept = match crate::history::fits(&msg, settings.history_bytes) {
+                true => settings.history,
+                false => 0,
+            };
+            cluster.publish(&self.room.name, data, kept);
         }
         if settings.history > 0 || !state.history.is_empty() {
             state
