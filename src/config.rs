@@ -218,6 +218,12 @@ pub struct Limits {
     pub queue_bytes: u64,
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// A kept-alive HTTP connection whose next request head is not complete this long after the
+    /// last response is closed (idle time included).
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// Requests one HTTP connection may carry; the last one's response says `Connection: close`.
+    pub keepalive_requests: u32,
 }
 
 impl Default for Limits {
@@ -230,6 +236,8 @@ impl Default for Limits {
             queue_messages: 1024,
             queue_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            keepalive_requests: 100,
         }
     }
 }
@@ -538,6 +546,11 @@ impl Config {
                 MAX_HANDSHAKE_TIMEOUT,
             ),
             (
+                "limits.keepalive_timeout",
+                limits.keepalive_timeout,
+                MAX_HANDSHAKE_TIMEOUT,
+            ),
+            (
                 "cluster.node_timeout",
                 self.cluster.node_timeout,
                 MAX_NODE_TIMEOUT,
@@ -690,6 +703,16 @@ impl Config {
             !limits.handshake_timeout.is_zero(),
             "limits.handshake_timeout",
             "must be longer than 0".into(),
+        );
+        check(
+            !limits.keepalive_timeout.is_zero(),
+            "limits.keepalive_timeout",
+            "must be longer than 0".into(),
+        );
+        check(
+            limits.keepalive_requests > 0,
+            "limits.keepalive_requests",
+            "must be at least 1".into(),
         );
 
         for origin in &self.security.allowed_origins {
@@ -1140,6 +1163,7 @@ mod tests {
             ("presence", "interval"),
             ("heartbeat", "ping_interval"),
             ("limits", "handshake_timeout"),
+            ("limits", "keepalive_timeout"),
             ("cluster", "node_timeout"),
         ] {
             let text = format!("[tls]\nenabled = false\n[{section}]\n{key} = \"300000000000y\"\n");
