@@ -234,8 +234,8 @@ impl Conn {
     }
 }
 
-/// When the connection opened and when the client was last heard from: the reader records, the
-/// heartbeat reads (milliseconds since `opened` in an atomic, so neither waits for the other).
+/// When the connection opened and when the client was last heard from (any bytes, so a large
+/// message trickling in keeps its sender alive): the reader records, the heartbeat reads (milliseconds since `opened` in an atomic, so neither waits for the other).
 struct Seen {
     opened: Instant,
     last_ms: AtomicU64,
@@ -274,7 +274,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
-        let incoming = match reader.next().await {
+        let incoming = match reader.next_heard(|| seen.record(Instant::now())).await {
             Ok(incoming) => incoming,
             Err(ReadEnd::Gone) => return End::Gone,
             Err(ReadEnd::Refused(e)) => {

@@ -89,7 +89,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// The next message or control frame. Cancel-safe: progress is kept in `self`.
+    #[cfg(test)]
     pub async fn next(&mut self) -> Result<Incoming, ReadEnd> {
+        self.next_heard(|| {}).await
+    }
+
+    /// [`Reader::next`], calling `heard` whenever bytes arrive: a client sending a large message
+    /// slowly is heard from all along, not only when the message completes.
+    pub async fn next_heard(&mut self, heard: impl Fn()) -> Result<Incoming, ReadEnd> {
         loop {
             let Some((head, got)) = self.frame else {
                 let need = if self.have < 2 {
@@ -100,6 +107,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 if self.have < need {
                     let dst = &mut self.head[self.have..need];
                     self.have += read_into(&mut self.io, &mut self.early, dst).await?;
+                    heard();
                     continue;
                 }
                 self.have = 0;
@@ -126,6 +134,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     let dst = &mut self.control[start..];
                     let n = read_into(&mut self.io, &mut self.early, dst).await?;
                     frame::unmask(&mut self.control[start..start + n], head.mask, got);
+                    heard();
                     n
                 } else {
                     let start = self.message.len();
@@ -140,6 +149,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                         }
                     }
                     frame::unmask(&mut self.message[start..], head.mask, got);
+                    heard();
                     let n = self.message.len() - start;
                     if self.opcode == Some(OpCode::Text) {
                         self.check_utf8().inspect_err(|_| {
