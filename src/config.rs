@@ -39,6 +39,10 @@ const MAX_PRESENCE_INTERVAL: Duration = MINUTE;
 const MAX_PING_INTERVAL: Duration = HOUR;
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// `cluster.node_id`: 255 bytes of instance id in the envelope, less the per-process suffix.
+const MAX_NODE_ID_BYTES: usize = 200;
+/// `cluster.prefix`: a key prefix, short enough to leave room for the rest of every key.
+const MAX_PREFIX_BYTES: usize = 64;
 const MAX_NODE_TIMEOUT: Duration = HOUR;
 /// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
 const MAX_BACKLOG: u32 = 65_535;
@@ -665,6 +669,25 @@ impl Config {
             "cluster.node_timeout",
             "must be longer than 0".into(),
         );
+        // The node id names this node's Redis keys and, with a per-process suffix of up to 24
+        // bytes, is the instance id every message carries, which the envelope holds in 255 bytes:
+        // a longer one would be cut, and the node would take its own messages for another's.
+        let printable = |s: &str| !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        let node_id = &self.cluster.node_id;
+        check(
+            node_id.len() <= MAX_NODE_ID_BYTES && printable(node_id),
+            "cluster.node_id",
+            format!(
+                "must be at most {MAX_NODE_ID_BYTES} bytes without spaces or control characters \
+                 (\"\" = the host name)"
+            ),
+        );
+        let prefix = &self.cluster.prefix;
+        check(
+            !prefix.is_empty() && prefix.len() <= MAX_PREFIX_BYTES && printable(prefix),
+            "cluster.prefix",
+            format!("must be 1-{MAX_PREFIX_BYTES} bytes without spaces or control characters"),
+        );
 
         check(
             limits.max_connections >= 1,
@@ -1195,6 +1218,24 @@ mod tests {
             ],
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn cluster_node_id_and_prefix_are_checked() {
+        let long = "n".repeat(201);
+        let p = problems(&format!(
+            "[tls]\nenabled = false\n[cluster]\nnode_id = \"{long}\"\nprefix = \"\"\n"
+        ));
+        assert_eq!(
+            keys_and_lines(&p),
+            [(4, 11, "cluster.node_id"), (5, 10, "cluster.prefix")],
+            "{p:#?}"
+        );
+        let p = problems("[tls]\nenabled = false\n[cluster]\nnode_id = \"a b\"\n");
+        assert_eq!(keys_and_lines(&p), [(4, 11, "cluster.node_id")]);
+        let ok =
+            "[tls]\nenabled = false\n[cluster]\nnode_id = \"node-1.eu\"\nprefix = \"app:ws\"\n";
+        assert!(Config::from_toml(ok).is_ok());
     }
 
     #[test]
