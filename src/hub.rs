@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cluster::Cluster;
 use crate::config::{Config, PresenceFormat};
@@ -583,21 +583,30 @@ impl Hub {
             let text = match kind {
                 None => continue,
                 Some(Kind::State) => full.get_or_insert_with(|| {
-                    presence::state_json(
+                    Utf8Bytes::from(presence::state_json(
                         &room.name,
                         count,
                         total,
                         &state.roster,
                         settings.max_names,
                         state.resync || !state.changes.is_empty(),
-                    )
+                    ))
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
-                    presence::change_json(&room.name, count, total, &state.changes, &state.roster)
+                    Utf8Bytes::from(presence::change_json(
+                        &room.name,
+                        count,
+                        total,
+                        &state.changes,
+                        &state.roster,
+                    ))
                 }),
-                Some(Kind::Count) => plain.get_or_insert_with(|| presence::plain(count)),
+                Some(Kind::Count) => {
+                    plain.get_or_insert_with(|| Utf8Bytes::from(presence::plain(count)))
+                }
             };
-            m.outbox.push(Message::text(text.as_str()));
+            // Made once per tick and shared: every receiver's message is a reference to it.
+            m.outbox.push(Message::Text(text.clone()));
             sent += 1;
         }
         state.changes.clear();
@@ -872,6 +881,31 @@ mod tests {
 
     fn pair() -> (Outbox, crate::outbox::OutboxRx) {
         crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn one_presence_message_is_made_once_and_shared_by_its_receivers() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let (bob_tx, bob) = pair();
+        let a = hub.join("r", Some("ann"), ann_tx).unwrap();
+        let _b = hub.join("r", Some("bob"), bob_tx).unwrap();
+        hub.send_presence(&a.room);
+        let first = |rx: &crate::outbox::OutboxRx| {
+            let mut batch = std::collections::VecDeque::new();
+            assert!(rx.try_recv_all(&mut batch));
+            match batch.pop_front() {
+                Some(Message::Text(t)) => t,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (to_ann, to_bob) = (first(&ann), first(&bob));
+        assert_eq!(to_ann, to_bob);
+        assert_eq!(
+            to_ann.as_str().as_ptr(),
+            to_bob.as_str().as_ptr(),
+            "one buffer, not a copy per receiver"
+        );
     }
 
     #[tokio::test]
