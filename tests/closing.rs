@@ -33,6 +33,85 @@ async fn stream_out(raw: &mut RawClient, bytes: &[u8]) -> bool {
     matches!(tokio::time::timeout(PROMPT, write).await, Ok(Ok(())))
 }
 
+/// Whether the server ends the stream (EOF or reset) within `PROMPT`, sending no more frames.
+async fn ends(raw: &mut RawClient) -> bool {
+    matches!(tokio::time::timeout(PROMPT, raw.frame()).await, Ok(None))
+}
+
+/// The close handshake the server starts ends cleanly and at once: after its close frame and the
+/// client's reply, it closes the TCP connection (Autobahn's "the server should close the TCP
+/// connection"), whether it refused a whole frame, a frame in the middle, or a bad close frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_close_and_the_reply_the_server_closes_the_connection_at_once() {
+    let server = start(|c| c.presence.format = wsline::config::PresenceFormat::Off).await;
+    let invalid_text = encode_frame(true, 0x1, b"\xce\xba\xed\xa0\x80edited", true);
+    let invalid_then_more = encode_frame(true, 0x1, &[&[0xffu8][..], &[b'x'; 300]].concat(), true);
+    for (what, frames, code) in [
+        ("invalid UTF-8", invalid_text, 1007),
+        (
+            "invalid UTF-8 first, 300 bytes after",
+            invalid_then_more,
+            1007,
+        ),
+        (
+            "reserved bits",
+            {
+                let mut f = encode_frame(true, 0x1, b"rsv", true);
+                f[0] |= 0x20;
+                f
+            },
+            1002,
+        ),
+    ] {
+        let mut raw = RawClient::connect(&server, "/clean").await;
+        raw.send_raw(&frames).await;
+        assert_eq!(close_code_within(&mut raw).await, Some(code), "{what}");
+        let started = std::time::Instant::now();
+        stream_out(
+            &mut raw,
+            &encode_frame(true, 0x8, &1000u16.to_be_bytes(), true),
+        )
+        .await;
+        assert!(
+            ends(&mut raw).await,
+            "{what}: the server kept the connection"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: {:?}",
+            started.elapsed()
+        );
+    }
+    // A bad close frame (too long for a control frame, or a code that may not be sent) is the
+    // client's close all the same: the server answers 1002 and closes without waiting for another.
+    let too_long = encode_frame(
+        true,
+        0x8,
+        &[&1000u16.to_be_bytes()[..], &[b'r'; 124]].concat(),
+        true,
+    );
+    let bad_code = encode_frame(true, 0x8, &1005u16.to_be_bytes(), true);
+    for (what, frame) in [
+        ("a 126-byte close", too_long),
+        ("close code 1005", bad_code),
+    ] {
+        let mut raw = RawClient::connect(&server, "/clean").await;
+        let started = std::time::Instant::now();
+        raw.send_raw(&frame).await;
+        assert_eq!(close_code_within(&mut raw).await, Some(1002), "{what}");
+        assert!(
+            ends(&mut raw).await,
+            "{what}: the server kept the connection"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: {:?}",
+            started.elapsed()
+        );
+    }
+    server.stop().await;
+}
+
 /// A 1 MiB message over a 64 KiB limit: the server refuses it at its header, then reads and
 /// discards the rest, so the client, still writing, reads `1009` every time (it used to read a
 /// reset most of the time: 1 of 20 at 1 MiB).

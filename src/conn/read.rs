@@ -68,6 +68,8 @@ pub struct Reader<R> {
     valid: usize,
     /// Payload bytes of a refused frame still to come: [`Reader::linger`] skips them.
     skip: u64,
+    /// The client's close frame has been read (valid or not).
+    peer_closed: bool,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -85,6 +87,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             control: Vec::new(),
             valid: 0,
             skip: 0,
+            peer_closed: false,
         }
     }
 
@@ -113,6 +116,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 self.have = 0;
                 let head = frame::parse_head(&self.head[..need], self.max).inspect_err(|_| {
                     self.skip = frame::declared_len(&self.head[..need]);
+                    self.peer_closed = self.head[0] & 0x0f == OpCode::Close as u8;
                 })?;
                 if !head.opcode.is_control() {
                     let opcode = self.fragments.on_data(&head, self.max).inspect_err(|_| {
@@ -153,6 +157,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     let n = self.message.len() - start;
                     if self.opcode == Some(OpCode::Text) {
                         self.check_utf8().inspect_err(|_| {
+                            // The rest of this frame is skipped by [`Reader::linger`].
+                            self.frame = None;
                             self.skip = head.len - got - n as u64;
                         })?;
                     }
@@ -171,6 +177,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     return Ok(Incoming::Pong);
                 }
                 OpCode::Close => {
+                    // Even a malformed close ends what the client sends: nothing to linger for.
+                    self.peer_closed = true;
                     let code = frame::close_code(&std::mem::take(&mut self.control))?;
                     return Ok(Incoming::Close(code));
                 }
@@ -207,7 +215,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     /// After the server's close frame: reads and discards what the client still sends, at most
-    /// `budget` bytes, until its close frame (whose code is returned) or the end of the stream
+    /// `budget` bytes, until its close frame (whose code is returned; `None` at once if it sent one
+    /// already, valid or not) or the end of the stream
     /// (`None`). The rest of a refused or unfinished frame is skipped by its declared length;
     /// the frames after it are read by their headers alone, payloads skipped unread.
     pub async fn linger(&mut self, mut budget: u64) -> Option<u16> {
@@ -229,6 +238,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     .ok()?;
                 self.skip -= n as u64;
                 budget -= n as u64;
+            }
+            if self.peer_closed {
+                return None;
             }
             let need = if self.have < 2 {
                 2
