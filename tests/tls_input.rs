@@ -256,3 +256,140 @@ async fn a_client_hello_in_one_byte_records_holds_at_most_the_tls_buffer_ceiling
     assert_eq!(status, 200);
     assert_no_panic(&daemon);
 }
+
+/// A TLS 1.3 connection, handshake done, whose client writes records it encrypts itself: the
+/// socket and an encrypter with the client's traffic key and next sequence number.
+struct Tls13Raw {
+    tcp: TcpStream,
+    encrypter: Box<dyn rustls::crypto::cipher::MessageEncrypter>,
+    seq: u64,
+}
+
+impl Tls13Raw {
+    /// Connects with TLS 1.3 and AES-128-GCM only, then takes the client's traffic secrets out
+    /// of rustls (`dangerous_extract_secrets`), so the test can send handshake records rustls
+    /// itself never would.
+    async fn connect(daemon: &Daemon) -> Tls13Raw {
+        use rustls::crypto::aws_lc_rs as provider;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(daemon.cert.der.clone()).unwrap();
+        let mut crypto = provider::default_provider();
+        crypto.cipher_suites = vec![provider::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crypto))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.enable_secret_extraction = true;
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut tcp = TcpStream::connect(daemon.addr).await.unwrap();
+        within("the TLS 1.3 handshake", async {
+            loop {
+                let mut out = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut out).unwrap();
+                }
+                tcp.write_all(&out).await.unwrap();
+                if !conn.is_handshaking() {
+                    return;
+                }
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the daemon closed during the handshake");
+                conn.read_tls(&mut &buf[..n]).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+        })
+        .await;
+        let secrets = conn.dangerous_extract_secrets().unwrap();
+        let (seq, rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }) = secrets.tx else {
+            panic!("AES-128-GCM was the only suite offered");
+        };
+        let suite = provider::cipher_suite::TLS13_AES_128_GCM_SHA256
+            .tls13()
+            .unwrap();
+        Tls13Raw {
+            tcp,
+            encrypter: suite.aead_alg.encrypter(key, iv),
+            seq,
+        }
+    }
+
+    /// `payload` as encrypted handshake records of one byte each.
+    fn one_byte_handshake_records(&mut self, payload: &[u8]) -> Vec<u8> {
+        use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+        let mut wire = Vec::new();
+        for byte in payload {
+            let record = OutboundPlainMessage {
+                typ: rustls::ContentType::Handshake,
+                version: rustls::ProtocolVersion::TLSv1_2,
+                payload: OutboundChunks::Single(std::slice::from_ref(byte)),
+            };
+            let sealed = self.encrypter.encrypt(record, self.seq).unwrap();
+            self.seq += 1;
+            wire.extend(sealed.encode());
+        }
+        wire
+    }
+}
+
+/// After the handshake the same: a KeyUpdate header declaring 60 000 bytes, then its body, in
+/// encrypted 1-byte records (23 bytes each, all held while the message is unfinished). Each
+/// connection holds at most the ceiling, and is closed at once past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_update_in_one_byte_records_holds_at_most_the_tls_buffer_ceiling() {
+    const CONNECTIONS: usize = 30;
+    /// 3 400 records of 23 bytes: 76 KiB, short of the ceiling.
+    const HELD: usize = 3_400;
+    let daemon = Daemon::start(
+        "[limits]\nmax_connections_per_ip = 1000\nhandshake_timeout = \"60s\"\n",
+        &[],
+    )
+    .await;
+    let mut message = vec![24, 0x00, 0xea, 0x60];
+    message.resize(HELD + 400, 0x01);
+    let mut clients = Vec::new();
+    for _ in 0..4 + CONNECTIONS {
+        clients.push(Tls13Raw::connect(&daemon).await);
+    }
+    let send = |c: &mut Tls13Raw, range: std::ops::Range<usize>| {
+        c.one_byte_handshake_records(&message[range])
+    };
+    let (warm, measured) = clients.split_at_mut(4);
+    for c in warm.iter_mut() {
+        let wire = send(c, 0..HELD);
+        c.tcp.write_all(&wire).await.unwrap();
+    }
+    all_read(&daemon, warm.len()).await;
+    let (before, _) = daemon.rss_kib();
+    for c in measured.iter_mut() {
+        let wire = send(c, 0..HELD);
+        c.tcp.write_all(&wire).await.unwrap();
+    }
+    all_read(&daemon, clients.len()).await;
+    let (after, _) = daemon.rss_kib();
+    let per = (after as f64 - before as f64) / CONNECTIONS as f64;
+    eprintln!(
+        "{CONNECTIONS} KeyUpdates of {HELD} 1-byte records: RSS {before} KiB -> {after} KiB, {per:.1} KiB each"
+    );
+    assert!(
+        per <= SLOW_HELLO_KIB,
+        "{per:.1} KiB per connection, over {SLOW_HELLO_KIB} KiB"
+    );
+    // Past the ceiling: closed at once (the alert would have to be encrypted; the close is what
+    // tells), long before any timeout.
+    for c in clients.iter_mut() {
+        let wire = send(c, HELD..HELD + 400);
+        let _ = c.tcp.write_all(&wire).await;
+        let (_, _) = answer(&mut c.tcp).await;
+    }
+    let (status, _, _) = daemon
+        .http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(status, 200);
+    assert_no_panic(&daemon);
+}

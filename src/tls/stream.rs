@@ -67,6 +67,9 @@ pub struct TlsStream {
     close_queued: bool,
     /// rustls has sent something (from the ServerHello on, the peer expects it to send alerts).
     spoke: bool,
+    /// The peer went past [`MAX_INCOMING`]: `incoming` was dropped while rustls still counted on
+    /// its bytes, so rustls must never be called again (it would index past the empty buffer).
+    failed: bool,
 }
 
 /// Why processing stopped: rustls refused the peer's input (an alert may be due), or something
@@ -105,6 +108,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         read_closed: false,
         close_queued: false,
         spoke: false,
+        failed: false,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -144,6 +148,9 @@ impl TlsStream {
     /// them (the fragments of a handshake message it is joining in place), so a buffer that
     /// disagrees with its progress would make it index past the end.
     fn process(&mut self) -> io::Result<Rest> {
+        if self.failed {
+            return Err(ceiling_error());
+        }
         loop {
             let Self {
                 tcp,
@@ -282,16 +289,17 @@ impl TlsStream {
             let _ = try_write_all(&self.tcp, &mut FATAL_DECODE_ERROR.to_vec(), &mut 0);
         }
         self.incoming = Vec::new();
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("tls: the peer sent over {MAX_INCOMING} bytes without completing a message"),
-        )
+        self.failed = true;
+        ceiling_error()
     }
 
     /// Reads from the socket into `incoming`, allocating it only once the socket is readable, and
     /// never past [`MAX_INCOMING`]: called only when rustls needs more than `incoming` holds, so
     /// a full buffer means the peer is over the ceiling. Ready(Ok(0)) is end of file.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.failed {
+            return Poll::Ready(Err(ceiling_error()));
+        }
         loop {
             let used = self.incoming.len();
             if used >= MAX_INCOMING {
@@ -331,6 +339,9 @@ impl TlsStream {
 
     /// Encrypts up to one record of `bufs` into `outgoing`; returns the plaintext bytes taken.
     fn encrypt(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.failed {
+            return Err(ceiling_error());
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let take = total.min(MAX_FRAGMENT);
         let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]);
@@ -391,6 +402,14 @@ impl TlsStream {
         discard_front(incoming, discard);
         Ok(take)
     }
+}
+
+/// The error of a stream whose peer went past [`MAX_INCOMING`].
+fn ceiling_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("tls: the peer sent over {MAX_INCOMING} bytes without completing a message"),
+    )
 }
 
 /// Removes the `n` bytes rustls is done with from the front of `incoming`, freeing it once empty.
