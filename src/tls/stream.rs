@@ -121,6 +121,17 @@ impl TlsStream {
         self.conn.alpn_protocol()
     }
 
+    /// What the buffers hold now: (`incoming`'s capacity, plaintext not yet read, ciphertext not
+    /// yet written). For the fuzz target, which checks them against [`MAX_INCOMING`].
+    #[doc(hidden)]
+    pub fn buffered(&self) -> (usize, usize, usize) {
+        (
+            self.incoming.capacity(),
+            self.plain.len() - self.plain_at,
+            self.outgoing.len() - self.out_at,
+        )
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let rest = self.process()?;
