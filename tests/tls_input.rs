@@ -67,6 +67,32 @@ async fn nine_bytes_declaring_an_oversized_client_hello_get_an_alert_not_a_panic
     assert_no_panic(&daemon);
 }
 
+/// Inputs the fuzz target (`fuzz/fuzz_targets/tls_stream.rs`) found, kept as regression tests: a
+/// single zero byte made rustls queue its fatal alert, and the stream, asking rustls for the
+/// alert, let it process the same input a second time: a second fatal alert, which rustls
+/// asserts against (a panic in debug builds). Each of these gets an alert or a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_the_fuzzer_found_get_an_alert_or_a_close() {
+    let daemon = Daemon::start("", &[]).await;
+    let inputs: [&[u8]; 4] = [
+        &[0x00],
+        &[0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
+        &[0x16, 0x03, 0x01, 0x00, 0x00],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ];
+    for input in inputs {
+        let mut tcp = TcpStream::connect(daemon.addr).await.unwrap();
+        tcp.write_all(input).await.unwrap();
+        let (got, _) = answer(&mut tcp).await;
+        assert!(alert_or_nothing(&got), "{input:02x?}: answered {got:02x?}");
+    }
+    let (status, _, _) = daemon
+        .http("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(status, 200);
+    assert_no_panic(&daemon);
+}
+
 /// A TLS 1.2 client whose ClientKeyExchange has its length bytes corrupted, 60 ways: each
 /// connection ends in an alert or a close, and no connection task panics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

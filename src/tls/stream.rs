@@ -67,8 +67,10 @@ pub struct TlsStream {
     close_queued: bool,
     /// rustls has sent something (from the ServerHello on, the peer expects it to send alerts).
     spoke: bool,
-    /// The peer went past [`MAX_INCOMING`]: `incoming` was dropped while rustls still counted on
-    /// its bytes, so rustls must never be called again (it would index past the empty buffer).
+    /// rustls refused the peer's input, or the peer went past [`MAX_INCOMING`] (and `incoming`
+    /// was dropped while rustls still counted on its bytes): rustls is never called again, since
+    /// it would process the same input a second time (and assert on a second fatal alert) or
+    /// index past the empty buffer.
     failed: bool,
 }
 
@@ -248,47 +250,40 @@ impl TlsStream {
     }
 
     /// After an error, sends the alert rustls queued (e.g. `protocol_version` to a TLS 1.0 hello)
-    /// if the socket takes it now; the connection is over either way. rustls is handed the same
-    /// buffer as before (its `discard` applied), never a stand-in. Where rustls queues none (it
-    /// refuses a handshake message over its size limit without one) and nothing of ours has
-    /// been sent yet, a plaintext fatal `decode_error` goes instead.
+    /// if the socket takes it now; the connection is over either way, and rustls is not called
+    /// again (a second call would process the same input again and queue a second fatal alert).
+    /// rustls is handed the same buffer as before (its `discard` applied), never a stand-in.
+    /// Where rustls queued no alert (it refuses a handshake message over its size limit without
+    /// one) and nothing of ours has been sent yet, a plaintext fatal `decode_error` goes instead.
     fn send_alert(&mut self) {
-        let mut alerted = self.spoke;
+        self.failed = true;
         let Self {
             tcp,
             conn,
             incoming,
             outgoing,
             out_at,
+            spoke,
             ..
         } = self;
-        // rustls answers from its queue before it looks at the (failed) state again.
-        for _ in 0..4 {
-            let status = conn.process_tls_records(incoming);
-            let discard = status.discard;
-            let more = match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let start = outgoing.len();
-                    zero_extend(outgoing, start + READ_CHUNK);
-                    let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
-                    outgoing.truncate(start + n);
-                    alerted = true;
-                    true
-                }
-                Ok(ConnectionState::TransmitTlsData(data)) => {
-                    let _ = try_write_all(tcp, outgoing, out_at);
-                    data.done();
-                    true
-                }
-                _ => false,
-            };
-            discard_front(incoming, discard);
-            if !more {
-                break;
+        // rustls answers from its queue (the alert) before it looks at the input again.
+        let status = conn.process_tls_records(incoming);
+        let discard = status.discard;
+        let alerted = match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                let start = outgoing.len();
+                zero_extend(outgoing, start + READ_CHUNK);
+                let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
+                outgoing.truncate(start + n);
+                n > 0
             }
-        }
-        if !alerted {
-            let _ = try_write_all(&self.tcp, &mut FATAL_DECODE_ERROR.to_vec(), &mut 0);
+            _ => false,
+        };
+        discard_front(incoming, discard);
+        if alerted {
+            let _ = try_write_all(tcp, outgoing, out_at);
+        } else if !*spoke {
+            let _ = try_write_all(tcp, &mut FATAL_DECODE_ERROR.to_vec(), &mut 0);
         }
     }
 
@@ -363,6 +358,7 @@ impl TlsStream {
             conn,
             incoming,
             outgoing,
+            failed,
             ..
         } = self;
         let status = conn.process_tls_records(incoming);
@@ -371,7 +367,10 @@ impl TlsStream {
             Ok(ConnectionState::WriteTraffic(traffic)) => traffic,
             other => {
                 let e = match other {
-                    Err(e) => tls_error(e),
+                    Err(e) => {
+                        *failed = true;
+                        tls_error(e)
+                    }
                     Ok(_) => io::Error::other("tls stream not writable"),
                 };
                 discard_front(incoming, discard);
@@ -415,11 +414,13 @@ impl TlsStream {
     }
 }
 
-/// The error of a stream whose peer went past [`MAX_INCOMING`].
+/// The error of a stream whose peer went past [`MAX_INCOMING`] (or that failed before).
 fn ceiling_error() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("tls: the peer sent over {MAX_INCOMING} bytes without completing a message"),
+        format!(
+            "tls: the peer broke the protocol or sent over {MAX_INCOMING} bytes without completing a message"
+        ),
     )
 }
 
@@ -579,10 +580,12 @@ impl AsyncWrite for TlsStream {
                     conn,
                     incoming,
                     outgoing,
+                    failed,
                     ..
                 } = this;
                 let status = conn.process_tls_records(incoming);
                 let discard = status.discard;
+                *failed |= status.state.is_err();
                 if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
                     // An alert record: 2 bytes of alert, a header and the AEAD overhead.
                     let start = outgoing.len();
