@@ -4,8 +4,9 @@
 //! [`admit`] checks the handshake (405, 400, 426), the drain (503), the room and name (400), the
 //! client's address (400 when a trusted proxy's headers leave it unknown), the Origin (403), the
 //! token (401), the real client's per-address limit behind a trusted proxy (429; a direct
-//! client's socket was counted at `accept()`) and the room limit (503), and joins the room. It returns what the connection needs ([`Admitted`]) or a
-//! [`Refusal`] that says its status and reason; `http` turns that into the response, with
+//! client's socket was counted at `accept()`) and the room limit (503), and joins the room. It
+//! returns what the connection needs ([`Admitted`]) or a [`Refusal`] that says its status and
+//! reason; `http` turns that into the response, with
 //! `Connection: close`, and the one log line. A name already taken is not a refusal here: the
 //! contract answers it after the upgrade with close `1008`, so [`Admitted::membership`] is `None`.
 

@@ -4,11 +4,11 @@
 //! Admission hands out an [`Admission`] guard that the socket's task owns from `accept()` on; its
 //! `Drop` gives the slot back, so counts follow live sockets whatever way a connection ends.
 //!
-//! The process's open-files limit caps the connection count too: a connection is a descriptor, and
-//! a server that runs out of them can no longer even accept the client it should refuse. So the
+//! The process's open-files limit caps the socket count too: a socket is a descriptor, and a
+//! server that runs out of them can no longer even accept the client it should refuse. So the
 //! soft `RLIMIT_NOFILE` is raised to the hard one at start, and [`Gate`] admits at most that many
-//! connections minus a [`reserve`] for listeners, refusals in flight, reloads and logs: the
-//! connection beyond gets a fast `503`, never a hang in the listen queue.
+//! sockets minus a [`reserve`] for listeners, refusals in flight, reloads and logs: the socket
+//! beyond is closed at once, never left to hang in the listen queue.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -260,7 +260,7 @@ pub fn raise_descriptor_limit() -> std::io::Result<Descriptors> {
 
 /// Descriptors kept back from connections out of `limit`: the standard streams, the runtime's
 /// epoll and wake-up descriptors, listeners, signal handling, the certificate and configuration
-/// files a reload opens, and room to accept (and refuse with `503`) connections beyond the cap.
+/// files a reload opens, and room to accept (and close at once) sockets beyond the cap.
 pub fn reserve(limit: u64) -> u64 {
     64 + (limit / 16).min(4096)
 }
