@@ -3,9 +3,11 @@
 //!
 //! [`admit`] checks the handshake (405, 400, 426), the drain (503), the room, name and session
 //! (400), a missing name where the room requires one (400), the client's address (400 when a
-//! trusted proxy's headers leave it unknown), the Origin (403), the token (401), the connection limits (503 with the descriptor cap folded in, 429) and the room
-//! limit (503), and joins the room. It returns what the connection needs ([`Admitted`]) or a
-//! [`Refusal`] that says its status and reason; `http` turns that into the response, with
+//! trusted proxy's headers leave it unknown), the Origin (403), the token (401), the real client's
+//! per-address limit behind a trusted proxy (429; a direct client's socket was counted at
+//! `accept()`) and the room limit (503), and joins the room. It returns what the connection needs
+//! ([`Admitted`]) or a [`Refusal`] that says its status and reason; `http` turns that into the
+//! response, with
 //! `Connection: close`, and the one log line. A name already taken is not a refusal here: the
 //! contract answers it after the upgrade with close `1008`, so [`Admitted::membership`] is `None`.
 //! A name held by this client's own earlier connection (same `?session=`) is not taken: the join
@@ -111,8 +113,9 @@ pub struct Admitted {
     /// The configuration as it applies to the room (its `[[rooms]]` entry written in).
     pub config: Arc<Config>,
     pub client: IpAddr,
-    /// The connection's slot in the limits, freed when the task ends.
-    pub admission: Admission,
+    /// The real client's slot under its address when the socket came through a trusted proxy
+    /// (the socket's own slot is held by its task since `accept()`), freed when the task ends.
+    pub admission: Option<Admission>,
     /// The room membership; `None` when the name is taken (closed with `1008` after the upgrade).
     pub membership: Option<Membership>,
     pub outbox: OutboxRx,
@@ -160,20 +163,24 @@ pub async fn admit<B>(
     if !token_ok(headers, target.token.as_deref(), &config.security.token) {
         return Err(refuse(Why::Token, Some(client), room));
     }
-    let admission = state
-        .gate
-        .admit(
-            client,
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        )
-        .map_err(|full| {
-            let why = match full {
-                limits::Refusal::ServerFull => Why::ServerFull,
-                limits::Refusal::AddressFull => Why::AddressFull,
-            };
-            refuse(why, Some(client), room)
-        })?;
+    // The socket holds its slot since accept(); one that came through a trusted proxy was counted
+    // in the total only, and its upgrade now counts under the real client's address.
+    let behind_proxy = limits::is_trusted(peer, &config.security.trusted_proxies);
+    let admission = match behind_proxy {
+        false => None,
+        true => Some(
+            state
+                .gate
+                .admit_client(client, config.limits.max_connections_per_ip)
+                .map_err(|full| {
+                    let why = match full {
+                        limits::Refusal::ServerFull => Why::ServerFull,
+                        limits::Refusal::AddressFull => Why::AddressFull,
+                    };
+                    refuse(why, Some(client), room)
+                })?,
+        ),
+    };
 
     let (outbox, outbox_rx) = crate::outbox::outbox(
         config.limits.queue_messages,

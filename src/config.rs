@@ -39,6 +39,10 @@ const MAX_PRESENCE_INTERVAL: Duration = MINUTE;
 const MAX_PING_INTERVAL: Duration = HOUR;
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// `cluster.node_id`: 255 bytes of instance id in the envelope, less the per-process suffix.
+const MAX_NODE_ID_BYTES: usize = 200;
+/// `cluster.prefix`: a key prefix, short enough to leave room for the rest of every key.
+const MAX_PREFIX_BYTES: usize = 64;
 const MAX_NODE_TIMEOUT: Duration = HOUR;
 /// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
 const MAX_BACKLOG: u32 = 65_535;
@@ -227,6 +231,12 @@ pub struct Limits {
     pub queue_bytes: u64,
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// A kept-alive HTTP connection whose next request head is not complete this long after the
+    /// last response is closed (idle time included).
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// Requests one HTTP connection may carry; the last one's response says `Connection: close`.
+    pub keepalive_requests: u32,
 }
 
 impl Default for Limits {
@@ -239,6 +249,8 @@ impl Default for Limits {
             queue_messages: 1024,
             queue_bytes: 4 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            keepalive_requests: 100,
         }
     }
 }
@@ -795,6 +807,11 @@ impl Config {
                 MAX_HANDSHAKE_TIMEOUT,
             ),
             (
+                "limits.keepalive_timeout",
+                limits.keepalive_timeout,
+                MAX_HANDSHAKE_TIMEOUT,
+            ),
+            (
                 "cluster.node_timeout",
                 self.cluster.node_timeout,
                 MAX_NODE_TIMEOUT,
@@ -909,6 +926,25 @@ impl Config {
             "cluster.node_timeout",
             "must be longer than 0".into(),
         );
+        // The node id names this node's Redis keys and, with a per-process suffix of up to 24
+        // bytes, is the instance id every message carries, which the envelope holds in 255 bytes:
+        // a longer one would be cut, and the node would take its own messages for another's.
+        let printable = |s: &str| !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        let node_id = &self.cluster.node_id;
+        check(
+            node_id.len() <= MAX_NODE_ID_BYTES && printable(node_id),
+            "cluster.node_id",
+            format!(
+                "must be at most {MAX_NODE_ID_BYTES} bytes without spaces or control characters \
+                 (\"\" = the host name)"
+            ),
+        );
+        let prefix = &self.cluster.prefix;
+        check(
+            !prefix.is_empty() && prefix.len() <= MAX_PREFIX_BYTES && printable(prefix),
+            "cluster.prefix",
+            format!("must be 1-{MAX_PREFIX_BYTES} bytes without spaces or control characters"),
+        );
 
         check(
             limits.max_connections >= 1,
@@ -947,6 +983,16 @@ impl Config {
             !limits.handshake_timeout.is_zero(),
             "limits.handshake_timeout",
             "must be longer than 0".into(),
+        );
+        check(
+            !limits.keepalive_timeout.is_zero(),
+            "limits.keepalive_timeout",
+            "must be longer than 0".into(),
+        );
+        check(
+            limits.keepalive_requests > 0,
+            "limits.keepalive_requests",
+            "must be at least 1".into(),
         );
 
         for origin in &self.security.allowed_origins {
@@ -1527,6 +1573,7 @@ mod tests {
             ("presence", "interval"),
             ("heartbeat", "ping_interval"),
             ("limits", "handshake_timeout"),
+            ("limits", "keepalive_timeout"),
             ("cluster", "node_timeout"),
         ] {
             let text = format!("[tls]\nenabled = false\n[{section}]\n{key} = \"300000000000y\"\n");
@@ -1558,6 +1605,24 @@ mod tests {
             ],
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn cluster_node_id_and_prefix_are_checked() {
+        let long = "n".repeat(201);
+        let p = problems(&format!(
+            "[tls]\nenabled = false\n[cluster]\nnode_id = \"{long}\"\nprefix = \"\"\n"
+        ));
+        assert_eq!(
+            keys_and_lines(&p),
+            [(4, 11, "cluster.node_id"), (5, 10, "cluster.prefix")],
+            "{p:#?}"
+        );
+        let p = problems("[tls]\nenabled = false\n[cluster]\nnode_id = \"a b\"\n");
+        assert_eq!(keys_and_lines(&p), [(4, 11, "cluster.node_id")]);
+        let ok =
+            "[tls]\nenabled = false\n[cluster]\nnode_id = \"node-1.eu\"\nprefix = \"app:ws\"\n";
+        assert!(Config::from_toml(ok).is_ok());
     }
 
     #[test]

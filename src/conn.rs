@@ -10,7 +10,9 @@
 //!
 //! Then the close phase, under [`CLOSE_TIMEOUT`] whatever the reason: what was queued is written
 //! first (echoes, presence: except for an evicted slow consumer, which only finishes the frame in
-//! progress), then the close frame, then the client's close reply is awaited.
+//! progress), then the close frame, then the client's close reply is awaited while whatever it
+//! still sends is read and discarded (at most [`LINGER_BYTES`]: the lingering close), so the
+//! client reads the close code instead of a reset.
 
 pub mod read;
 pub mod write;
@@ -40,6 +42,10 @@ use write::{WriteEnd, Writer};
 /// How long a closing connection may take to write what was queued, its close frame, and hear
 /// the reply.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most a closing connection reads and discards after its close frame while it waits for the
+/// client's close (within [`CLOSE_TIMEOUT`]): a client still streaming a refused message (a 1 MiB
+/// one over a 64 KiB limit, say) gets to its close reply and so reads the code and the reason.
+pub const LINGER_BYTES: u64 = 4 * 1024 * 1024;
 /// `SO_SNDBUF` on every accepted socket (the kernel doubles it for its bookkeeping): everything a
 /// connection may have in the kernel's send queue, unsent or unacknowledged. It replaces the
 /// kernel's autotuning (up to `tcp_wmem`'s 4 MiB), so a stalled reader pins little and its writer
@@ -95,8 +101,9 @@ pub struct Conn {
     pub client: IpAddr,
     pub membership: Membership,
     pub outbox: OutboxRx,
-    /// This connection's slot in the connection limits, freed when the task ends.
-    pub admission: Admission,
+    /// The real client's slot under its address behind a trusted proxy (see
+    /// [`crate::admit::Admitted::admission`]), freed when the task ends.
+    pub admission: Option<Admission>,
     /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
     pub envelope: Option<Envelope>,
 }
@@ -229,8 +236,8 @@ impl Conn {
     }
 }
 
-/// When the connection opened and when the client was last heard from: the reader records, the
-/// heartbeat reads (milliseconds since `opened` in an atomic, so neither waits for the other).
+/// When the connection opened and when the client was last heard from (any bytes, so a large
+/// message trickling in keeps its sender alive): the reader records, the heartbeat reads (milliseconds since `opened` in an atomic, so neither waits for the other).
 struct Seen {
     opened: Instant,
     last_ms: AtomicU64,
@@ -269,7 +276,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
-        let incoming = match reader.next().await {
+        let incoming = match reader.next_heard(|| seen.record(Instant::now())).await {
             Ok(incoming) => incoming,
             Err(ReadEnd::Gone) => return End::Gone,
             Err(ReadEnd::Refused(e)) => {
@@ -378,12 +385,10 @@ where
         if writer.close_frame(Some(code), reason).await.is_err() {
             return;
         }
-        // Whatever arrives until the client's close reply is not relayed.
-        while let Ok(incoming) = reader.next().await {
-            if matches!(incoming, Incoming::Close(_)) {
-                break;
-            }
-        }
+        // The lingering close: whatever arrives until the client's close reply (or its end of
+        // stream) is read and discarded, never relayed, so the socket is not closed on unread
+        // bytes (a reset that would cost the client our close frame).
+        reader.linger(LINGER_BYTES).await;
         writer.shutdown().await;
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;

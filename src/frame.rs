@@ -147,6 +147,20 @@ pub fn head_len(first_two: [u8; 2]) -> usize {
     2 + ext + mask
 }
 
+/// The payload length a whole header (`head_len` bytes) declares, valid or not: what to skip
+/// to reach the next frame.
+pub fn declared_len(bytes: &[u8]) -> u64 {
+    match bytes[1] & 0x7f {
+        126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+        127 => {
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&bytes[2..10]);
+            u64::from_be_bytes(be)
+        }
+        n => u64::from(n),
+    }
+}
+
 /// Checks a whole client header (`head_len` bytes) against RFC 6455 and the `max` message size.
 pub fn parse_head(bytes: &[u8], max: u64) -> Result<Head, FrameError> {
     let (b0, b1) = (bytes[0], bytes[1]);

@@ -10,6 +10,11 @@ use std::collections::VecDeque;
 
 use tokio_tungstenite::tungstenite::Message;
 
+/// Whether `msg` can be kept in a history of at most `max_bytes` bytes at all.
+pub fn fits(msg: &Message, max_bytes: usize) -> bool {
+    msg.len() <= max_bytes
+}
+
 /// The last messages of a room, oldest first, within a count and a byte bound.
 #[derive(Debug, Default)]
 pub struct History {
@@ -20,10 +25,14 @@ pub struct History {
 
 impl History {
     /// Appends `msg`, then drops the oldest messages until at most `max` messages of at most
-    /// `max_bytes` bytes remain (a message larger than `max_bytes` is not kept at all).
+    /// `max_bytes` bytes remain. A message larger than `max_bytes` is not kept and evicts nothing:
+    /// one member must not be able to erase a room's history with one large message.
     pub fn push(&mut self, msg: Message, max: usize, max_bytes: usize) {
         if max == 0 {
             return self.clear();
+        }
+        if !fits(&msg, max_bytes) {
+            return;
         }
         self.bytes += msg.len();
         self.messages.push_back(msg);
@@ -100,8 +109,12 @@ mod tests {
         );
         assert_eq!(h.bytes(), 20);
         h.push(Message::text("x".repeat(26)), 100, 25);
-        assert!(h.is_empty(), "a message over the byte bound is not kept");
-        assert_eq!(h.bytes(), 0);
+        assert_eq!(
+            texts(&h),
+            ["8".repeat(10), "9".repeat(10)],
+            "a message over the byte bound is not kept and evicts nothing"
+        );
+        assert_eq!(h.bytes(), 20);
     }
 
     #[test]

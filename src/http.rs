@@ -7,13 +7,15 @@
 //! `metrics.allow`, judged by the real client address (see [`crate::limits::client_ip`]).
 //!
 //! The first request head on a connection must arrive by the deadline the server set when it
-//! accepted the TCP connection (TLS included); every later head on a kept-alive connection gets
-//! its own `head_timeout`, however long the handshake took.
+//! accepted the TCP connection (TLS included); every later head on a kept-alive connection must be
+//! complete within `limits.keepalive_timeout` of the response before it (hyper's header timer
+//! starts when it waits for the next head, so idle time counts), and a connection carries at most
+//! `limits.keepalive_requests` requests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::time::Instant;
 
@@ -32,7 +34,7 @@ use crate::State;
 use crate::admit::{Admitted, Refusal, Why, admit, has_token};
 use crate::conn::{self, Conn};
 use crate::envelope::Envelope;
-use crate::limits;
+use crate::limits::{self, Admission};
 use crate::stats::{Rooms, Snapshot};
 
 type Body = Full<Bytes>;
@@ -43,27 +45,45 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const RETRY_AFTER_SECONDS: &str = "5";
 const BANNER: &str = "wsline: WebSocket relay. Connect with wss:// to / or /ROOM.\n";
 
+/// The socket's slot in the connection limits, held by its task from `accept()`: an upgrade takes
+/// it into the WebSocket's task, so the socket counts until it closes whichever task holds it.
+pub type SocketSlot = Arc<std::sync::Mutex<Option<Admission>>>;
+
 /// Serves HTTP/1.1 on one accepted (and decrypted) connection until it closes or the server stops.
-/// The first request head must be complete by `first_head_by`; each later one gets `head_timeout`.
+/// The first request head must be complete by `first_head_by`; each later one within
+/// `limits.keepalive_timeout` of the response before it, and after `limits.keepalive_requests`
+/// requests the connection is closed (the last response says `Connection: close`).
 pub async fn serve<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<State>,
     first_head_by: Instant,
-    head_timeout: Duration,
+    slot: SocketSlot,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let limits = state.config.load().limits.clone();
     let service_state = state.clone();
     let (first_head, mut first_head_seen) = tokio::sync::watch::channel(false);
+    let served = AtomicU32::new(0);
     let service = service_fn(move |req| {
         first_head.send_replace(true);
         let state = service_state.clone();
-        async move { Ok::<_, Infallible>(route(req, peer, &state).await) }
+        let last = served.fetch_add(1, Ordering::Relaxed) + 1 >= limits.keepalive_requests;
+        let slot = slot.clone();
+        async move {
+            let mut response = route(req, peer, &state, slot).await;
+            if last && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout)
+        .header_read_timeout(limits.keepalive_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(io, service)
         .with_upgrades();
@@ -83,9 +103,14 @@ pub async fn serve<I>(
     }
 }
 
-async fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<State>,
+    slot: SocketSlot,
+) -> Response<Body> {
     if is_upgrade(req.headers()) {
-        return upgrade(req, peer, state).await;
+        return upgrade(req, peer, state, slot).await;
     }
     let draining = state.shutdown.is_draining();
     let mut response = match (req.method(), req.uri().path()) {
@@ -192,6 +217,7 @@ async fn upgrade(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     state: &Arc<State>,
+    slot: SocketSlot,
 ) -> Response<Body> {
     let config = state.config.load_full();
     let admitted = match admit(&req, peer, state, &config).await {
@@ -223,7 +249,10 @@ async fn upgrade(
     let envelope = Envelope::new(config.relay.envelope, &room, name.as_deref());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
+    // The socket's slot moves with its stream into the WebSocket's task.
+    let socket = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     state.shutdown.tracker().clone().spawn(async move {
+        let _socket = socket;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return debug!(%peer, error = %e, "upgrade failed"),

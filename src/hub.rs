@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cluster::Cluster;
 use crate::config::{Config, PresenceFormat, RoomRule};
@@ -669,21 +669,30 @@ impl Hub {
             let text = match kind {
                 None => continue,
                 Some(Kind::State) => full.get_or_insert_with(|| {
-                    presence::state_json(
+                    Utf8Bytes::from(presence::state_json(
                         &room.name,
                         count,
                         total,
                         &state.roster,
                         settings.max_names,
                         state.resync || !state.changes.is_empty(),
-                    )
+                    ))
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
-                    presence::change_json(&room.name, count, total, &state.changes, &state.roster)
+                    Utf8Bytes::from(presence::change_json(
+                        &room.name,
+                        count,
+                        total,
+                        &state.changes,
+                        &state.roster,
+                    ))
                 }),
-                Some(Kind::Count) => plain.get_or_insert_with(|| presence::plain(count)),
+                Some(Kind::Count) => {
+                    plain.get_or_insert_with(|| Utf8Bytes::from(presence::plain(count)))
+                }
             };
-            m.outbox.push(Message::text(text.as_str()));
+            // Made once per tick and shared: every receiver's message is a reference to it.
+            m.outbox.push(Message::Text(text.clone()));
             sent += 1;
         }
         state.changes.clear();
@@ -768,7 +777,13 @@ impl Membership {
         state.live = true;
         // Under the room lock, so the other nodes see this room's messages in the local order.
         if let (Some(cluster), Some(data)) = (cluster, encoded) {
-            cluster.publish(&self.room.name, data, history);
+            // A message too large for the history is not appended to the room's stream either,
+            // where it would take one of the `history` places from the messages before it.
+            let kept = match crate::history::fits(&msg, history_bytes) {
+                true => history,
+                false => 0,
+            };
+            cluster.publish(&self.room.name, data, kept);
         }
         if history > 0 || !state.history.is_empty() {
             state.history.push(msg, history, history_bytes);
@@ -960,6 +975,31 @@ mod tests {
 
     fn pair() -> (Outbox, crate::outbox::OutboxRx) {
         crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn one_presence_message_is_made_once_and_shared_by_its_receivers() {
+        let hub = hub();
+        let (ann_tx, ann) = pair();
+        let (bob_tx, bob) = pair();
+        let a = hub.join("r", Some("ann"), ann_tx).unwrap();
+        let _b = hub.join("r", Some("bob"), bob_tx).unwrap();
+        hub.send_presence(&a.room);
+        let first = |rx: &crate::outbox::OutboxRx| {
+            let mut batch = std::collections::VecDeque::new();
+            assert!(rx.try_recv_all(&mut batch));
+            match batch.pop_front() {
+                Some(Message::Text(t)) => t,
+                other => panic!("{other:?}"),
+            }
+        };
+        let (to_ann, to_bob) = (first(&ann), first(&bob));
+        assert_eq!(to_ann, to_bob);
+        assert_eq!(
+            to_ann.as_str().as_ptr(),
+            to_bob.as_str().as_ptr(),
+            "one buffer, not a copy per receiver"
+        );
     }
 
     #[tokio::test]

@@ -1,14 +1,14 @@
 //! Limits a client cannot talk its way past: connection counts (total and per client address),
 //! the per-connection message rate, and the real client address behind trusted proxies.
 //!
-//! Admission hands out an [`Admission`] guard that the connection task owns; its `Drop` gives the
-//! slot back, so counts follow live connections whatever way a connection ends.
+//! Admission hands out an [`Admission`] guard that the socket's task owns from `accept()` on; its
+//! `Drop` gives the slot back, so counts follow live sockets whatever way a connection ends.
 //!
-//! The process's open-files limit caps the connection count too: a connection is a descriptor, and
-//! a server that runs out of them can no longer even accept the client it should refuse. So the
+//! The process's open-files limit caps the socket count too: a socket is a descriptor, and a
+//! server that runs out of them can no longer even accept the client it should refuse. So the
 //! soft `RLIMIT_NOFILE` is raised to the hard one at start, and [`Gate`] admits at most that many
-//! connections minus a [`reserve`] for listeners, refusals in flight, reloads and logs: the
-//! connection beyond gets a fast `503`, never a hang in the listen queue.
+//! sockets minus a [`reserve`] for listeners, refusals in flight, reloads and logs: the socket
+//! beyond is closed at once, never left to hang in the listen queue.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -19,21 +19,28 @@ use std::time::Instant;
 use hyper::HeaderMap;
 use ipnet::IpNet;
 
-/// Why a connection was not admitted.
+/// Why a socket or an upgrade was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// `limits.max_connections` reached: 503.
+    /// `limits.max_connections` (or the descriptor cap) reached.
     ServerFull,
-    /// `limits.max_connections_per_ip` reached for this client: 429.
+    /// `limits.max_connections_per_ip` reached for this client.
     AddressFull,
 }
 
-/// Connection counts, total and per client address. Cheap to clone.
+/// Socket counts, total and per client address. Cheap to clone.
+///
+/// Every accepted socket takes a slot from `accept()` to its close, whatever it is doing (TLS
+/// handshake, HTTP keep-alive, WebSocket): [`Gate::admit_socket`], before any TLS work. A socket
+/// from a trusted proxy counts in the total only, since its peer address is the proxy's and the
+/// real client is known only from the request head; such a socket's upgrade then takes a slot
+/// under the real client's address ([`Gate::admit_client`]), so the per-address limit holds for
+/// one client whether it connects directly or through the proxy.
 #[derive(Clone)]
 pub struct Gate {
-    /// (all connections, connections per client key); one short lock per admission and release.
+    /// (all sockets, slots per client key); one short lock per admission and release.
     counts: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
-    /// The most connections the descriptor limit allows, whatever `max_connections` says.
+    /// The most sockets the descriptor limit allows, whatever `max_connections` says.
     cap: Arc<AtomicUsize>,
 }
 
@@ -46,10 +53,13 @@ impl Default for Gate {
     }
 }
 
-/// One admitted connection's slot; dropping it frees the slot.
+/// One slot (in the total, under an address, or both); dropping it frees the slot.
 pub struct Admission {
     gate: Gate,
-    key: IpAddr,
+    /// Counted in the total.
+    total: bool,
+    /// Counted under this client key.
+    key: Option<IpAddr>,
 }
 
 impl Gate {
@@ -63,27 +73,69 @@ impl Gate {
         self.cap.load(Ordering::Relaxed)
     }
 
-    /// Takes a slot for `client`, or says which limit is reached.
+    /// Sockets open now.
+    pub fn sockets(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Takes a slot in the total and one under `client`'s address, or says which limit is reached.
     pub fn admit(
         &self,
         client: IpAddr,
         max_total: usize,
         max_per_ip: usize,
     ) -> Result<Admission, Refusal> {
-        let key = client_key(client);
+        self.take(Some(max_total), Some(client), max_per_ip)
+    }
+
+    /// A socket just accepted from `peer`: counted in the total and, unless the peer is a trusted
+    /// proxy (`per_address` false), under its address.
+    pub fn admit_socket(
+        &self,
+        peer: IpAddr,
+        per_address: bool,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Admission, Refusal> {
+        self.take(Some(max_total), per_address.then_some(peer), max_per_ip)
+    }
+
+    /// An upgrade that came through a trusted proxy: a slot under the real client's address only
+    /// (its socket is already in the total).
+    pub fn admit_client(&self, client: IpAddr, max_per_ip: usize) -> Result<Admission, Refusal> {
+        self.take(None, Some(client), max_per_ip)
+    }
+
+    fn take(
+        &self,
+        max_total: Option<usize>,
+        client: Option<IpAddr>,
+        max_per_ip: usize,
+    ) -> Result<Admission, Refusal> {
+        let key = client.map(client_key);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per_ip) = &mut *counts;
-        if *total >= max_total.min(self.cap()) {
+        if let Some(max) = max_total
+            && *total >= max.min(self.cap())
+        {
             return Err(Refusal::ServerFull);
         }
-        let mine = per_ip.entry(key).or_insert(0);
-        if *mine >= max_per_ip {
-            return Err(Refusal::AddressFull);
+        if let Some(key) = key {
+            let mine = per_ip.entry(key).or_insert(0);
+            if *mine >= max_per_ip {
+                if *mine == 0 {
+                    per_ip.remove(&key);
+                }
+                return Err(Refusal::AddressFull);
+            }
+            *mine += 1;
         }
-        *mine += 1;
-        *total += 1;
+        if max_total.is_some() {
+            *total += 1;
+        }
         Ok(Admission {
             gate: self.clone(),
+            total: max_total.is_some(),
             key,
         })
     }
@@ -93,11 +145,15 @@ impl Drop for Admission {
     fn drop(&mut self) {
         let mut counts = self.gate.counts.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per_ip) = &mut *counts;
-        *total -= 1;
-        if let Some(n) = per_ip.get_mut(&self.key) {
+        if self.total {
+            *total -= 1;
+        }
+        if let Some(key) = self.key
+            && let Some(n) = per_ip.get_mut(&key)
+        {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.key);
+                per_ip.remove(&key);
             }
         }
     }
@@ -113,6 +169,12 @@ fn client_key(ip: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
+}
+
+/// Whether `peer` is one of `trusted` proxies (whose forwarded headers are believed).
+pub fn is_trusted(peer: SocketAddr, trusted: &[IpNet]) -> bool {
+    let ip = peer.ip().to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
 }
 
 /// The client's address as far as it can be known.
@@ -198,7 +260,7 @@ pub fn raise_descriptor_limit() -> std::io::Result<Descriptors> {
 
 /// Descriptors kept back from connections out of `limit`: the standard streams, the runtime's
 /// epoll and wake-up descriptors, listeners, signal handling, the certificate and configuration
-/// files a reload opens, and room to accept (and refuse with `503`) connections beyond the cap.
+/// files a reload opens, and room to accept (and close at once) sockets beyond the cap.
 pub fn reserve(limit: u64) -> u64 {
     64 + (limit / 16).min(4096)
 }
@@ -397,6 +459,37 @@ mod tests {
         assert_eq!(gate.admit(b, 3, 2).err(), Some(Refusal::ServerFull));
         drop(first);
         assert!(gate.admit(a, 3, 2).is_ok());
+    }
+
+    #[test]
+    fn a_trusted_proxys_sockets_count_in_the_total_and_its_clients_per_address() {
+        let gate = Gate::default();
+        let proxy = ip("127.0.0.1");
+        let client = ip("203.0.113.1");
+        let sockets: Vec<_> = (0..3)
+            .map(|_| gate.admit_socket(proxy, false, 4, 1).unwrap())
+            .collect();
+        assert_eq!(gate.sockets(), 3, "the proxy is not limited per address");
+        let upgrade = gate.admit_client(client, 1).unwrap();
+        assert_eq!(gate.sockets(), 3, "an upgrade is not a second socket");
+        assert_eq!(
+            gate.admit_client(client, 1).err(),
+            Some(Refusal::AddressFull),
+            "the real client's limit holds behind the proxy"
+        );
+        assert_eq!(
+            gate.admit_socket(client, true, 4, 1).err(),
+            Some(Refusal::AddressFull),
+            "and counts its direct sockets too"
+        );
+        let _fourth = gate.admit_socket(proxy, false, 4, 1).unwrap();
+        assert_eq!(
+            gate.admit_socket(proxy, false, 4, 1).err(),
+            Some(Refusal::ServerFull)
+        );
+        drop((sockets, upgrade));
+        assert_eq!(gate.sockets(), 1);
+        assert!(gate.admit_socket(client, true, 4, 1).is_ok());
     }
 
     #[test]

@@ -57,6 +57,16 @@ pub fn render(s: &Snapshot) -> String {
         ConstCounter::new(s.drops.slow_consumers),
     );
     r.register(
+        "sockets",
+        "Accepted sockets open now: TLS handshakes, HTTP keep-alive and WebSocket connections",
+        gauge(s.sockets),
+    );
+    r.register(
+        "sockets_refused",
+        "Sockets closed at accept because limits.max_connections or max_connections_per_ip was reached",
+        ConstCounter::new(s.drops.sockets_refused),
+    );
+    r.register(
         "draining",
         "1 while the server is shutting down",
         gauge(usize::from(s.draining)),

@@ -38,6 +38,10 @@ pub struct Outbox {
     shared: Arc<OutboxShared>,
 }
 
+/// Pings answered one pong each while the writer has not caught up (Autobahn 2.10 sends ten in
+/// one go); a client that gets further ahead gets a pong for its latest ping only.
+pub const MAX_PENDING_PONGS: usize = 16;
+
 /// What both ends of an outbox see.
 struct OutboxShared {
     queue: Mutex<Queue>,
@@ -61,9 +65,10 @@ struct Queue {
     pinned: usize,
     /// The [`cost`] of those messages.
     bytes: usize,
-    /// The payload of the latest ping still to answer (RFC 6455 §5.5.3 allows answering only the
-    /// most recent one), so a ping flood costs at most 125 bytes here.
-    pong: Option<Bytes>,
+    /// The payloads of the pings still to answer, oldest first: one pong per ping, up to
+    /// [`MAX_PENDING_PONGS`]; past that only the latest is answered (RFC 6455 §5.5.3 allows it),
+    /// so a ping flood costs at most `MAX_PENDING_PONGS` × 125 bytes here.
+    pongs: VecDeque<Bytes>,
     /// The heartbeat asked for a ping.
     ping: bool,
 }
@@ -177,9 +182,15 @@ impl OutboxRx {
         queue.bytes = queue.bytes.saturating_sub(bytes + messages * SLOT_BYTES);
     }
 
-    /// Answers a client's ping with a pong carrying `payload`, ahead of queued messages.
+    /// Answers a client's ping with a pong carrying `payload`, ahead of queued messages (see
+    /// [`MAX_PENDING_PONGS`]).
     pub fn pong(&self, payload: Bytes) {
-        lock(&self.shared.queue).pong = Some(payload);
+        let mut queue = lock(&self.shared.queue);
+        if queue.pongs.len() >= MAX_PENDING_PONGS {
+            queue.pongs.clear();
+        }
+        queue.pongs.push_back(payload);
+        drop(queue);
         self.shared.ready.notify_one();
     }
 
@@ -207,13 +218,14 @@ impl OutboxRx {
     }
 }
 
-/// Puts the pending ping and pong (the connection's own control frames, never counted) at the
+/// Puts the pending ping and pongs (the connection's own control frames, never counted) at the
 /// front of `batch`.
 fn take_control(queue: &mut Queue, batch: &mut VecDeque<Message>) {
     if std::mem::take(&mut queue.ping) {
         batch.push_front(Message::Ping(Bytes::new()));
     }
-    if let Some(pong) = queue.pong.take() {
+    // Freed once taken: an idle connection keeps no slot for pongs.
+    for pong in std::mem::take(&mut queue.pongs).into_iter().rev() {
         batch.push_front(Message::Pong(pong));
     }
 }
@@ -255,15 +267,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pong_goes_first_and_only_the_latest_is_kept() {
+    async fn pongs_go_first_one_per_ping_and_past_the_bound_only_the_latest() {
         let (tx, rx) = outbox(10, 1 << 20, CancellationToken::new());
         assert!(tx.push(text(3)));
         rx.pong(Bytes::from_static(b"one"));
         rx.pong(Bytes::from_static(b"two"));
         let mut batch = VecDeque::new();
         rx.recv_all(&mut batch).await;
-        assert_eq!(batch[0], Message::Pong(Bytes::from_static(b"two")));
-        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0], Message::Pong(Bytes::from_static(b"one")));
+        assert_eq!(batch[1], Message::Pong(Bytes::from_static(b"two")));
+        assert_eq!(batch.len(), 3);
+        batch.clear();
+        for i in 0..=MAX_PENDING_PONGS {
+            rx.pong(Bytes::from(i.to_string()));
+        }
+        rx.recv_all(&mut batch).await;
+        let latest = Bytes::from(MAX_PENDING_PONGS.to_string());
+        assert_eq!(batch, [Message::Pong(latest)]);
     }
 
     #[test]

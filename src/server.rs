@@ -8,11 +8,14 @@
 //! `net.core.somaxconn`), so the reconnect storm after a restart waits in the queue instead of
 //! waiting a second for a SYN retransmit. An accept that fails (out of descriptors, out of memory)
 //! pauses the loop briefly and is logged at most once a second with a count; it resumes by itself.
-//! TLS and the first request head share `limits.handshake_timeout`; later heads get their own.
+//! TLS and the first request head share `limits.handshake_timeout`; later heads get
+//! `limits.keepalive_timeout`. Every accepted socket takes its slot in the connection limits
+//! before any TLS work (closed at once over a limit, counted, logged at most once a second).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -20,7 +23,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::limits::{self, Descriptors};
+use crate::http::SocketSlot;
+use crate::limits::{self, Admission, Descriptors};
 
 use crate::State;
 use crate::cluster::Cluster;
@@ -236,6 +240,7 @@ impl AcceptErrors {
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     let mut errors = AcceptErrors::new(ACCEPT_ERROR_LOG_EVERY);
+    let mut refusals = AcceptErrors::new(ACCEPT_ERROR_LOG_EVERY);
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.stopped() => return,
@@ -246,7 +251,28 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 if let Some(failed) = errors.accepted() {
                     info!(failed, "accepting again");
                 }
-                tokio::spawn(handle(tcp, peer, state.clone()));
+                // The socket's slot, before any TLS work; over a limit it is closed at once.
+                let slot = match admit_socket(&state, peer) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        drop(tcp);
+                        state.stats.sockets_refused.fetch_add(1, Ordering::Relaxed);
+                        if let Some(count) = refusals.failed(Instant::now()) {
+                            warn!(
+                                %peer,
+                                limit = match why {
+                                    limits::Refusal::ServerFull => "limits.max_connections",
+                                    limits::Refusal::AddressFull => "limits.max_connections_per_ip",
+                                },
+                                count,
+                                "connection refused at accept (at most one line a second)"
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let _ = refusals.accepted();
+                tokio::spawn(handle(tcp, peer, state.clone(), slot));
             }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS...: the listener is fine, the process is out of something.
@@ -263,9 +289,25 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     }
 }
 
+/// Takes a just-accepted socket's slot in the connection limits: counted in the total, and under
+/// its peer's address unless the peer is a trusted proxy (whose clients are counted by their real
+/// address when they upgrade, see [`crate::admit`]).
+fn admit_socket(state: &State, peer: SocketAddr) -> Result<Admission, limits::Refusal> {
+    let config = state.config.load();
+    let per_address = !limits::is_trusted(peer, &config.security.trusted_proxies);
+    state.gate.admit_socket(
+        peer.ip(),
+        per_address,
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    )
+}
+
 /// One TCP connection: TLS (if on) and the first request head must both arrive within
-/// `limits.handshake_timeout`; later heads get a `handshake_timeout` of their own.
-async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
+/// `limits.handshake_timeout`; later heads within `limits.keepalive_timeout` of the last response.
+/// The socket's slot is held here, or by the WebSocket's task once it upgrades.
+async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, slot: Admission) {
+    let slot: SocketSlot = Arc::new(std::sync::Mutex::new(Some(slot)));
     let _ = tcp.set_nodelay(true);
     crate::conn::tune_socket(&tcp);
     let timeout = state.config.load().limits.handshake_timeout;
@@ -275,7 +317,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
         .checked_add(timeout)
         .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365));
     match state.tls.clone() {
-        None => crate::http::serve(TokioIo::new(tcp), peer, state, first_head_by, timeout).await,
+        None => crate::http::serve(TokioIo::new(tcp), peer, state, first_head_by, slot).await,
         Some(tls) => {
             let accepted = tokio::time::timeout_at(
                 first_head_by,
@@ -287,7 +329,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => return debug!(%peer, "tls handshake timed out"),
             };
-            crate::http::serve(TokioIo::new(stream), peer, state, first_head_by, timeout).await
+            crate::http::serve(TokioIo::new(stream), peer, state, first_head_by, slot).await
         }
     }
 }

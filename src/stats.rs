@@ -22,6 +22,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Connections accepted since start (upgraded to WebSocket).
     pub connections_total: AtomicU64,
+    /// Sockets closed at `accept()` because a connection limit was reached.
+    pub sockets_refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -33,6 +35,7 @@ impl Default for Stats {
             presence_out: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            sockets_refused: AtomicU64::new(0),
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct Snapshot {
     pub draining: bool,
     pub connections: usize,
     pub connections_total: u64,
+    /// Accepted sockets open now, whatever they are doing (TLS handshake, HTTP, WebSocket).
+    pub sockets: usize,
     /// How many rooms have members.
     pub room_count: usize,
     /// Every room and its member count; taken for `/stats` only (`/metrics` has the count).
@@ -93,6 +98,8 @@ impl Certificate {
 pub struct Drops {
     /// Connections closed with 1013 because their outbound queue was full.
     pub slow_consumers: u64,
+    /// Sockets closed at `accept()` because a connection limit was reached.
+    pub sockets_refused: u64,
 }
 
 impl Stats {
@@ -125,6 +132,7 @@ impl Snapshot {
             draining: state.shutdown.is_draining(),
             connections: state.hub.total(),
             connections_total: Stats::get(&s.connections_total),
+            sockets: state.gate.sockets(),
             room_count: listed
                 .as_ref()
                 .map_or_else(|| state.hub.room_count(), |r| r.len()),
@@ -134,6 +142,7 @@ impl Snapshot {
             presence_out: Stats::get(&s.presence_out),
             drops: Drops {
                 slow_consumers: Stats::get(&s.slow_consumers),
+                sockets_refused: Stats::get(&s.sockets_refused),
             },
             certificate: state
                 .tls

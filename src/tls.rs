@@ -20,7 +20,7 @@ use crate::config;
 
 mod stream;
 
-pub use stream::{MAX_FRAGMENT, TlsStream, accept};
+pub use stream::{MAX_FRAGMENT, MAX_INCOMING, TlsStream, accept};
 
 /// Why a certificate or key could not be used. Each names the file and what to do about it.
 #[derive(Debug, thiserror::Error)]

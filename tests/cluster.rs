@@ -454,6 +454,52 @@ async fn history_spans_nodes_with_an_exact_seam_under_concurrent_publishers() {
     assert_eq!((a, b), (all.clone(), all));
 }
 
+/// The cluster replay keeps what one oversized message would have erased: a message larger than
+/// `history_bytes` is relayed to the other node but not kept in the room's stream, so the first
+/// member on a third node still gets the history before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_history_budget_evicts_nothing_from_the_cluster_replay() {
+    let redis = Redis::start().await;
+    let config = |id| {
+        node(
+            &redis.url(),
+            id,
+            "wsline",
+            "2s",
+            "[relay]\nhistory = 5\nhistory_bytes = \"16KiB\"\n",
+        )
+    };
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let d = Daemon::start(&config(id), &[]).await;
+        d.wait_log("cluster connected").await;
+        nodes.push(d);
+    }
+    let mut sender = nodes[0].connect("/keep").await;
+    let mut other = nodes[1].connect("/keep").await;
+    count_is(&mut sender, 2).await;
+    for i in 1..=4 {
+        sender.send_text(&format!("m{i}")).await;
+    }
+    let huge = "x".repeat(20_000);
+    sender.send_text(&huge).await;
+    for i in 1..=4 {
+        assert_eq!(other.recv_relayed().await, Message::text(format!("m{i}")));
+    }
+    assert_eq!(
+        other.recv_relayed().await,
+        Message::text(huge),
+        "relayed all the same"
+    );
+    // A node with no member yet replays the room from Redis.
+    let mut joiner = nodes[2].connect("/keep").await;
+    for i in 1..=4 {
+        assert_eq!(joiner.recv_relayed().await, Message::text(format!("m{i}")));
+    }
+    sender.send_text("live").await;
+    assert_eq!(joiner.recv_relayed().await, Message::text("live"));
+}
+
 /// nginx from the shipped files with an `upstream` of two wsline nodes; stopped on drop.
 struct Nginx {
     child: std::process::Child,

@@ -53,6 +53,37 @@ async fn a_silent_client_is_closed_after_the_idle_timeout() {
     server.stop().await;
 }
 
+/// A client still sending is not idle: a message trickling in for four idle timeouts (a frame
+/// cut into pieces, so no pong can be sent meanwhile) is relayed, not closed as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_trickling_in_keeps_its_sender_alive() {
+    let server = start(|c| {
+        c.heartbeat.ping_interval = Duration::from_millis(200);
+        c.heartbeat.idle_timeout = Duration::from_millis(500);
+        c.presence.format = wsline::config::PresenceFormat::Off;
+    })
+    .await;
+    let mut raw = RawClient::connect(&server, "/trickle").await;
+    let text = "slow ".repeat(4000);
+    let frame = common::encode_frame(true, 0x1, text.as_bytes(), true);
+    let started = Instant::now();
+    // 20 pieces, 100 ms apart (a stand-in for a slow uplink, not a wait for an event).
+    for piece in frame.chunks(frame.len().div_ceil(20)) {
+        raw.send_raw(piece).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    loop {
+        match raw.frame().await.expect("the echo, not the end") {
+            (0x1, payload) => break assert_eq!(payload, text.as_bytes()),
+            (0x9, _) => {}
+            (0x8, payload) => panic!("closed while sending: {payload:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_answering_pings_stays() {
     let server = start(|c| {

@@ -187,6 +187,47 @@ async fn a_history_of_big_messages_is_replayed_within_its_byte_bound_and_the_joi
     server.stop().await;
 }
 
+/// A message larger than the whole history budget is relayed but not kept, and evicts nothing:
+/// one member cannot erase a room's history (with the envelope, a text of `\x01` characters is
+/// escaped to six times its size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_history_budget_evicts_nothing() {
+    let server = start(|c| {
+        c.relay.history = 20;
+        c.relay.envelope = wsline::config::Envelope::Json;
+    })
+    .await;
+    let mut a = server.connect("/keep").await;
+    for i in 1..=5 {
+        a.send_text(&format!("m{i}")).await;
+        a.recv_relayed().await;
+    }
+    let huge = "\u{1}".repeat(44_000);
+    a.send_text(&huge).await;
+    let relayed = a.recv_relayed().await;
+    assert!(
+        relayed.len() > 256 * 1024,
+        "escaped to {} bytes",
+        relayed.len()
+    );
+    let mut joiner = server.connect("/keep").await;
+    for i in 1..=5 {
+        let got = joiner.recv_relayed().await;
+        let text = got.to_text().unwrap();
+        assert!(
+            text.contains(&format!("\"data\":\"m{i}\"")),
+            "replay {i}: {text}"
+        );
+    }
+    a.send_text("live").await;
+    let got = joiner.recv_relayed().await;
+    assert!(
+        got.to_text().unwrap().contains("\"data\":\"live\""),
+        "the oversized message was not replayed: {got:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_lowering_history_applies_to_the_room_at_once_whatever_the_senders_snapshot() {
     let (server, handle) = start_with_handle(|c| c.relay.history = 10).await;

@@ -5,6 +5,13 @@
 //! judged before its payload is read; a data frame's payload is read straight into the buffer the
 //! message will be shared from (its declared length is reserved at once: pages the client never
 //! sends are never touched); control payloads (at most 125 bytes) get their own small buffer.
+//!
+//! A text message's UTF-8 is checked as its bytes arrive, fragment by fragment and read by read,
+//! so invalid bytes fail the connection (1007) at once, not when the message ends.
+//!
+//! After wsline's own close frame, [`Reader::linger`] reads on and discards (bounded in bytes; the
+//! close phase bounds it in time) until the client's close frame or the end of the stream: a
+//! socket closed with unread bytes sends a reset, and the client would lose the close frame.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -56,6 +63,13 @@ pub struct Reader<R> {
     message: BytesMut,
     /// The payload of the control frame being read.
     control: Vec<u8>,
+    /// How much of `message` is known to be valid UTF-8 (text messages); what follows is at most
+    /// an incomplete character waiting for its next bytes.
+    valid: usize,
+    /// Payload bytes of a refused frame still to come: [`Reader::linger`] skips them.
+    skip: u64,
+    /// The client's close frame has been read (valid or not).
+    peer_closed: bool,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -71,11 +85,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             opcode: None,
             message: BytesMut::new(),
             control: Vec::new(),
+            valid: 0,
+            skip: 0,
+            peer_closed: false,
         }
     }
 
     /// The next message or control frame. Cancel-safe: progress is kept in `self`.
+    #[cfg(test)]
     pub async fn next(&mut self) -> Result<Incoming, ReadEnd> {
+        self.next_heard(|| {}).await
+    }
+
+    /// [`Reader::next`], calling `heard` whenever bytes arrive: a client sending a large message
+    /// slowly is heard from all along, not only when the message completes.
+    pub async fn next_heard(&mut self, heard: impl Fn()) -> Result<Incoming, ReadEnd> {
         loop {
             let Some((head, got)) = self.frame else {
                 let need = if self.have < 2 {
@@ -86,12 +110,19 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 if self.have < need {
                     let dst = &mut self.head[self.have..need];
                     self.have += read_into(&mut self.io, &mut self.early, dst).await?;
+                    heard();
                     continue;
                 }
-                let head = frame::parse_head(&self.head[..need], self.max)?;
                 self.have = 0;
+                let head = frame::parse_head(&self.head[..need], self.max).inspect_err(|_| {
+                    self.skip = frame::declared_len(&self.head[..need]);
+                    self.peer_closed = self.head[0] & 0x0f == OpCode::Close as u8;
+                })?;
                 if !head.opcode.is_control() {
-                    self.opcode = Some(self.fragments.on_data(&head, self.max)?);
+                    let opcode = self.fragments.on_data(&head, self.max).inspect_err(|_| {
+                        self.skip = head.len;
+                    })?;
+                    self.opcode = Some(opcode);
                     // The declared length is within the limit: reserve it (virtual memory only
                     // until the bytes arrive).
                     self.message.reserve(head.len as usize);
@@ -107,6 +138,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     let dst = &mut self.control[start..];
                     let n = read_into(&mut self.io, &mut self.early, dst).await?;
                     frame::unmask(&mut self.control[start..start + n], head.mask, got);
+                    heard();
                     n
                 } else {
                     let start = self.message.len();
@@ -121,7 +153,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                         }
                     }
                     frame::unmask(&mut self.message[start..], head.mask, got);
-                    self.message.len() - start
+                    heard();
+                    let n = self.message.len() - start;
+                    if self.opcode == Some(OpCode::Text) {
+                        self.check_utf8().inspect_err(|_| {
+                            // The rest of this frame is skipped by [`Reader::linger`].
+                            self.frame = None;
+                            self.skip = head.len - got - n as u64;
+                        })?;
+                    }
+                    n
                 };
                 self.frame = Some((head, got + n as u64));
                 continue;
@@ -136,13 +177,20 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     return Ok(Incoming::Pong);
                 }
                 OpCode::Close => {
+                    // Even a malformed close ends what the client sends: nothing to linger for.
+                    self.peer_closed = true;
                     let code = frame::close_code(&std::mem::take(&mut self.control))?;
                     return Ok(Incoming::Close(code));
                 }
                 _ if !head.fin => {}
                 _ => {
                     let data = std::mem::take(&mut self.message).freeze();
+                    let valid = std::mem::take(&mut self.valid);
                     return Ok(Incoming::Message(match self.opcode.take() {
+                        // Checked as it arrived: what is left is a character cut off at the end.
+                        Some(OpCode::Text) if valid != data.len() => {
+                            return Err(FrameError::InvalidUtf8.into());
+                        }
                         Some(OpCode::Text) => Message::Text(
                             Utf8Bytes::try_from(data).map_err(|_| FrameError::InvalidUtf8)?,
                         ),
@@ -153,6 +201,84 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 }
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Checks the text message's bytes that arrived since the last check. An incomplete
+    /// character at the end waits for the next bytes; an invalid sequence is refused at once.
+    fn check_utf8(&mut self) -> Result<(), FrameError> {
+        match std::str::from_utf8(&self.message[self.valid..]) {
+            Ok(_) => self.valid = self.message.len(),
+            Err(e) if e.error_len().is_none() => self.valid += e.valid_up_to(),
+            Err(_) => return Err(FrameError::InvalidUtf8),
+        }
+        Ok(())
+    }
+
+    /// After the server's close frame: reads and discards what the client still sends, at most
+    /// `budget` bytes, until its close frame (whose code is returned; `None` at once if it sent one
+    /// already, valid or not) or the end of the stream
+    /// (`None`). The rest of a refused or unfinished frame is skipped by its declared length;
+    /// the frames after it are read by their headers alone, payloads skipped unread.
+    pub async fn linger(&mut self, mut budget: u64) -> Option<u16> {
+        if let Some((head, got)) = self.frame.take() {
+            self.skip += head.len - got;
+        }
+        self.message = BytesMut::new();
+        self.opcode = None;
+        self.valid = 0;
+        let mut scratch = vec![0u8; LINGER_CHUNK];
+        loop {
+            while self.skip > 0 {
+                let n = (self.skip.min(budget) as usize).min(scratch.len());
+                if n == 0 {
+                    return None;
+                }
+                let n = read_into(&mut self.io, &mut self.early, &mut scratch[..n])
+                    .await
+                    .ok()?;
+                self.skip -= n as u64;
+                budget -= n as u64;
+            }
+            if self.peer_closed {
+                return None;
+            }
+            let need = if self.have < 2 {
+                2
+            } else {
+                frame::head_len([self.head[0], self.head[1]])
+            };
+            if self.have < need {
+                if budget == 0 {
+                    return None;
+                }
+                let dst = &mut self.head[self.have..need];
+                let n = read_into(&mut self.io, &mut self.early, dst).await.ok()?;
+                self.have += n;
+                budget = budget.saturating_sub(n as u64);
+                continue;
+            }
+            let head = &self.head[..need];
+            self.have = 0;
+            match frame::parse_head(head, frame::MAX_CONTROL_PAYLOAD as u64) {
+                Ok(head) if head.opcode == OpCode::Close => {
+                    let mut payload = [0u8; frame::MAX_CONTROL_PAYLOAD];
+                    let payload = &mut payload[..head.len as usize];
+                    let mut got = 0;
+                    while got < payload.len() {
+                        let dst = &mut payload[got..];
+                        got += read_into(&mut self.io, &mut self.early, dst).await.ok()?;
+                    }
+                    frame::unmask(payload, head.mask, 0);
+                    return Some(frame::close_code(payload).ok().flatten().unwrap_or(1005));
+                }
+                _ => self.skip = frame::declared_len(head),
+            }
+        }
+    }
+}
+
+/// What [`Reader::linger`] reads at a time (a buffer it frees when it ends).
+const LINGER_CHUNK: usize = 16 * 1024;
 
 /// Reads at least one byte into `dst`, from `early` first. A closed or failed stream is `Gone`.
 async fn read_into<R: AsyncRead + Unpin>(

@@ -33,6 +33,20 @@ const HEADER: usize = 5;
 /// What a record adds to its plaintext, at most: header, explicit nonce (TLS 1.2), content type
 /// (TLS 1.3) and tag, rounded up. rustls says so if it needs more.
 const RECORD_OVERHEAD: usize = 64;
+/// The most a record's ciphertext may exceed its plaintext by (TLS 1.2 allows 2 KiB; TLS 1.3 256
+/// bytes): rustls refuses longer records.
+const MAX_EXPANSION: usize = 2048;
+/// The largest handshake message rustls accepts: a 4-byte header and a body of up to 0xffff bytes.
+const MAX_HANDSHAKE_MESSAGE: usize = 4 + 0xffff;
+/// The ceiling of `incoming`, the one buffer whose content the peer decides: one maximal record
+/// plus the largest handshake message rustls accepts (83 976 bytes, 82 KiB). rustls' unbuffered
+/// API joins the fragments of a handshake message in place, so every record of an unfinished
+/// message stays in `incoming` (header and encryption overhead included: a message sent in
+/// 1-byte records takes 6 bytes a byte in plaintext, 23 encrypted); a peer that needs more
+/// than this to finish a message gets a fatal alert where one can be sent, and is closed.
+pub const MAX_INCOMING: usize = HEADER + MAX_FRAGMENT + MAX_EXPANSION + MAX_HANDSHAKE_MESSAGE;
+/// A plaintext fatal `decode_error` alert record (level 2, description 50).
+const FATAL_DECODE_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
 
 /// A TLS connection accepted by wsline: the socket and rustls' state, with buffers that exist only
 /// while bytes are in flight.
@@ -51,6 +65,20 @@ pub struct TlsStream {
     read_closed: bool,
     /// Our close_notify is queued.
     close_queued: bool,
+    /// rustls has sent something (from the ServerHello on, the peer expects it to send alerts).
+    spoke: bool,
+    /// rustls refused the peer's input, or the peer went past [`MAX_INCOMING`] (and `incoming`
+    /// was dropped while rustls still counted on its bytes): rustls is never called again, since
+    /// it would process the same input a second time (and assert on a second fatal alert) or
+    /// index past the empty buffer.
+    failed: bool,
+}
+
+/// Why processing stopped: rustls refused the peer's input (an alert may be due), or something
+/// local failed.
+enum Failure {
+    Tls(rustls::Error),
+    Io(io::Error),
 }
 
 /// Where rustls stopped once everything it had to send is on its way.
@@ -81,6 +109,8 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         out_at: 0,
         read_closed: false,
         close_queued: false,
+        spoke: false,
+        failed: false,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -91,6 +121,17 @@ impl TlsStream {
     #[cfg(test)]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
+    }
+
+    /// What the buffers hold now: (`incoming`'s capacity, plaintext not yet read, ciphertext not
+    /// yet written). For the fuzz target, which checks them against [`MAX_INCOMING`].
+    #[doc(hidden)]
+    pub fn buffered(&self) -> (usize, usize, usize) {
+        (
+            self.incoming.capacity(),
+            self.plain.len() - self.plain_at,
+            self.outgoing.len() - self.out_at,
+        )
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -114,7 +155,15 @@ impl TlsStream {
     /// It never waits for the socket: the read half must not register for writability (the
     /// socket keeps one waker per direction, and the write half's would be lost). What is left
     /// goes with the next write or flush, which every writer does before encrypting more.
+    ///
+    /// Every call's `discard` (and each record's) is applied before anything else, on every path,
+    /// errors included: rustls counts those bytes as gone, and keeps offsets into what follows
+    /// them (the fragments of a handshake message it is joining in place), so a buffer that
+    /// disagrees with its progress would make it index past the end.
     fn process(&mut self) -> io::Result<Rest> {
+        if self.failed {
+            return Err(ceiling_error());
+        }
         loop {
             let Self {
                 tcp,
@@ -124,25 +173,30 @@ impl TlsStream {
                 outgoing,
                 out_at,
                 read_closed,
+                spoke,
                 ..
             } = self;
             let status = conn.process_tls_records(incoming);
-            let discard = status.discard;
-            let mut step = None;
-            let state = match status.state {
-                Ok(state) => state,
-                Err(e) => {
-                    self.send_alert();
-                    return Err(tls_error(e));
-                }
-            };
-            match state {
-                ConnectionState::ReadTraffic(mut traffic) => {
+            let mut discard = status.discard;
+            let step: Result<Option<Rest>, Failure> = match status.state {
+                Err(e) => Err(Failure::Tls(e)),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut failed = Ok(None);
                     while let Some(record) = traffic.next_record() {
-                        plain.extend_from_slice(record.map_err(tls_error)?.payload);
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                plain.extend_from_slice(record.payload);
+                            }
+                            Err(e) => {
+                                failed = Err(Failure::Tls(e));
+                                break;
+                            }
+                        }
                     }
+                    failed
                 }
-                ConnectionState::EncodeTlsData(mut data) => {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     let start = outgoing.len();
                     let mut need = READ_CHUNK;
                     loop {
@@ -150,77 +204,114 @@ impl TlsStream {
                         match data.encode(&mut outgoing[start..]) {
                             Ok(n) => {
                                 outgoing.truncate(start + n);
-                                break;
+                                break Ok(None);
                             }
                             Err(EncodeError::InsufficientSize(e)) => need = e.required_size,
                             Err(e) => {
                                 outgoing.truncate(start);
-                                return Err(io::Error::other(e.to_string()));
+                                break Err(Failure::Io(io::Error::other(e.to_string())));
                             }
                         }
                     }
                 }
-                ConnectionState::TransmitTlsData(data) => {
+                Ok(ConnectionState::TransmitTlsData(data)) => {
                     // Ours to send from here on, whatever the socket takes now.
-                    try_write_all(tcp, outgoing, out_at)?;
+                    *spoke = true;
+                    let sent = try_write_all(tcp, outgoing, out_at);
                     data.done();
+                    sent.map(|()| None).map_err(Failure::Io)
                 }
-                ConnectionState::PeerClosed => *read_closed = true,
-                ConnectionState::Closed => {
+                Ok(ConnectionState::PeerClosed) => {
                     *read_closed = true;
-                    step = Some(Rest::Closed);
+                    Ok(None)
                 }
-                ConnectionState::BlockedHandshake => step = Some(Rest::Blocked),
-                ConnectionState::WriteTraffic(_) => step = Some(Rest::Writable),
+                Ok(ConnectionState::Closed) => {
+                    *read_closed = true;
+                    Ok(Some(Rest::Closed))
+                }
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Rest::Blocked)),
+                Ok(ConnectionState::WriteTraffic(_)) => Ok(Some(Rest::Writable)),
                 // wsline enables no early data; anything new is not something it can serve.
-                _ => return Err(io::Error::other("unexpected tls connection state")),
-            }
-            if discard > 0 {
-                incoming.drain(..discard);
-            }
-            if incoming.is_empty() && incoming.capacity() > 0 {
-                *incoming = Vec::new();
-            }
-            if let Some(step) = step {
-                return Ok(step);
+                Ok(_) => Err(Failure::Io(io::Error::other(
+                    "unexpected tls connection state",
+                ))),
+            };
+            discard_front(incoming, discard);
+            match step {
+                Ok(None) => {}
+                Ok(Some(rest)) => return Ok(rest),
+                Err(Failure::Io(e)) => return Err(e),
+                Err(Failure::Tls(e)) => {
+                    self.send_alert();
+                    return Err(tls_error(e));
+                }
             }
         }
     }
 
     /// After an error, sends the alert rustls queued (e.g. `protocol_version` to a TLS 1.0 hello)
-    /// if the socket takes it now; the connection is over either way.
+    /// if the socket takes it now; the connection is over either way, and rustls is not called
+    /// again (a second call would process the same input again and queue a second fatal alert).
+    /// rustls is handed the same buffer as before (its `discard` applied), never a stand-in.
+    /// Where rustls queued no alert (it refuses a handshake message over its size limit without
+    /// one) and nothing of ours has been sent yet, a plaintext fatal `decode_error` goes instead.
     fn send_alert(&mut self) {
+        self.failed = true;
         let Self {
             tcp,
             conn,
+            incoming,
             outgoing,
             out_at,
+            spoke,
             ..
         } = self;
-        // rustls answers from its queue before it looks at the (failed) state again.
-        for _ in 0..4 {
-            match conn.process_tls_records(&mut []).state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let start = outgoing.len();
-                    zero_extend(outgoing, start + READ_CHUNK);
-                    let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
-                    outgoing.truncate(start + n);
-                }
-                Ok(ConnectionState::TransmitTlsData(data)) => {
-                    let _ = try_write_all(tcp, outgoing, out_at);
-                    data.done();
-                }
-                _ => break,
+        // rustls answers from its queue (the alert) before it looks at the input again.
+        let status = conn.process_tls_records(incoming);
+        let discard = status.discard;
+        let alerted = match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                let start = outgoing.len();
+                zero_extend(outgoing, start + READ_CHUNK);
+                let n = data.encode(&mut outgoing[start..]).unwrap_or(0);
+                outgoing.truncate(start + n);
+                n > 0
             }
+            _ => false,
+        };
+        discard_front(incoming, discard);
+        if alerted {
+            let _ = try_write_all(tcp, outgoing, out_at);
+        } else if !*spoke {
+            let _ = try_write_all(tcp, &mut FATAL_DECODE_ERROR.to_vec(), &mut 0);
         }
     }
 
-    /// Reads from the socket into `incoming`, allocating it only once the socket is readable.
-    /// Ready(Ok(0)) is end of file.
+    /// The peer sent more than [`MAX_INCOMING`] without completing what it started: a plaintext
+    /// fatal `decode_error` alert while nothing of ours has been sent (the ClientHello phase, when
+    /// the peer expects plaintext), then the error that closes the connection.
+    fn over_ceiling(&mut self) -> io::Error {
+        if !self.spoke {
+            let _ = try_write_all(&self.tcp, &mut FATAL_DECODE_ERROR.to_vec(), &mut 0);
+        }
+        self.incoming = Vec::new();
+        self.failed = true;
+        ceiling_error()
+    }
+
+    /// Reads from the socket into `incoming`, allocating it only once the socket is readable, and
+    /// never past [`MAX_INCOMING`]: called only when rustls needs more than `incoming` holds, so
+    /// a full buffer means the peer is over the ceiling. Ready(Ok(0)) is end of file.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.failed {
+            return Poll::Ready(Err(ceiling_error()));
+        }
         loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
             let used = self.incoming.len();
+            if used >= MAX_INCOMING {
+                return Poll::Ready(Err(self.over_ceiling()));
+            }
+            ready!(self.tcp.poll_read_ready(cx))?;
             // Enough for the record in progress, if its header is here.
             let record = match used >= HEADER {
                 true => {
@@ -228,7 +319,8 @@ impl TlsStream {
                 }
                 false => 0,
             };
-            zero_extend(&mut self.incoming, record.max(used + READ_CHUNK));
+            let want = record.max(used + READ_CHUNK).min(MAX_INCOMING);
+            grow_within(&mut self.incoming, want, MAX_INCOMING);
             let read = self.tcp.try_read(&mut self.incoming[used..]);
             self.incoming.truncate(used + *read.as_ref().unwrap_or(&0));
             if self.incoming.is_empty() {
@@ -253,6 +345,9 @@ impl TlsStream {
 
     /// Encrypts up to one record of `bufs` into `outgoing`; returns the plaintext bytes taken.
     fn encrypt(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.failed {
+            return Err(ceiling_error());
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let take = total.min(MAX_FRAGMENT);
         let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]);
@@ -263,12 +358,24 @@ impl TlsStream {
             conn,
             incoming,
             outgoing,
+            failed,
             ..
         } = self;
         let status = conn.process_tls_records(incoming);
         let discard = status.discard;
-        let ConnectionState::WriteTraffic(mut traffic) = status.state.map_err(tls_error)? else {
-            return Err(io::Error::other("tls stream not writable"));
+        let mut traffic = match status.state {
+            Ok(ConnectionState::WriteTraffic(traffic)) => traffic,
+            other => {
+                let e = match other {
+                    Err(e) => {
+                        *failed = true;
+                        tls_error(e)
+                    }
+                    Ok(_) => io::Error::other("tls stream not writable"),
+                };
+                discard_front(incoming, discard);
+                return Err(e);
+            }
         };
         let start = outgoing.len();
         let mut need = take + RECORD_OVERHEAD;
@@ -297,18 +404,44 @@ impl TlsStream {
                 Err(EncryptError::InsufficientSize(e)) => need = e.required_size,
                 Err(e) => {
                     outgoing.truncate(start);
+                    discard_front(incoming, discard);
                     return Err(io::Error::other(e.to_string()));
                 }
             }
         }
-        if discard > 0 {
-            incoming.drain(..discard);
-        }
-        if incoming.is_empty() && incoming.capacity() > 0 {
-            *incoming = Vec::new();
-        }
+        discard_front(incoming, discard);
         Ok(take)
     }
+}
+
+/// The error of a stream whose peer went past [`MAX_INCOMING`] (or that failed before).
+fn ceiling_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "tls: the peer broke the protocol or sent over {MAX_INCOMING} bytes without completing a message"
+        ),
+    )
+}
+
+/// Removes the `n` bytes rustls is done with from the front of `incoming`, freeing it once empty.
+fn discard_front(incoming: &mut Vec<u8>, n: usize) {
+    if n > 0 {
+        incoming.drain(..n.min(incoming.len()));
+    }
+    if incoming.is_empty() && incoming.capacity() > 0 {
+        *incoming = Vec::new();
+    }
+}
+
+/// Sets `buf`'s length to `len` (zero-filled) with a capacity of at most `ceiling`: it grows by
+/// doubling, like a `Vec`, but never past the ceiling.
+fn grow_within(buf: &mut Vec<u8>, len: usize, ceiling: usize) {
+    if len > buf.capacity() && buf.capacity() > 0 {
+        let target = (buf.capacity() * 2).max(len).min(ceiling.max(len));
+        buf.reserve_exact(target - buf.len());
+    }
+    zero_extend(buf, len);
 }
 
 /// Sets `buf`'s length to `len`, filling with zeros: a fresh zeroed allocation, or copies from a
@@ -447,10 +580,12 @@ impl AsyncWrite for TlsStream {
                     conn,
                     incoming,
                     outgoing,
+                    failed,
                     ..
                 } = this;
                 let status = conn.process_tls_records(incoming);
                 let discard = status.discard;
+                *failed |= status.state.is_err();
                 if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
                     // An alert record: 2 bytes of alert, a header and the AEAD overhead.
                     let start = outgoing.len();
@@ -459,13 +594,12 @@ impl AsyncWrite for TlsStream {
                         Ok(n) => outgoing.truncate(start + n),
                         Err(e) => {
                             outgoing.truncate(start);
+                            discard_front(incoming, discard);
                             return Poll::Ready(Err(io::Error::other(e.to_string())));
                         }
                     }
                 }
-                if discard > 0 {
-                    incoming.drain(..discard);
-                }
+                discard_front(incoming, discard);
             }
             this.close_queued = true;
         }
