@@ -40,6 +40,8 @@ const MAX_PING_INTERVAL: Duration = HOUR;
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const MAX_NODE_TIMEOUT: Duration = HOUR;
+/// Longest `cluster.history_ttl`: a month.
+const MAX_HISTORY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
 const MAX_BACKLOG: u32 = 65_535;
 
@@ -316,6 +318,44 @@ pub struct Cluster {
     /// A node silent this long is dead: its members leave every count.
     #[serde(deserialize_with = "duration")]
     pub node_timeout: Duration,
+    /// A room's history stream in Redis outlives the room's last member (on any node) this long.
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+}
+
+/// `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME`: the Sentinels to ask for
+/// the primary of `MASTER_NAME` (the password is the primary's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    pub hosts: Vec<String>,
+    pub master: String,
+    pub password: Option<String>,
+}
+
+impl SentinelUrl {
+    /// `None` when `url` is not a well-formed `redis+sentinel://` URL.
+    pub fn parse(url: &str) -> Option<SentinelUrl> {
+        let rest = url.strip_prefix("redis+sentinel://")?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let password = auth.map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_owned());
+        let (hosts, master) = rest.split_once('/')?;
+        let hosts: Vec<String> = hosts.split(',').map(str::to_owned).collect();
+        let valid_host = |h: &String| {
+            h.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        let master = master.trim_end_matches('/');
+        (hosts.iter().all(valid_host) && !master.is_empty() && !master.contains('/')).then(|| {
+            SentinelUrl {
+                hosts,
+                master: master.to_owned(),
+                password,
+            }
+        })
+    }
 }
 
 impl Default for Cluster {
@@ -325,6 +365,7 @@ impl Default for Cluster {
             node_id: String::new(),
             prefix: "wsline".into(),
             node_timeout: Duration::from_secs(5),
+            history_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -542,6 +583,11 @@ impl Config {
                 self.cluster.node_timeout,
                 MAX_NODE_TIMEOUT,
             ),
+            (
+                "cluster.history_ttl",
+                self.cluster.history_ttl,
+                MAX_HISTORY_TTL,
+            ),
         ];
         for (key, value, max) in durations {
             check(
@@ -652,6 +698,11 @@ impl Config {
             "cluster.node_timeout",
             "must be longer than 0".into(),
         );
+        check(
+            !self.cluster.history_ttl.is_zero(),
+            "cluster.history_ttl",
+            "must be longer than 0".into(),
+        );
 
         check(
             limits.max_connections >= 1,
@@ -715,9 +766,10 @@ impl Config {
         check(
             redis.is_empty()
                 || (redis.starts_with("redis://") || redis.starts_with("rediss://"))
-                    && ::redis::Client::open(redis.as_str()).is_ok(),
+                    && ::redis::Client::open(redis.as_str()).is_ok()
+                || SentinelUrl::parse(redis).is_some(),
             "cluster.redis",
-            "must be a redis:// or rediss:// URL (the value is secret and not shown)".into(),
+            "must be a redis://, rediss:// or redis+sentinel:// URL (the value is secret and not shown)".into(),
         );
         // The JSON envelope makes a message larger than what was sent (escaping, at most 6x).
         let wrapped = crate::envelope::max_relayed_bytes(self);

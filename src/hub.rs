@@ -154,6 +154,24 @@ pub struct Membership {
     outbox: Outbox,
 }
 
+/// Sets a room's remote members; whether anything changed (names appeared or went are presence
+/// changes like local joins and leaves).
+fn apply_remote(state: &mut RoomState, count: usize, names: Vec<Arc<str>>) -> bool {
+    let (joined, left) = crate::cluster::wire::diff(&state.remote_names, &names);
+    for name in &left {
+        state.roster.remove(name, &name_key(name));
+        state.changes.left(name);
+    }
+    for name in &joined {
+        state.roster.add(name, &name_key(name));
+        state.changes.joined(name);
+    }
+    let changed = !joined.is_empty() || !left.is_empty() || count != state.remote_count;
+    state.remote_names = names;
+    state.remote_count = count;
+    changed
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a room lock leaves consistent data (every step is a push or remove),
     // so a poisoned lock is still usable.
@@ -296,19 +314,7 @@ impl Hub {
         if state.closed {
             return;
         }
-        let (joined, left) = crate::cluster::wire::diff(&state.remote_names, &names);
-        for name in &left {
-            state.roster.remove(name, &name_key(name));
-            state.changes.left(name);
-        }
-        for name in &joined {
-            state.roster.add(name, &name_key(name));
-            state.changes.joined(name);
-        }
-        let changed = !joined.is_empty() || !left.is_empty() || count != state.remote_count;
-        state.remote_names = names;
-        state.remote_count = count;
-        if changed {
+        if apply_remote(&mut state, count, names) {
             self.schedule(&room, &mut state);
         }
     }
@@ -412,6 +418,14 @@ impl Hub {
                 drop(state);
                 self.forget(&room);
                 continue;
+            }
+            // The first member here: the other nodes' members as read before the join
+            // (`Cluster::first_read`), so its first presence state is already cluster-wide.
+            if state.members.is_empty()
+                && let Some(cluster) = &self.shared.cluster
+                && let Some((count, names)) = cluster.take_first_read(&room.name)
+            {
+                apply_remote(&mut state, count, names);
             }
             if let Some((shown, key)) = &name {
                 // A taken name means a member holds it, so the room is not empty and stays.
