@@ -1,0 +1,302 @@
+//! The cluster at production scale and under Redis faults (SPEC §6, "At scale"): real
+//! `redis-server` processes reached through a delaying TCP proxy (one hop away), real `wsline`
+//! nodes, thousands of rooms. The bulk members of the 10 000 rooms are bare WebSocket upgrades on
+//! plain TCP (node A runs with `tls.enabled = false`): 10 000 TLS handshakes would take most of
+//! the test's time on two cores and prove nothing about the cluster. The members the test talks
+//! to on node B use real TLS.
+
+mod common;
+#[path = "common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+#[path = "common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use common::{Client, TestCert, within};
+use futures_util::{SinkExt, StreamExt};
+use proxy::Proxy;
+use redis_server::Redis;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One hop: each direction of every connection to Redis is held this long.
+const HOP: Duration = Duration::from_millis(1);
+
+/// A node's whole configuration file: cluster on `redis`, TLS on or off, loose limits.
+fn config(redis: &str, id: &str, tls: bool, extra: &str) -> impl FnOnce(&TestCert) -> String {
+    let (redis, id, extra) = (redis.to_owned(), id.to_owned(), extra.to_owned());
+    move |cert: &TestCert| {
+        let tls = if tls {
+            format!("cert = {:?}\nkey = {:?}", cert.cert_path, cert.key_path)
+        } else {
+            "enabled = false".to_owned()
+        };
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[tls]\n{tls}\n\
+             [cluster]\nredis = \"{redis}\"\nnode_id = \"{id}\"\nnode_timeout = \"5s\"\n\
+             [limits]\nmax_connections_per_ip = 20000\nmessages_per_second = 100000\n\
+             burst = 100000\nqueue_messages = 20000\nqueue_bytes = \"16MiB\"\n\
+             [relay]\nmax_rooms = 20000\n{extra}"
+        )
+    }
+}
+
+async fn start(redis: &str, id: &str, tls: bool, extra: &str) -> Daemon {
+    let d = Daemon::start_custom(config(redis, id, tls, extra), &[], &[]).await;
+    d.wait_log("cluster connected").await;
+    d
+}
+
+/// The instance id a node logged when it connected (`instance=ID`).
+fn instance(d: &Daemon) -> String {
+    let log = d.log();
+    let at = log.find("instance=").expect("an instance in the log") + "instance=".len();
+    log[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Raises this process's soft open-files limit (inherited by the daemons it starts).
+fn raise_open_files(needed: u64) {
+    let got = rlimit::increase_nofile_limit(needed).unwrap();
+    assert!(
+        got >= needed,
+        "{needed} open files are needed, the hard limit allows {got}"
+    );
+}
+
+/// The daemon's own soft open-files limit, from /proc.
+fn daemon_open_files(d: &Daemon) -> u64 {
+    let pid = d.child.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// A bare member: the upgrade on plain TCP, then the socket is only held (never read).
+async fn bare_member(addr: SocketAddr, room: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.set_nodelay(true);
+    let request = format!(
+        "GET /{room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "upgrade of /{room} closed");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade of /{room} refused");
+    tcp
+}
+
+/// `count` bare members, one per room `r0`..; `skip` rooms get none (the test puts real
+/// clients there). Many at once, but bounded.
+async fn bare_members(addr: SocketAddr, count: usize, skip: &[usize]) -> Vec<TcpStream> {
+    let rooms: Vec<usize> = (0..count).filter(|i| !skip.contains(i)).collect();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::stream::iter(rooms)
+            .map(|i| async move { bare_member(addr, &format!("r{i}")).await })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("bare members connected within 60 s")
+}
+
+/// A WebSocket on plain TCP (node A has no TLS).
+struct Plain {
+    ws: tokio_tungstenite::WebSocketStream<TcpStream>,
+}
+
+impl Plain {
+    async fn connect(addr: SocketAddr, path: &str) -> Plain {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let url = format!("ws://{addr}{path}");
+        let (ws, _) = within("a plain upgrade", tokio_tungstenite::client_async(url, tcp))
+            .await
+            .unwrap();
+        Plain { ws }
+    }
+
+    async fn recv(&mut self) -> Message {
+        within("a message", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(m)) if m.is_text() || m.is_binary() => return m,
+                    Some(Ok(_)) => {}
+                    other => panic!("connection ended: {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        within("send", self.ws.send(Message::text(text)))
+            .await
+            .unwrap();
+    }
+}
+
+fn presence(m: &Message) -> Option<Value> {
+    common::is_presence(m).then(|| serde_json::from_str(m.to_text().unwrap()).unwrap())
+}
+
+/// Redis's answer to `SCARD key`, through a direct connection (not the proxy).
+async fn scard(redis: &Redis, key: &str) -> u64 {
+    let reply = redis.command(&["SCARD", key]).await;
+    reply
+        .trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (bounded by `limit`) until node `instance` has a presence entry in `rooms` rooms;
+/// returns how long it took.
+async fn synced(redis: &Redis, instance: &str, rooms: u64, limit: Duration) -> Duration {
+    let key = format!("wsline:node:{instance}:rooms");
+    let t0 = Instant::now();
+    tokio::time::timeout(limit, async {
+        while scard(redis, &key).await < rooms {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{instance} did not write {rooms} rooms within {limit:?}"));
+    t0.elapsed()
+}
+
+/// Sends from `from` (on B) until `to` (on A) gets it: cross-node relay works; bounded.
+async fn relay_works(from: &mut Client, to: &mut Plain, tag: &str, limit: Duration) {
+    let t0 = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let text = format!("{tag} {n}");
+        from.send_text(&text).await;
+        let got = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                let m = to.recv().await;
+                if m.to_text().is_ok_and(|t| t.starts_with(tag)) {
+                    return;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "relay {tag:?} from B to A did not resume within {limit:?}"
+        );
+    }
+}
+
+/// Reads presence on `c` until its count is `n` (bounded).
+async fn plain_count(c: &mut Plain, n: u64) {
+    within(&format!("count {n} on A"), async {
+        loop {
+            if let Some(p) = presence(&c.recv().await)
+                && p["count"] == n
+            {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rooms_with_redis_one_hop_away_sync_relay_and_survive_a_restart() {
+    const ROOMS: usize = 10_000;
+    let checked = [0, ROOMS / 2, ROOMS - 1];
+    raise_open_files(ROOMS as u64 + 2_000);
+    let mut redis = Redis::start().await;
+    let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
+    let a = start(&hop.url(), "a", false, "history = 10").await;
+    let b = start(&hop.url(), "b", true, "history = 10").await;
+    assert!(daemon_open_files(&a) >= ROOMS as u64 + 1_000);
+    let a_id = instance(&a);
+
+    // The checked rooms: a real client on A first, then 10 000 rooms in all.
+    let mut on_a = Vec::new();
+    for i in checked {
+        on_a.push(Plain::connect(a.addr, &format!("/r{i}")).await);
+    }
+    let t0 = Instant::now();
+    let _bulk = bare_members(a.addr, ROOMS, &checked).await;
+    let opened = t0.elapsed();
+    let sync = synced(&redis, &a_id, ROOMS as u64, Duration::from_secs(20)).await;
+    eprintln!(
+        "{ROOMS} rooms opened on A in {opened:?}; A's presence in all of them {sync:?} later (Redis {HOP:?} away each way)"
+    );
+
+    // A joiner on B sees the cluster-wide count in its first state; relay crosses both ways.
+    let mut on_b = Vec::new();
+    for (k, i) in checked.into_iter().enumerate() {
+        let mut c = b.connect(&format!("/r{i}")).await;
+        let first = c.recv_presence().await;
+        assert_eq!(first["count"], 2, "first state of r{i} on B: {first}");
+        plain_count(&mut on_a[k], 2).await;
+        c.send_text(&format!("from b to r{i}")).await;
+        assert_eq!(
+            on_a[k].recv().await,
+            Message::text(format!("from b to r{i}"))
+        );
+        // Echo is on: B's client gets its own message back first.
+        assert_eq!(c.recv_relayed().await, Message::text(format!("from b to r{i}")));
+        on_a[k].send_text(&format!("from a to r{i}")).await;
+        assert_eq!(c.recv_relayed().await, Message::text(format!("from a to r{i}")));
+        on_b.push(c);
+    }
+    // Alive all along: never swept, its liveness never late.
+    assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
+    assert!(!a.log().contains("liveness key had expired"), "{}", a.log());
+    assert!(!a.log().contains("cluster degraded"), "{}", a.log());
+
+    // Redis restarts empty: within 20 s, A is in every room again and relay works in all three.
+    let t0 = Instant::now();
+    redis.restart().await;
+    let resync = synced(&redis, &a_id, ROOMS as u64, Duration::from_secs(20)).await;
+    for (k, i) in checked.into_iter().enumerate() {
+        let left = Duration::from_secs(20).saturating_sub(t0.elapsed());
+        relay_works(&mut on_b[k], &mut on_a[k], &format!("again r{i}"), left).await;
+    }
+    let back = t0.elapsed();
+    eprintln!(
+        "after a Redis restart: A's presence in all {ROOMS} rooms after {resync:?}, relay in the checked rooms after {back:?}"
+    );
+    assert!(back < Duration::from_secs(20), "{back:?}");
+    for (k, i) in checked.into_iter().enumerate() {
+        let p = within("B's count back to 2", async {
+            loop {
+                let p = on_b[k].recv_presence().await;
+                if p["count"] == 2 {
+                    return p;
+                }
+            }
+        })
+        .await;
+        assert_eq!(p["count"], 2, "r{i}");
+    }
+    assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
+}
