@@ -300,3 +300,97 @@ async fn ten_thousand_rooms_with_redis_one_hop_away_sync_relay_and_survive_a_res
     }
     assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
 }
+
+/// Whether a member named `name` gets into `room` on `d`: its first message is presence (in),
+/// or a close `name taken` (out).
+async fn name_free(d: &Daemon, room: &str, name: &str) -> Option<Client> {
+    let mut c = d.connect(&format!("/{room}?name={name}")).await;
+    match c.recv().await {
+        Message::Text(t) if t.starts_with("{\"type\":\"presence\"") => Some(c),
+        Message::Close(Some(f)) => {
+            assert_eq!(&*f.reason, "name taken");
+            None
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Tries the name on `d` until it is free; fails past `limit`.
+async fn free_within(d: &Daemon, room: &str, name: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if name_free(d, room, name).await.is_some() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{name:?} in {room:?} still taken {limit:?} after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The field's value of a hash, through a direct connection (`$-1` when absent).
+async fn hget(redis: &Redis, key: &str, field: &str) -> String {
+    redis.command(&["HGET", key, field]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_released_while_redis_is_unreachable_is_free_again_once_it_is_back() {
+    let redis = Redis::start().await;
+    let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
+    let a = start(&hop.url(), "a", true, "").await;
+    let b = start(&hop.url(), "b", true, "").await;
+    let alice = name_free(&a, "n", "alice").await.expect("alice gets in on A");
+    assert!(name_free(&b, "n", "alice").await.is_none(), "held on A");
+    assert!(hget(&redis, "wsline:names:n", "alice").await.contains(&instance(&a)));
+
+    // The route to Redis is lost (Redis keeps its data); alice leaves meanwhile.
+    hop.cut();
+    a.wait_log("cluster degraded").await;
+    alice.close().await;
+    hop.restore();
+    let freed = free_within(&b, "n", "alice", Duration::from_secs(10)).await;
+    eprintln!("a name released while Redis was unreachable: free on B {freed:?} after the route came back");
+    // Freed by A's release, not by a sweep of A (A never stopped: the cut was shorter than
+    // node_timeout).
+    assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_released_behind_a_full_publish_queue_is_free_again() {
+    let redis = Redis::start().await;
+    let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
+    let extra = "echo = false\nmax_message_size = \"1MiB\"";
+    let a = start(&hop.url(), "a", true, extra).await;
+    let b = start(&hop.url(), "b", true, extra).await;
+    let alice = name_free(&a, "n", "alice").await.expect("alice gets in on A");
+    let mut flooder = a.connect("/f").await;
+    flooder.recv_presence().await;
+
+    // Redis stalls (nothing forwarded) while 80 MiB are published on A: its publish queue
+    // (64 MiB) fills and drops; alice leaves behind the burst.
+    hop.forward(false);
+    let chunk = Message::binary(vec![7u8; 1 << 20]);
+    for _ in 0..80 {
+        flooder.send(chunk.clone()).await;
+    }
+    alice.close().await;
+    within("dropped messages in /stats", async {
+        loop {
+            let (_, _, body) = a
+                .http("GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let stats: Value = serde_json::from_str(&body).unwrap();
+            if stats["cluster"]["dropped"].as_u64() > Some(0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    hop.forward(true);
+    let freed = free_within(&b, "n", "alice", Duration::from_secs(10)).await;
+    eprintln!("a name released behind a full publish queue: free on B {freed:?} after Redis answered again");
+    assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
+}
