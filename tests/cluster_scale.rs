@@ -20,7 +20,7 @@ use common::daemon::Daemon;
 use common::{Client, TestCert, within};
 use futures_util::{SinkExt, StreamExt};
 use proxy::Proxy;
-use redis_server::Redis;
+use redis_server::{Redis, Sentinel};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -58,11 +58,7 @@ async fn start(redis: &str, id: &str, tls: bool, extra: &str) -> Daemon {
 fn instance(d: &Daemon) -> String {
     let log = d.log();
     let at = log.find("instance=").expect("an instance in the log") + "instance=".len();
-    log[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    log[at..].split_whitespace().next().unwrap().to_owned()
 }
 
 /// Raises this process's soft open-files limit (inherited by the daemons it starts).
@@ -101,7 +97,10 @@ async fn bare_member(addr: SocketAddr, room: &str) -> TcpStream {
         assert!(n > 0, "upgrade of /{room} closed");
         head.extend_from_slice(&buf[..n]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "upgrade of /{room} refused");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "upgrade of /{room} refused"
+    );
     tcp
 }
 
@@ -263,9 +262,15 @@ async fn ten_thousand_rooms_with_redis_one_hop_away_sync_relay_and_survive_a_res
             Message::text(format!("from b to r{i}"))
         );
         // Echo is on: B's client gets its own message back first.
-        assert_eq!(c.recv_relayed().await, Message::text(format!("from b to r{i}")));
+        assert_eq!(
+            c.recv_relayed().await,
+            Message::text(format!("from b to r{i}"))
+        );
         on_a[k].send_text(&format!("from a to r{i}")).await;
-        assert_eq!(c.recv_relayed().await, Message::text(format!("from a to r{i}")));
+        assert_eq!(
+            c.recv_relayed().await,
+            Message::text(format!("from a to r{i}"))
+        );
         on_b.push(c);
     }
     // Alive all along: never swept, its liveness never late.
@@ -341,9 +346,15 @@ async fn a_name_released_while_redis_is_unreachable_is_free_again_once_it_is_bac
     let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
     let a = start(&hop.url(), "a", true, "").await;
     let b = start(&hop.url(), "b", true, "").await;
-    let alice = name_free(&a, "n", "alice").await.expect("alice gets in on A");
+    let alice = name_free(&a, "n", "alice")
+        .await
+        .expect("alice gets in on A");
     assert!(name_free(&b, "n", "alice").await.is_none(), "held on A");
-    assert!(hget(&redis, "wsline:names:n", "alice").await.contains(&instance(&a)));
+    assert!(
+        hget(&redis, "wsline:names:n", "alice")
+            .await
+            .contains(&instance(&a))
+    );
 
     // The route to Redis is lost (Redis keeps its data); alice leaves meanwhile.
     hop.cut();
@@ -351,7 +362,9 @@ async fn a_name_released_while_redis_is_unreachable_is_free_again_once_it_is_bac
     alice.close().await;
     hop.restore();
     let freed = free_within(&b, "n", "alice", Duration::from_secs(10)).await;
-    eprintln!("a name released while Redis was unreachable: free on B {freed:?} after the route came back");
+    eprintln!(
+        "a name released while Redis was unreachable: free on B {freed:?} after the route came back"
+    );
     // Freed by A's release, not by a sweep of A (A never stopped: the cut was shorter than
     // node_timeout).
     assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
@@ -364,7 +377,9 @@ async fn a_name_released_behind_a_full_publish_queue_is_free_again() {
     let extra = "echo = false\nmax_message_size = \"1MiB\"";
     let a = start(&hop.url(), "a", true, extra).await;
     let b = start(&hop.url(), "b", true, extra).await;
-    let alice = name_free(&a, "n", "alice").await.expect("alice gets in on A");
+    let alice = name_free(&a, "n", "alice")
+        .await
+        .expect("alice gets in on A");
     let mut flooder = a.connect("/f").await;
     flooder.recv_presence().await;
 
@@ -391,6 +406,101 @@ async fn a_name_released_behind_a_full_publish_queue_is_free_again() {
     .await;
     hop.forward(true);
     let freed = free_within(&b, "n", "alice", Duration::from_secs(10)).await;
-    eprintln!("a name released behind a full publish queue: free on B {freed:?} after Redis answered again");
+    eprintln!(
+        "a name released behind a full publish queue: free on B {freed:?} after Redis answered again"
+    );
     assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_during_traffic_resumes_relay_with_nothing_delivered_twice() {
+    let mut primary = Redis::start().await;
+    let replica = Redis::start_replica(&primary).await;
+    let sentinel = Sentinel::start("relay", &primary).await;
+    // The sentinel has found the replica (through the primary) before the primary dies.
+    within("the sentinel to know the replica", async {
+        let port = replica.port.to_string();
+        while !sentinel
+            .command(&["SENTINEL", "REPLICAS", "relay"])
+            .await
+            .contains(&port)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let url = format!("redis+sentinel://127.0.0.1:{}/relay", sentinel.port);
+    let a = start(&url, "a", true, "").await;
+    let b = start(&url, "b", true, "").await;
+    let mut sender = a.connect("/s").await;
+    let mut receiver = b.connect("/s").await;
+    within("both in the room", async {
+        while receiver.recv_presence().await["count"] != 2 {}
+    })
+    .await;
+
+    // Numbered messages every 20 ms from A while the primary is killed; B notes what arrives.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sending = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            sender.send_text(&n.to_string()).await;
+            n += 1;
+            tokio::select! {
+                _ = &mut stop_rx => return (sender, n),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    });
+    let first: u64 = receiver
+        .recv_relayed()
+        .await
+        .to_text()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    primary.stop().await;
+    let mut got: Vec<u64> = vec![first];
+    let mut resumed = None;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let m = receiver.recv_relayed().await;
+            let n: u64 = m.to_text().unwrap().parse().unwrap();
+            // A message sent after the kill arrived: relay resumed through the new primary.
+            if resumed.is_none() && got.last().is_some_and(|&last| n > last + 10) {
+                resumed = Some(t0.elapsed());
+            }
+            got.push(n);
+            if resumed.is_some_and(|r| t0.elapsed() > r + Duration::from_secs(1)) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "relay did not resume within 30 s of the primary's death; received {got:?}\nA: {}\nB: {}",
+            a.log(),
+            b.log()
+        )
+    });
+    let _ = stop_tx.send(());
+    let _ = sending.await;
+    let resumed = resumed.unwrap();
+    eprintln!(
+        "failover: relay across nodes resumed {resumed:?} after the primary was killed (sentinel down-after 1 s); {} messages received",
+        got.len()
+    );
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order and never twice: {got:?}"
+    );
+    assert!(
+        sentinel
+            .command(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "relay"])
+            .await
+            .contains(&replica.port.to_string()),
+        "the replica is the primary now"
+    );
 }

@@ -121,12 +121,7 @@ async fn connection(s: Arc<Shared>, down: TcpStream, up: TcpStream) {
     generation.mark_unchanged();
     let (down_r, down_w) = down.into_split();
     let (up_r, up_w) = up.into_split();
-    let both = async {
-        tokio::join!(
-            direction(&s, down_r, up_w),
-            direction(&s, up_r, down_w)
-        )
-    };
+    let both = async { tokio::join!(direction(&s, down_r, up_w), direction(&s, up_r, down_w)) };
     tokio::select! {
         _ = both => {}
         _ = generation.changed() => {}
@@ -148,7 +143,11 @@ async fn direction(
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     let delay = Duration::from_micros(s.delay_us.load(Ordering::Relaxed));
-                    if tx.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
