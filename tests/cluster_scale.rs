@@ -29,8 +29,19 @@ use tokio_tungstenite::tungstenite::Message;
 /// One hop: each direction of every connection to Redis is held this long.
 const HOP: Duration = Duration::from_millis(1);
 
-/// A node's whole configuration file: cluster on `redis`, TLS on or off, loose limits.
-fn config(redis: &str, id: &str, tls: bool, extra: &str) -> impl FnOnce(&TestCert) -> String {
+/// The per-connection queue of the nodes (loose: floods are read by the test's clients).
+const QUEUE: &str = "queue_messages = 20000\nqueue_bytes = \"16MiB\"";
+
+/// A node's whole configuration file: cluster on `redis`, TLS on or off, loose limits but the
+/// per-connection `queue`, and `extra` keys of `[relay]`.
+fn config(
+    redis: &str,
+    id: &str,
+    tls: bool,
+    queue: &str,
+    extra: &str,
+) -> impl FnOnce(&TestCert) -> String {
+    let queue = queue.to_owned();
     let (redis, id, extra) = (redis.to_owned(), id.to_owned(), extra.to_owned());
     move |cert: &TestCert| {
         let tls = if tls {
@@ -42,14 +53,18 @@ fn config(redis: &str, id: &str, tls: bool, extra: &str) -> impl FnOnce(&TestCer
             "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[tls]\n{tls}\n\
              [cluster]\nredis = \"{redis}\"\nnode_id = \"{id}\"\nnode_timeout = \"5s\"\n\
              [limits]\nmax_connections_per_ip = 20000\nmessages_per_second = 100000\n\
-             burst = 100000\nqueue_messages = 20000\nqueue_bytes = \"16MiB\"\n\
+             burst = 100000\n{queue}\n\
              [relay]\nmax_rooms = 20000\n{extra}"
         )
     }
 }
 
 async fn start(redis: &str, id: &str, tls: bool, extra: &str) -> Daemon {
-    let d = Daemon::start_custom(config(redis, id, tls, extra), &[], &[]).await;
+    start_queued(redis, id, tls, QUEUE, extra).await
+}
+
+async fn start_queued(redis: &str, id: &str, tls: bool, queue: &str, extra: &str) -> Daemon {
+    let d = Daemon::start_custom(config(redis, id, tls, queue, extra), &[], &[]).await;
     d.wait_log("cluster connected").await;
     d
 }
@@ -152,6 +167,20 @@ impl Plain {
             .await
             .unwrap();
     }
+}
+
+/// The body of a GET on a node without TLS.
+async fn plain_get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    within("an HTTP response", tcp.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    body.to_owned()
 }
 
 fn presence(m: &Message) -> Option<Value> {
@@ -503,4 +532,106 @@ async fn a_sentinel_failover_during_traffic_resumes_relay_with_nothing_delivered
             .contains(&replica.port.to_string()),
         "the replica is the primary now"
     );
+}
+
+/// What node A may grow by in the burst test: the receive path's documented bounds (README
+/// "Several nodes": the receive queue, 16 MiB of payload, and the messages held for rooms whose
+/// history is being read, 16 MiB), the outboxes of the 20 flooded members (4 MiB each), and
+/// 16 MiB of slack for the allocator and the connections' buffers.
+const BURST_BOUND_KIB: u64 = 128 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_another_node_while_this_one_syncs_stays_within_the_receive_bound() {
+    const ROOMS: usize = 2_000;
+    const SENDERS: usize = 20;
+    const MESSAGES: usize = 2_000;
+    const SIZE: usize = 4 * 1024;
+    raise_open_files(ROOMS as u64 + 2_000);
+    let redis = Redis::start().await;
+    let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
+    // A's members never read: their outboxes are kept small, so what A holds is the receive path.
+    let a = start_queued(
+        &hop.url(),
+        "a",
+        false,
+        "queue_messages = 20000\nqueue_bytes = \"4MiB\"",
+        "history = 10",
+    )
+    .await;
+    let b = start(&hop.url(), "b", true, "echo = false\nhistory = 10").await;
+    let (rss_before, _) = a.rss_kib();
+
+    // B's senders flood rooms r0..r19 while A opens 2 000 rooms, those among them (their
+    // members on A read what they can; one that falls 4 MiB behind is evicted, as on one node).
+    let flooded: Vec<usize> = (0..SENDERS).collect();
+    let (stop_readers, stop) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for i in 0..SENDERS {
+        let mut c = Plain::connect(a.addr, &format!("/r{i}")).await;
+        let mut stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return n,
+                    m = c.ws.next() => match m {
+                        Some(Ok(m)) => n += u64::from(m.is_binary()),
+                        _ => return n,
+                    },
+                }
+            }
+        }));
+    }
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let mut c = b.connect(&format!("/r{i}")).await;
+        c.recv_presence().await;
+        senders.push(tokio::spawn(async move {
+            let payload = Message::binary(vec![b'x'; SIZE]);
+            for _ in 0..MESSAGES {
+                c.send(payload.clone()).await;
+            }
+            c
+        }));
+    }
+    let _bulk = bare_members(a.addr, ROOMS, &flooded).await;
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(60), s)
+            .await
+            .expect("the burst is sent within 60 s")
+            .unwrap();
+    }
+    let bulk_rooms = (ROOMS - SENDERS) as u64;
+    synced(&redis, &instance(&a), bulk_rooms, Duration::from_secs(20)).await;
+    let (rss_after, peak) = a.rss_kib();
+    let metrics = plain_get(a.addr, "/metrics").await;
+    let metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics:\n{metrics}"))
+    };
+    let received = metric("wsline_cluster_received_messages_total");
+    let dropped = metric("wsline_cluster_receive_dropped_messages_total");
+    eprintln!(
+        "burst of {} x {SIZE} B from B into A's rooms while A opened {ROOMS}: A received {received}, dropped {dropped} at its receive queue; RSS {rss_before} KiB -> {rss_after} KiB, peak {peak} KiB",
+        SENDERS * MESSAGES
+    );
+    assert!(
+        received + dropped > 0,
+        "the burst reached A (received {received}, dropped {dropped})"
+    );
+    assert!(
+        peak < rss_before + BURST_BOUND_KIB,
+        "A's peak RSS {peak} KiB is over {rss_before} KiB + {BURST_BOUND_KIB} KiB"
+    );
+    stop_readers.send_replace(true);
+    let mut delivered = 0;
+    for r in readers {
+        delivered += within("a reader to finish", r).await.unwrap();
+    }
+    eprintln!("delivered to A's members: {delivered}");
+    assert!(delivered > 0);
 }
