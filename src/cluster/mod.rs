@@ -97,11 +97,18 @@ pub(crate) struct Shared {
     pub(crate) liveness_lost: AtomicBool,
     /// Remote presence read for a room's first local member before its join
     /// ([`Cluster::first_read`]), taken by the join; at most [`FIRST_READS`] entries.
-    first_reads: Mutex<HashMap<Arc<str>, (usize, Vec<Arc<str>>)>>,
+    first_reads: Mutex<HashMap<Arc<str>, FirstRead>>,
 }
 
 /// Bound of [`Shared::first_reads`]: reads whose join never came (refused) are forgotten past it.
 const FIRST_READS: usize = 1024;
+
+/// A room's remote members as read before its first local join, and when.
+struct FirstRead {
+    at: std::time::Instant,
+    count: usize,
+    names: Vec<Arc<str>>,
+}
 
 /// What the publisher task sends: a message for a room's channel.
 pub(crate) struct Out {
@@ -299,18 +306,21 @@ impl Cluster {
             return;
         };
         let read = presence::read_room(&self.shared, (*conn).clone(), room);
-        if let Ok(Ok(remote)) = tokio::time::timeout(CLAIM_TIMEOUT, read).await {
+        if let Ok(Ok((count, names))) = tokio::time::timeout(CLAIM_TIMEOUT, read).await {
             let mut reads = crate::hub::lock(&self.shared.first_reads);
             if reads.len() >= FIRST_READS {
                 reads.clear();
             }
-            reads.insert(Arc::from(room), remote);
+            let at = std::time::Instant::now();
+            reads.insert(Arc::from(room), FirstRead { at, count, names });
         }
     }
 
-    /// The read [`Cluster::first_read`] made for `room`, taken by the join that opens the room.
+    /// The read [`Cluster::first_read`] made for `room`, taken by the join that opens the room
+    /// (a read older than [`CLAIM_TIMEOUT`], left by a join that never came, is not used).
     pub fn take_first_read(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
-        crate::hub::lock(&self.shared.first_reads).remove(room)
+        let read = crate::hub::lock(&self.shared.first_reads).remove(room)?;
+        (read.at.elapsed() < CLAIM_TIMEOUT).then_some((read.count, read.names))
     }
 
     pub fn status(&self) -> Status {
