@@ -635,3 +635,31 @@ async fn a_burst_from_another_node_while_this_one_syncs_stays_within_the_receive
     eprintln!("delivered to A's members: {delivered}");
     assert!(delivered > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_name_claim_is_in_flight_leaves_no_claim() {
+    let redis = Redis::start().await;
+    // Redis slow enough that the claim is still on its way when the client goes.
+    let hop = Proxy::start(
+        ([127, 0, 0, 1], redis.port).into(),
+        Duration::from_millis(150),
+    )
+    .await;
+    let a = start(&hop.url(), "a", true, "").await;
+    let b = start(&hop.url(), "b", true, "").await;
+    for i in 0..5 {
+        let mut tls = a.tls().await;
+        let request = common::upgrade_request(&format!("/d?name=dan{i}"), "");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        drop(tls);
+    }
+    for i in 0..5 {
+        free_within(&b, "d", &format!("dan{i}"), Duration::from_secs(10)).await;
+    }
+    let claims = redis.command(&["HGETALL", "wsline:names:d"]).await;
+    assert!(
+        !claims.contains(&instance(&a)),
+        "a claim of A left: {claims}"
+    );
+}
