@@ -10,7 +10,6 @@ mod common;
 #[allow(dead_code)]
 mod proxy;
 #[path = "common/redis.rs"]
-#[allow(dead_code)]
 mod redis_server;
 
 use std::net::SocketAddr;

@@ -189,6 +189,9 @@ pub(crate) async fn claim<C: ConnectionLike + Send>(
     Ok(won == 1)
 }
 
+/// A hash as HGETALL gives it.
+type Fields = Vec<(String, String)>;
+
 /// The other instances' members of `room` (count, sorted names), read once, with the totals
 /// (stored), so a presence state made from them carries a `total` as fresh as its `count`.
 pub(crate) async fn read_room<C: ConnectionLike + Send>(
@@ -196,7 +199,7 @@ pub(crate) async fn read_room<C: ConnectionLike + Send>(
     mut conn: C,
     room: &str,
 ) -> RedisResult<(usize, Vec<Arc<str>>)> {
-    let (entries, totals): (Vec<(String, String)>, Vec<(String, String)>) = redis::pipe()
+    let (entries, totals): (Fields, Fields) = redis::pipe()
         .hgetall(s.keys.presence(room))
         .hgetall(s.keys.total())
         .query_async(&mut conn)

@@ -1,5 +1,7 @@
 //! A real `redis-server` for the cluster tests: on a free loopback port, with its own throwaway
-//! configuration (no snapshots, no append-only file), stopped when dropped.
+//! configuration (no snapshots, no append-only file), stopped when dropped; and a
+//! `redis-sentinel` watching one for the failover test. Each test file uses part of it.
+#![allow(dead_code)]
 
 use std::process::Stdio;
 use std::time::Duration;
