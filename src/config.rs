@@ -1055,6 +1055,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn sentinel_urls_name_their_sentinels_master_and_password() {
+        let u =
+            SentinelUrl::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/relay").unwrap();
+        assert_eq!(u.hosts, ["10.0.0.1:26379", "10.0.0.2:26380"]);
+        assert_eq!(
+            (u.master.as_str(), u.password.as_deref()),
+            ("relay", Some("pw"))
+        );
+        let u = SentinelUrl::parse("redis+sentinel://127.0.0.1:26379/m").unwrap();
+        assert_eq!(u.password, None);
+        for bad in [
+            "redis://127.0.0.1:6379",
+            "redis+sentinel://127.0.0.1:26379",
+            "redis+sentinel://127.0.0.1:26379/",
+            "redis+sentinel://127.0.0.1/m",
+            "redis+sentinel://:26379/m",
+            "redis+sentinel://h:1/m/extra",
+        ] {
+            assert_eq!(SentinelUrl::parse(bad), None, "{bad}");
+        }
+        let file = |url: &str| {
+            format!(
+                "[server]\nlisten = \"0.0.0.0:3456\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+                 [cluster]\nredis = \"{url}\"\n"
+            )
+        };
+        let c = Config::from_toml(&file("redis+sentinel://127.0.0.1:26379/relay")).unwrap();
+        assert_eq!(c.cluster.history_ttl, Duration::from_secs(3600));
+        let p = problems(&file("redis+sentinel://127.0.0.1/relay"));
+        assert!(
+            p.iter().any(|p| p.message.contains("cluster.redis")),
+            "{p:?}"
+        );
+    }
+
     /// What the fuzz target (fuzz/fuzz_targets/config.rs) checks, on a fixed set of edits of the
     /// sample file, so that it runs with every `cargo test`.
     #[test]
