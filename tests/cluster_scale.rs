@@ -37,10 +37,11 @@ fn config(
     redis: &str,
     id: &str,
     tls: bool,
+    node_timeout: &str,
     queue: &str,
     extra: &str,
 ) -> impl FnOnce(&TestCert) -> String {
-    let queue = queue.to_owned();
+    let (queue, node_timeout) = (queue.to_owned(), node_timeout.to_owned());
     let (redis, id, extra) = (redis.to_owned(), id.to_owned(), extra.to_owned());
     move |cert: &TestCert| {
         let tls = if tls {
@@ -50,7 +51,7 @@ fn config(
         };
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"5s\"\n[tls]\n{tls}\n\
-             [cluster]\nredis = \"{redis}\"\nnode_id = \"{id}\"\nnode_timeout = \"5s\"\n\
+             [cluster]\nredis = \"{redis}\"\nnode_id = \"{id}\"\nnode_timeout = \"{node_timeout}\"\n\
              [limits]\nmax_connections_per_ip = 20000\nmessages_per_second = 100000\n\
              burst = 100000\n{queue}\n\
              [relay]\nmax_rooms = 20000\n{extra}"
@@ -63,7 +64,21 @@ async fn start(redis: &str, id: &str, tls: bool, extra: &str) -> Daemon {
 }
 
 async fn start_queued(redis: &str, id: &str, tls: bool, queue: &str, extra: &str) -> Daemon {
-    let d = Daemon::start_custom(config(redis, id, tls, queue, extra), &[], &[]).await;
+    start_timed(redis, id, tls, "5s", queue, extra).await
+}
+
+/// A node with its own `node_timeout` (the fault tests keep Redis away for seconds without the
+/// node being swept: what they prove must not be the sweep's doing).
+async fn start_timed(
+    redis: &str,
+    id: &str,
+    tls: bool,
+    node_timeout: &str,
+    queue: &str,
+    extra: &str,
+) -> Daemon {
+    let d =
+        Daemon::start_custom(config(redis, id, tls, node_timeout, queue, extra), &[], &[]).await;
     d.wait_log("cluster connected").await;
     d
 }
@@ -372,8 +387,8 @@ async fn hget(redis: &Redis, key: &str, field: &str) -> String {
 async fn a_name_released_while_redis_is_unreachable_is_free_again_once_it_is_back() {
     let redis = Redis::start().await;
     let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
-    let a = start(&hop.url(), "a", true, "").await;
-    let b = start(&hop.url(), "b", true, "").await;
+    let a = start_timed(&hop.url(), "a", true, "20s", QUEUE, "").await;
+    let b = start_timed(&hop.url(), "b", true, "20s", QUEUE, "").await;
     let alice = name_free(&a, "n", "alice")
         .await
         .expect("alice gets in on A");
@@ -384,41 +399,57 @@ async fn a_name_released_while_redis_is_unreachable_is_free_again_once_it_is_bac
             .contains(&instance(&a))
     );
 
-    // The route to Redis is lost (Redis keeps its data); alice leaves meanwhile.
+    // The route to Redis is lost for 4 s (Redis keeps its data: longer than any one attempt to
+    // reach it, shorter than node_timeout); alice leaves meanwhile.
     hop.cut();
     a.wait_log("cluster degraded").await;
     alice.close().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     hop.restore();
     let freed = free_within(&b, "n", "alice", Duration::from_secs(10)).await;
     eprintln!(
         "a name released while Redis was unreachable: free on B {freed:?} after the route came back"
     );
-    // Freed by A's release, not by a sweep of A (A never stopped: the cut was shorter than
-    // node_timeout).
+    // Freed by A's release, not by a sweep of A.
     assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_released_behind_a_full_publish_queue_is_free_again() {
+    const FLOODERS: usize = 4;
+    const MESSAGES: usize = 25_000;
     let redis = Redis::start().await;
     let hop = Proxy::start(([127, 0, 0, 1], redis.port).into(), HOP).await;
-    let extra = "echo = false\nmax_message_size = \"1MiB\"";
-    let a = start(&hop.url(), "a", true, extra).await;
-    let b = start(&hop.url(), "b", true, extra).await;
+    let a = start_timed(&hop.url(), "a", true, "20s", QUEUE, "echo = false").await;
+    let b = start_timed(&hop.url(), "b", true, "20s", QUEUE, "echo = false").await;
     let alice = name_free(&a, "n", "alice")
         .await
         .expect("alice gets in on A");
-    let mut flooder = a.connect("/f").await;
-    flooder.recv_presence().await;
-
-    // Redis stalls (nothing forwarded) while 80 MiB are published on A: its publish queue
-    // (64 MiB) fills and drops; alice leaves behind the burst.
-    hop.forward(false);
-    let chunk = Message::binary(vec![7u8; 1 << 20]);
-    for _ in 0..80 {
-        flooder.send(chunk.clone()).await;
+    let mut flooders = Vec::new();
+    for i in 0..FLOODERS {
+        let mut c = a.connect(&format!("/f{i}")).await;
+        c.recv_presence().await;
+        flooders.push(c);
     }
-    alice.close().await;
+
+    // Redis stalls (nothing forwarded) while 100 000 messages are published on A: its publish
+    // queue (65 536 messages) fills and drops; alice leaves behind the burst.
+    hop.forward(false);
+    let sent: Vec<_> = flooders
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                for n in 0..MESSAGES {
+                    c.send_text(&n.to_string()).await;
+                }
+                c
+            })
+        })
+        .collect();
+    let mut flooders = Vec::new();
+    for s in sent {
+        flooders.push(within("a flood sent", s).await.unwrap());
+    }
     within("dropped messages in /stats", async {
         loop {
             let (_, _, body) = a
@@ -432,12 +463,14 @@ async fn a_name_released_behind_a_full_publish_queue_is_free_again() {
         }
     })
     .await;
+    alice.close().await;
     hop.forward(true);
     let freed = free_within(&b, "n", "alice", Duration::from_secs(10)).await;
     eprintln!(
         "a name released behind a full publish queue: free on B {freed:?} after Redis answered again"
     );
     assert!(!b.log().contains("cluster node timed out"), "{}", b.log());
+    drop(flooders);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
