@@ -1,13 +1,15 @@
 //! Admission of a WebSocket upgrade: every reason a request can be refused, decided in one place
 //! and in one order, before the `101`.
 //!
-//! [`admit`] checks the handshake (405, 400, 426), the drain (503), the room and name (400), the
-//! client's address (400 when a trusted proxy's headers leave it unknown), the Origin (403), the
-//! token (401), the connection limits (503 with the descriptor cap folded in, 429) and the room
+//! [`admit`] checks the handshake (405, 400, 426), the drain (503), the room, name and session
+//! (400), a missing name where the room requires one (400), the client's address (400 when a
+//! trusted proxy's headers leave it unknown), the Origin (403), the token (401), the connection limits (503 with the descriptor cap folded in, 429) and the room
 //! limit (503), and joins the room. It returns what the connection needs ([`Admitted`]) or a
 //! [`Refusal`] that says its status and reason; `http` turns that into the response, with
 //! `Connection: close`, and the one log line. A name already taken is not a refusal here: the
 //! contract answers it after the upgrade with close `1008`, so [`Admitted::membership`] is `None`.
+//! A name held by this client's own earlier connection (same `?session=`) is not taken: the join
+//! replaces that connection ([`crate::hub::Hub::join_session`]).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,8 @@ pub enum Why {
     BadKey,
     Draining,
     Target(BadTarget),
+    /// The room requires a name (`presence.require_name`) and none was given.
+    NameRequired,
     UnknownClient,
     Origin,
     Token,
@@ -56,9 +60,11 @@ impl Why {
     pub fn status(&self) -> StatusCode {
         match self {
             Why::NotGet => StatusCode::METHOD_NOT_ALLOWED,
-            Why::NoConnectionUpgrade | Why::BadKey | Why::Target(_) | Why::UnknownClient => {
-                StatusCode::BAD_REQUEST
-            }
+            Why::NoConnectionUpgrade
+            | Why::BadKey
+            | Why::Target(_)
+            | Why::NameRequired
+            | Why::UnknownClient => StatusCode::BAD_REQUEST,
             Why::Version => StatusCode::UPGRADE_REQUIRED,
             Why::Origin => StatusCode::FORBIDDEN,
             Why::Token => StatusCode::UNAUTHORIZED,
@@ -76,6 +82,7 @@ impl Why {
             Why::BadKey => "bad Sec-WebSocket-Key",
             Why::Draining => "server shutting down",
             Why::Target(bad) => return Cow::Owned(bad.to_string()),
+            Why::NameRequired => "name required: this room lists its members, join with ?name=",
             Why::UnknownClient => "client address unknown: unparsable X-Forwarded-For or X-Real-IP",
             Why::Origin => "origin not allowed",
             Why::Token => "token required",
@@ -101,6 +108,8 @@ pub struct Admitted {
     pub room: String,
     /// The checked `?name=`, in NFC.
     pub name: Option<String>,
+    /// The configuration as it applies to the room (its `[[rooms]]` entry written in).
+    pub config: Arc<Config>,
     pub client: IpAddr,
     /// The connection's slot in the limits, freed when the task ends.
     pub admission: Admission,
@@ -119,7 +128,7 @@ pub async fn admit<B>(
     req: &Request<B>,
     peer: SocketAddr,
     state: &State,
-    config: &Config,
+    config: &Arc<Config>,
 ) -> Result<Admitted, Refusal> {
     let refuse = |why, client, room: Option<&str>| Refusal {
         why,
@@ -140,6 +149,10 @@ pub async fn admit<B>(
     )
     .map_err(|bad| refuse(Why::Target(bad), claimed, None))?;
     let room = Some(target.room.as_str());
+    let room_config = config.for_room(&target.room);
+    if room_config.presence.require_name && target.name.is_none() {
+        return Err(refuse(Why::NameRequired, claimed, room));
+    }
     let client = claimed.ok_or_else(|| refuse(Why::UnknownClient, None, room))?;
     if !origin_allowed(headers, config) {
         return Err(refuse(Why::Origin, Some(client), room));
@@ -167,6 +180,7 @@ pub async fn admit<B>(
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
     );
+    let session = target.session.as_deref();
     // The name claim and, for a room not open here yet, the first read of its remote members
     // (so the first presence state is cluster-wide), in parallel: each bounded.
     let first_read = async {
@@ -177,10 +191,16 @@ pub async fn admit<B>(
     };
     let claim = async {
         match (state.hub.cluster(), &target.name) {
-            (Some(cluster), Some(name)) if config.presence.unique_names => {
+            (Some(cluster), Some(name)) if room_config.presence.unique_names => {
                 let key = crate::request::name_key(name);
-                let claim = cluster.claim(&target.room, &key).await;
-                Some((cluster, key, claim))
+                // Taking over its own name: this node already holds the claim.
+                let own = session.is_some_and(|s| state.hub.holds_session(&target.room, &key, s));
+                if own {
+                    None
+                } else {
+                    let claim = cluster.claim(&target.room, &key).await;
+                    Some((cluster, key, claim))
+                }
             }
             _ => None,
         }
@@ -188,7 +208,9 @@ pub async fn admit<B>(
     let ((), claim) = tokio::join!(first_read, claim);
     let joined = match &claim {
         Some((_, _, Claim::Taken)) => Err(JoinError::NameTaken),
-        _ => state.hub.join(&target.room, target.name.as_deref(), outbox),
+        _ => state
+            .hub
+            .join_session(&target.room, target.name.as_deref(), session, outbox),
     };
     if let Some((cluster, key, Claim::Won)) = &claim
         && joined.is_err()
@@ -204,6 +226,7 @@ pub async fn admit<B>(
         key,
         room: target.room,
         name: target.name,
+        config: room_config,
         client,
         admission,
         membership,
@@ -285,6 +308,8 @@ mod tests {
             (Why::Draining, 503),
             (Why::Target(BadTarget::Room), 400),
             (Why::Target(BadTarget::Name(NameProblem::Invisible)), 400),
+            (Why::Target(BadTarget::Session), 400),
+            (Why::NameRequired, 400),
             (Why::UnknownClient, 400),
             (Why::Origin, 403),
             (Why::Token, 401),

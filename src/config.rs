@@ -60,6 +60,12 @@ pub struct Config {
     pub metrics: Metrics,
     pub web: Web,
     pub cluster: Cluster,
+    /// `[[rooms]]`: per-room settings, the first entry whose `match` fits a room wins.
+    pub rooms: Vec<RoomRule>,
+    /// The configuration each `rooms` entry makes, built once on first use ([`Config::for_room`]),
+    /// so connections of a room share one copy; not a key of the file.
+    #[serde(skip)]
+    resolved: Resolved,
     /// Where the file was and where each key sits in it; not a key of the file.
     #[serde(skip)]
     pub origin: Origin,
@@ -168,6 +174,8 @@ pub struct Presence {
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
     pub unique_names: bool,
+    /// A member without a name (`?name=`) is refused with `400`.
+    pub require_name: bool,
     /// Names listed in one presence state; beyond it they are counted (`more`).
     pub max_names: usize,
 }
@@ -178,6 +186,7 @@ impl Default for Presence {
             format: PresenceFormat::Json,
             interval: Duration::from_millis(100),
             unique_names: true,
+            require_name: false,
             max_names: 1000,
         }
     }
@@ -299,11 +308,22 @@ impl Default for Metrics {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Web {
-    /// The demo chat page at `/`.
+    /// The demo chat page at `/` and `/ROOM` (and its script).
     pub enabled: bool,
+    /// The browser client module at `/client.js`, with CORS for `security.allowed_origins`.
+    pub client: bool,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Web {
+            enabled: false,
+            client: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -367,6 +387,112 @@ impl Default for Cluster {
             node_timeout: Duration::from_secs(5),
             history_ttl: Duration::from_secs(3600),
         }
+    }
+}
+
+/// One `[[rooms]]` entry: which rooms it is for, and the settings it overrides for them (any key
+/// it leaves out keeps the value of its section). Only settings that belong to a room, rather
+/// than to the server or a socket's limits, can be overridden.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomRule {
+    /// A room name (exact), or a prefix ending in `*` (`"chat-*"`; `"*"` is every room).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub relay: RelayOverride,
+    pub presence: PresenceOverride,
+    pub heartbeat: HeartbeatOverride,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayOverride {
+    pub echo: Option<bool>,
+    pub envelope: Option<Envelope>,
+    pub history: Option<usize>,
+    #[serde(deserialize_with = "some_size")]
+    pub history_bytes: Option<u64>,
+    #[serde(deserialize_with = "some_size")]
+    pub max_message_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceOverride {
+    pub format: Option<PresenceFormat>,
+    pub unique_names: Option<bool>,
+    pub require_name: Option<bool>,
+    pub max_names: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatOverride {
+    pub app_ping: Option<String>,
+    pub app_pong: Option<String>,
+}
+
+impl RoomRule {
+    /// Whether this entry is for `room`: equal to `match`, or starting with its prefix before `*`.
+    pub fn matches(&self, room: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => room.starts_with(prefix),
+            None => room == self.pattern,
+        }
+    }
+
+    /// Whether `match` is a room name, or a prefix of room names followed by `*`.
+    fn pattern_ok(&self) -> bool {
+        match self.pattern.strip_suffix('*') {
+            // A prefix is a room name cut short: check it with a letter standing for the rest.
+            Some("") => true,
+            Some(prefix) => {
+                crate::request::is_room_name(&format!("{prefix}a")) && !prefix.contains('*')
+            }
+            None => crate::request::is_room_name(&self.pattern),
+        }
+    }
+
+    /// Writes this entry's overrides into `config`.
+    pub(crate) fn apply(&self, config: &mut Config) {
+        fn set<T: Clone>(to: &mut T, from: &Option<T>) {
+            if let Some(v) = from {
+                *to = v.clone();
+            }
+        }
+        let (r, p, h) = (&self.relay, &self.presence, &self.heartbeat);
+        set(&mut config.relay.echo, &r.echo);
+        set(&mut config.relay.envelope, &r.envelope);
+        set(&mut config.relay.history, &r.history);
+        set(&mut config.relay.history_bytes, &r.history_bytes);
+        set(&mut config.relay.max_message_size, &r.max_message_size);
+        set(&mut config.presence.format, &p.format);
+        set(&mut config.presence.unique_names, &p.unique_names);
+        set(&mut config.presence.require_name, &p.require_name);
+        set(&mut config.presence.max_names, &p.max_names);
+        set(&mut config.heartbeat.app_ping, &h.app_ping);
+        set(&mut config.heartbeat.app_pong, &h.app_pong);
+    }
+
+    /// The dotted keys (`relay.history`, ...) this entry sets.
+    fn keys(&self) -> Vec<&'static str> {
+        let (r, p, h) = (&self.relay, &self.presence, &self.heartbeat);
+        [
+            ("relay.echo", r.echo.is_some()),
+            ("relay.envelope", r.envelope.is_some()),
+            ("relay.history", r.history.is_some()),
+            ("relay.history_bytes", r.history_bytes.is_some()),
+            ("relay.max_message_size", r.max_message_size.is_some()),
+            ("presence.format", p.format.is_some()),
+            ("presence.unique_names", p.unique_names.is_some()),
+            ("presence.require_name", p.require_name.is_some()),
+            ("presence.max_names", p.max_names.is_some()),
+            ("heartbeat.app_ping", h.app_ping.is_some()),
+            ("heartbeat.app_pong", h.app_pong.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
     }
 }
 
@@ -443,7 +569,42 @@ impl Origin {
     }
 }
 
+/// [`Config::for_room`]'s copies, one per `[[rooms]]` entry. A clone of the configuration starts
+/// without them, so a clone whose entries are then changed never serves stale copies.
+#[derive(Debug, Default)]
+struct Resolved(std::sync::OnceLock<Vec<std::sync::Arc<Config>>>);
+
+impl Clone for Resolved {
+    fn clone(&self) -> Self {
+        Resolved::default()
+    }
+}
+
 impl Config {
+    /// The configuration as it applies to `room`: this one with the first matching `[[rooms]]`
+    /// entry's overrides written in (the same `Arc` when no entry matches, so rooms without one
+    /// cost nothing). Its own `rooms` list is empty: it is already resolved.
+    pub fn for_room(self: &std::sync::Arc<Config>, room: &str) -> std::sync::Arc<Config> {
+        let Some(i) = self.rooms.iter().position(|rule| rule.matches(room)) else {
+            return self.clone();
+        };
+        let resolved = self.resolved.0.get_or_init(|| {
+            self.rooms
+                .iter()
+                .map(|rule| {
+                    let mut config = Config {
+                        rooms: Vec::new(),
+                        resolved: Resolved::default(),
+                        ..(**self).clone()
+                    };
+                    rule.apply(&mut config);
+                    std::sync::Arc::new(config)
+                })
+                .collect()
+        });
+        resolved[i].clone()
+    }
+
     /// Reads, parses and validates the file at `path`. Relative `tls.cert` / `tls.key` paths are
     /// taken from the directory of the file, so a config and its certificate can move together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -498,11 +659,32 @@ impl Config {
         };
         let rejected = &checked.rejected;
         let mut problems = checked.problems;
-        for (key, message) in config.validate() {
-            let about_rejected = rejected.iter().any(|r| r == key || mentions(&message, r));
+        let global = config.validate();
+        for (key, message) in &global {
+            let about_rejected = rejected.iter().any(|r| r == key || mentions(message, r));
             if !about_rejected {
                 let offset = schema::locate(&doc, key);
                 problems.push(Problem::at(text, offset, format!("{key}: {message}")));
+            }
+        }
+        for (i, key, message) in config.validate_rooms(&global) {
+            let entry = format!("rooms.{i}.");
+            let about_rejected = rejected
+                .iter()
+                .filter_map(|r| r.strip_prefix(&entry))
+                .any(|r| r == key || mentions(&message, r));
+            if !about_rejected {
+                let offset = schema::locate_room(&doc, i, key);
+                let rule = &config.rooms[i];
+                problems.push(Problem::at(
+                    text,
+                    offset,
+                    format!(
+                        "[[rooms]] #{} (match = {:?}): {key}: {message}",
+                        i + 1,
+                        rule.pattern
+                    ),
+                ));
             }
         }
         if !problems.is_empty() {
@@ -517,6 +699,81 @@ impl Config {
             config.cluster.node_id = hostname();
         }
         Ok(config)
+    }
+
+    /// Checks each `[[rooms]]` entry: its `match`, and the configuration it makes for its rooms
+    /// by exactly the checks of [`Config::validate`] (a replay must fit the queue, app ping and
+    /// pong together, ...). A problem the global settings already have is not repeated for each
+    /// entry. Each problem: the entry's index, the key it is about (one the entry sets, else
+    /// `match`), the message.
+    fn validate_rooms(
+        &self,
+        global: &[(&'static str, String)],
+    ) -> Vec<(usize, &'static str, String)> {
+        let mut problems = Vec::new();
+        for (i, rule) in self.rooms.iter().enumerate() {
+            if rule.pattern.is_empty() {
+                problems.push((
+                    i,
+                    "match",
+                    "is required: a room name, or a prefix followed by \"*\"".into(),
+                ));
+                continue;
+            }
+            if !rule.pattern_ok() {
+                problems.push((
+                    i,
+                    "match",
+                    format!(
+                        "{:?} is neither a room name nor a prefix of one followed by \"*\" \
+                         (1-64 letters or digits of any script and . _ -)",
+                        rule.pattern
+                    ),
+                ));
+                continue;
+            }
+            let mut config = Config {
+                rooms: Vec::new(),
+                resolved: Resolved::default(),
+                ..self.clone()
+            };
+            rule.apply(&mut config);
+            let keys = rule.keys();
+            for (key, message) in config.validate() {
+                if global.iter().any(|(k, m)| *k == key && *m == message) {
+                    continue;
+                }
+                let key = keys
+                    .iter()
+                    .copied()
+                    .find(|k| *k == key)
+                    .or_else(|| keys.iter().copied().find(|k| mentions(&message, k)))
+                    .unwrap_or("match");
+                problems.push((i, key, message));
+            }
+            for earlier in &self.rooms[..i] {
+                let shadowed = match rule.pattern.strip_suffix('*') {
+                    Some(prefix) => earlier
+                        .pattern
+                        .strip_suffix('*')
+                        .is_some_and(|e| prefix.starts_with(e)),
+                    None => earlier.matches(&rule.pattern),
+                };
+                if shadowed {
+                    problems.push((
+                        i,
+                        "match",
+                        format!(
+                            "every room it matches is matched by the earlier entry {:?} first, \
+                             so this one never applies",
+                            earlier.pattern
+                        ),
+                    ));
+                    break;
+                }
+            }
+        }
+        problems
     }
 
     /// Checks ranges and relations serde cannot; each problem names the key it is about.
@@ -642,7 +899,7 @@ impl Config {
             crate::request::is_room_name(&relay.default_room),
             "relay.default_room",
             format!(
-                "{:?} is not a room name (1-64 characters of A-Z a-z 0-9 . _ -)",
+                "{:?} is not a room name (1-64 letters or digits of any script and . _ -, in NFC)",
                 relay.default_room
             ),
         );
@@ -778,7 +1035,7 @@ impl Config {
             "limits.queue_bytes",
             format!(
                 "must hold one wrapped message with relay.envelope = \"json\" ({wrapped} bytes: \
-                 6 x relay.max_message_size + 512 for the envelope)"
+                 6 x relay.max_message_size + 704 for the envelope)"
             ),
         );
         // Presence state and history replay vs the outbound queue (rooms own these rules).
@@ -814,12 +1071,18 @@ fn is_log_filter(filter: &str) -> bool {
     }) && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 
+/// The machine's host name from `uname(2)` (what `gethostname()` returns). Not
+/// `/proc/sys/kernel/hostname`: the shipped unit's `ProcSubset=pid` hides it, which made every
+/// node of a cluster `wsline`. That fallback stays for a name that is empty or not UTF-8.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+    let uname = rustix::system::uname();
+    uname
+        .nodename()
+        .to_str()
         .ok()
+        .map(str::trim)
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "wsline".into())
+        .map_or_else(|| "wsline".into(), str::to_owned)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -872,6 +1135,11 @@ fn size<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
             .map(|b| b.as_u64())
             .map_err(|_| invalid(format!("{text:?}"))),
     }
+}
+
+/// [`size`] for an override that may be absent.
+fn some_size<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    size(de).map(Some)
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::Error> {
@@ -942,6 +1210,15 @@ mod tests {
         assert_eq!(c.heartbeat.idle_timeout, Duration::from_secs(75));
         assert_eq!(c.security.trusted_proxies.len(), 2);
         assert!(!c.cluster.node_id.is_empty());
+    }
+
+    /// The default node id is the kernel's host name, read with `uname(2)` (which works where
+    /// `ProcSubset=pid` hides `/proc/sys`; here /proc is whole, so the two must agree).
+    #[test]
+    fn the_default_node_id_is_the_host_name() {
+        let c = Config::from_toml("[tls]\nenabled = false\n").unwrap();
+        let proc = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(c.cluster.node_id, proc.trim());
     }
 
     #[test]
@@ -1165,6 +1442,116 @@ mod tests {
         p.iter()
             .map(|p| (p.line, p.column, p.message.split(':').next().unwrap()))
             .collect()
+    }
+
+    const ROOMS: &str = "[tls]\nenabled = false\n\
+        [[rooms]]\nmatch = \"count-*\"\npresence = { format = \"plain\" }\n\
+        [[rooms]]\nmatch = \"chat-*\"\nrelay = { envelope = \"json\", history = 50 }\n\
+        presence = { require_name = true }\n\
+        [[rooms]]\nmatch = \"我的房间\"\nheartbeat = { app_ping = \"p\", app_pong = \"q\" }\n";
+
+    #[test]
+    fn rooms_by_pattern_first_match_wins_and_the_rest_use_the_globals() {
+        let config = std::sync::Arc::new(Config::from_toml(ROOMS).unwrap());
+        let count = config.for_room("count-1");
+        assert_eq!(count.presence.format, PresenceFormat::Plain);
+        assert_eq!(count.relay.envelope, Envelope::None);
+        let chat = config.for_room("chat-general");
+        assert_eq!(chat.relay.envelope, Envelope::Json);
+        assert_eq!(chat.relay.history, 50);
+        assert!(chat.presence.require_name);
+        assert_eq!(chat.presence.format, PresenceFormat::Json, "not overridden");
+        assert_eq!(config.for_room("我的房间").heartbeat.app_ping, "p");
+        assert_eq!(
+            config.for_room("我的房间2").heartbeat.app_ping,
+            "",
+            "exact match only"
+        );
+        assert!(
+            std::sync::Arc::ptr_eq(&count, &config.for_room("count-2")),
+            "one copy per entry, shared by its rooms"
+        );
+        let other = config.for_room("lobby");
+        assert!(
+            std::sync::Arc::ptr_eq(&other, &config),
+            "no entry: the same configuration"
+        );
+        // "chat" alone is not "chat-*".
+        assert_eq!(config.for_room("chat").relay.envelope, Envelope::None);
+    }
+
+    #[test]
+    fn room_entries_are_checked_like_the_globals_at_their_line() {
+        let p = problems(concat!(
+            "[tls]\nenabled = false\n",
+            "[limits]\nqueue_messages = 10\n",
+            "[[rooms]]\n",
+            "match = \"a-*\"\n",
+            "relay = { history = 20, colour = 1 }\n",
+            "[[rooms]]\n",
+            "match = \"b b\"\n",
+            "[[rooms]]\n",
+            "match = \"c\"\n",
+            "heartbeat = { app_ping = \"x\" }\n",
+            "presence = { format = \"loud\" }\n",
+            "volume = 11\n",
+            "[[rooms]]\n",
+            "relay = { echo = false }\n",
+            "[[rooms]]\n",
+            "match = \"a-b*\"\n",
+        ));
+        let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.message.as_str())).collect();
+        let has = |line: usize, needle: &str| {
+            assert!(
+                got.iter().any(|(l, m)| *l == line && m.contains(needle)),
+                "line {line}: {needle:?} in {got:#?}"
+            )
+        };
+        has(
+            7,
+            "[[rooms]] #1: relay.colour: unknown key; [[rooms]] may set relay.{echo, envelope",
+        );
+        has(
+            7,
+            "[[rooms]] #1 (match = \"a-*\"): relay.history: must be below limits.queue_messages",
+        );
+        has(
+            9,
+            "[[rooms]] #2 (match = \"b b\"): match: \"b b\" is neither a room name",
+        );
+        has(
+            12,
+            "heartbeat.app_ping: heartbeat.app_ping and heartbeat.app_pong must be set together",
+        );
+        has(13, "[[rooms]] #3: presence.format: unknown variant `loud`");
+        has(
+            14,
+            "[[rooms]] #3: volume: unknown key; an entry has match, relay, presence, heartbeat",
+        );
+        has(15, "[[rooms]] #4 (match = \"\"): match: is required");
+        has(
+            18,
+            "[[rooms]] #5 (match = \"a-b*\"): match: every room it matches is matched by the earlier entry \"a-*\"",
+        );
+        assert_eq!(p.len(), 8, "{got:#?}");
+        // The globals' own problems are not repeated for each entry.
+        let p =
+            problems("[tls]\nenabled = false\n[server]\nbacklog = 0\n[[rooms]]\nmatch = \"x\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        // A replay must fit the queue in a room that turns history on.
+        let p = problems(concat!(
+            "[tls]\nenabled = false\n[limits]\nqueue_bytes = \"1MiB\"\n",
+            "[[rooms]]\nmatch = \"h-*\"\nrelay = { history = 10, history_bytes = \"900KiB\" }\n",
+        ));
+        assert!(
+            p[0].message.contains("relay.history_bytes: a replay of"),
+            "{p:?}"
+        );
+        assert!(
+            problems("rooms = 3\n[tls]\nenabled = false\n")[0]
+                .message
+                .contains("written [[rooms]]")
+        );
     }
 
     #[test]

@@ -193,6 +193,8 @@ impl Conn {
             biased;
             _ = closing.cancelled() => if state.shutdown.is_draining() {
                 End::Close(1001, "server shutting down")
+            } else if outbox.replaced() {
+                End::Close(crate::hub::REPLACED.0, crate::hub::REPLACED.1)
             } else {
                 End::Evicted
             },

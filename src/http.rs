@@ -101,10 +101,13 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
         },
         (&Method::GET | &Method::HEAD, "/stats") => stats(&req, peer, state),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(&req, peer, state),
+        (method, crate::web::CLIENT_PATH) => {
+            crate::web::client(method, req.headers(), &state.config.load())
+        }
         (&Method::GET | &Method::HEAD, path)
             if crate::web::serves(path) && state.config.load().web.enabled =>
         {
-            crate::web::respond(path, &state.config.load())
+            crate::web::respond(path)
         }
         (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, BANNER),
         (_, "/healthz" | "/stats" | "/metrics" | "/") => {
@@ -199,6 +202,7 @@ async fn upgrade(
         key,
         room,
         name,
+        config,
         client,
         admission,
         membership,

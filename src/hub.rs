@@ -23,7 +23,12 @@
 //!
 //! Room settings (presence format, interval, `max_names`, uniqueness, history bounds, `max_rooms`)
 //! live in the hub, not in each connection's configuration snapshot: a reload changes them in one
-//! place ([`Hub::configure`]), for every room at once.
+//! place ([`Hub::configure`]), for every room at once. A room's own settings are the global ones
+//! with the first matching `[[rooms]]` entry written in ([`RoomSettings::for_room`]).
+//!
+//! A member that reconnects with its name and its `?session=` takes the name over from its old
+//! connection ([`Hub::join`]): the old member leaves the room at once, without a presence change
+//! (the name never left), and its connection is closed with [`REPLACED`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,7 +41,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::Cluster;
-use crate::config::{Config, PresenceFormat};
+use crate::config::{Config, PresenceFormat, RoomRule};
 use crate::history::History;
 use crate::outbox::Outbox;
 use crate::presence::{self, Changes, Kind, Pending, Roster};
@@ -52,6 +57,10 @@ pub enum JoinError {
     NameTaken,
 }
 
+/// The close code and reason of a connection whose name was taken over by a reconnect of the
+/// same client (same name, same `?session=`).
+pub const REPLACED: (u16, &str) = (4001, "replaced by a new connection");
+
 /// The settings every room follows, taken from the configuration in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSettings {
@@ -62,6 +71,8 @@ pub struct RoomSettings {
     pub max_names: usize,
     pub history: usize,
     pub history_bytes: usize,
+    /// `[[rooms]]`: overrides for the rooms they match ([`RoomSettings::for_room`]).
+    pub rules: Arc<[RoomRule]>,
 }
 
 impl RoomSettings {
@@ -74,7 +85,36 @@ impl RoomSettings {
             max_names: config.presence.max_names,
             history: config.relay.history,
             history_bytes: usize::try_from(config.relay.history_bytes).unwrap_or(usize::MAX),
+            rules: config.rooms.clone().into(),
         }
+    }
+
+    /// `room`'s history bounds (`history`, `history_bytes`): what the message path needs, without
+    /// copying the rest.
+    pub fn history_for(&self, room: &str) -> (usize, usize) {
+        match self.rules.iter().find(|r| r.matches(room)) {
+            None => (self.history, self.history_bytes),
+            Some(_) => {
+                let own = self.for_room(room);
+                (own.history, own.history_bytes)
+            }
+        }
+    }
+
+    /// The settings of `room`: these with the first matching `[[rooms]]` entry's overrides.
+    pub fn for_room(&self, room: &str) -> RoomSettings {
+        let mut own = self.clone();
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(room)) {
+            let (r, p) = (&rule.relay, &rule.presence);
+            own.unique_names = p.unique_names.unwrap_or(own.unique_names);
+            own.presence = p.format.unwrap_or(own.presence);
+            own.max_names = p.max_names.unwrap_or(own.max_names);
+            own.history = r.history.unwrap_or(own.history);
+            if let Some(bytes) = r.history_bytes {
+                own.history_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            }
+        }
+        own
     }
 }
 
@@ -141,6 +181,8 @@ struct Member {
     id: u64,
     /// The name as given, and its uniqueness key (`request::name_key`).
     name: Option<(Arc<str>, Box<str>)>,
+    /// `?session=`: a reconnect with the same name and session takes this member's place.
+    session: Option<Box<str>>,
     outbox: Outbox,
     /// Joined since the last presence message: gets the state, not the change.
     fresh: bool,
@@ -285,7 +327,7 @@ impl Hub {
         let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
             return;
         };
-        let settings = self.shared.settings.load();
+        let (history, history_bytes) = self.shared.settings.load().history_for(&room.name);
         let mut state = room.lock();
         let mut delivered = 0u64;
         for m in &state.members {
@@ -294,10 +336,8 @@ impl Hub {
             }
         }
         state.live = true;
-        if settings.history > 0 || !state.history.is_empty() {
-            state
-                .history
-                .push(msg, settings.history, settings.history_bytes);
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
         }
         drop(state);
         let stats = &self.shared.stats;
@@ -327,7 +367,7 @@ impl Hub {
         let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
             return false;
         };
-        let settings = self.shared.settings.load();
+        let settings = self.shared.settings.load().for_room(&room.name);
         let mut state = room.lock();
         if state.closed || state.live {
             return false;
@@ -385,8 +425,9 @@ impl Hub {
     pub fn configure(&self, settings: RoomSettings) {
         let new = Arc::new(settings);
         let old = self.shared.settings.swap(new.clone());
-        let resync = old.presence != new.presence || old.max_names != new.max_names;
         for room in self.rooms() {
+            let (old, new) = (old.for_room(&room.name), new.for_room(&room.name));
+            let resync = old.presence != new.presence || old.max_names != new.max_names;
             let mut state = room.lock();
             if state.closed {
                 continue;
@@ -408,7 +449,20 @@ impl Hub {
         name: Option<&str>,
         outbox: Outbox,
     ) -> Result<Membership, JoinError> {
-        let settings = self.shared.settings.load_full();
+        self.join_session(room, name, None, outbox)
+    }
+
+    /// [`Hub::join`] for a client that names its session: when a member of this node holds the
+    /// name (by its key) with the same session, that member is replaced at once (its connection
+    /// closes with [`REPLACED`]) and the name stays in the room without a presence change.
+    pub fn join_session(
+        &self,
+        room: &str,
+        name: Option<&str>,
+        session: Option<&str>,
+        outbox: Outbox,
+    ) -> Result<Membership, JoinError> {
+        let settings = self.shared.settings.load().for_room(room);
         let name = name.map(|n| (Arc::<str>::from(n), name_key(n).into_boxed_str()));
         // Each retry needs another member to have joined the fresh room and left it meanwhile.
         loop {
@@ -427,9 +481,29 @@ impl Hub {
             {
                 apply_remote(&mut state, count, names);
             }
-            if let Some((shown, key)) = &name {
-                // A taken name means a member holds it, so the room is not empty and stays.
+            let ghost = match (&name, session) {
+                (Some((_, key)), Some(session)) => state.members.iter().position(|m| {
+                    m.session.as_deref() == Some(session)
+                        && m.name.as_ref().is_some_and(|(_, k)| k == key)
+                }),
+                _ => None,
+            };
+            if let Some(i) = ghost {
+                // Its name passes to the newcomer: no roster or presence change, one count less
+                // here and one more below. Its guard's leave later finds it gone.
+                let old = state.members.swap_remove(i);
+                old.outbox.replace();
+                self.shared.total.fetch_sub(1, Ordering::Relaxed);
+            } else if let Some((shown, key)) = &name {
+                // A taken name means a member holds it: here (the room stays), or only on
+                // another node as read before the join, when this room was just created empty
+                // and must go again (its remote members would otherwise stay, unread).
                 if settings.unique_names && state.roster.key_taken(key) {
+                    if state.members.is_empty() {
+                        state.closed = true;
+                        drop(state);
+                        self.forget(&room);
+                    }
                     return Err(JoinError::NameTaken);
                 }
                 state.roster.add(shown, key);
@@ -444,6 +518,7 @@ impl Hub {
             state.members.push(Member {
                 id,
                 name,
+                session: session.map(Box::from),
                 outbox: outbox.clone(),
                 fresh: true,
             });
@@ -485,6 +560,19 @@ impl Hub {
         }
     }
 
+    /// Whether a member of this node holds `key` in `room` under `session`: a join with them
+    /// would take the name over (so a cluster claim, which this node already holds, is not asked).
+    pub fn holds_session(&self, room: &str, key: &str, session: &str) -> bool {
+        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+            return false;
+        };
+        let state = room.lock();
+        state.members.iter().any(|m| {
+            m.session.as_deref() == Some(session)
+                && m.name.as_ref().is_some_and(|(_, k)| &**k == key)
+        })
+    }
+
     fn leave(&self, room: &Arc<Room>, id: u64) {
         let mut state = room.lock();
         let Some(i) = state.members.iter().position(|m| m.id == id) else {
@@ -500,7 +588,12 @@ impl Hub {
         if let Some(cluster) = &self.shared.cluster {
             cluster.touch(&room.name);
             if let Some((_, key)) = &member.name
-                && self.shared.settings.load().unique_names
+                && self
+                    .shared
+                    .settings
+                    .load()
+                    .for_room(&room.name)
+                    .unique_names
             {
                 cluster.release(&room.name, key);
             }
@@ -566,7 +659,7 @@ impl Hub {
     /// [`presence::plan`]), all made at this moment and queued under the room lock, so no join or
     /// leave falls between what one member hears and what another does.
     fn send_presence(&self, room: &Room) {
-        let settings = self.shared.settings.load();
+        let settings = self.shared.settings.load().for_room(&room.name);
         let mut state = room.lock();
         state.scheduled = false;
         if state.closed {
@@ -683,7 +776,7 @@ impl Membership {
     /// the room lock, so every receiver sees one sender's messages in the order they were sent.
     /// The room's history keeps it within the bounds in force (the hub's settings).
     pub fn publish(&self, msg: Message, echo: bool) {
-        let settings = self.hub.shared.settings.load();
+        let (history, history_bytes) = self.hub.shared.settings.load().history_for(&self.room.name);
         let cluster = self.hub.shared.cluster.as_ref();
         let encoded = cluster.and_then(|c| c.encode(&msg));
         let mut state = self.room.lock();
@@ -696,12 +789,10 @@ impl Membership {
         state.live = true;
         // Under the room lock, so the other nodes see this room's messages in the local order.
         if let (Some(cluster), Some(data)) = (cluster, encoded) {
-            cluster.publish(&self.room.name, data, settings.history);
+            cluster.publish(&self.room.name, data, history);
         }
-        if settings.history > 0 || !state.history.is_empty() {
-            state
-                .history
-                .push(msg, settings.history, settings.history_bytes);
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
         }
         drop(state);
         let stats = &self.hub.shared.stats;
@@ -720,18 +811,28 @@ impl Drop for Membership {
     }
 }
 
-/// The lines `--check-config` adds about rooms: the worst-case history memory.
+/// The lines `--check-config` adds about rooms: the worst-case history memory (every room with
+/// the largest `history_bytes` of the global settings and the `[[rooms]]` entries that keep one).
 pub fn check_notes(config: &Config) -> Vec<String> {
     let relay = &config.relay;
-    if relay.history == 0 {
+    let per_room = std::iter::once(RoomSettings::new(config))
+        .chain(config.rooms.iter().map(|rule| {
+            let mut own = config.clone();
+            rule.apply(&mut own);
+            RoomSettings::new(&own)
+        }))
+        .filter(|s| s.history > 0)
+        .map(|s| s.history_bytes as u64)
+        .max();
+    let Some(per_room) = per_room else {
         return vec!["history: off (relay.history = 0)".into()];
-    }
-    let worst = (relay.max_rooms as u64).saturating_mul(relay.history_bytes);
+    };
+    let worst = (relay.max_rooms as u64).saturating_mul(per_room);
     vec![format!(
         "history: at most {} ({} rooms x {} per room: relay.max_rooms x relay.history_bytes)",
         bytesize::ByteSize(worst).display().iec(),
         relay.max_rooms,
-        bytesize::ByteSize(relay.history_bytes).display().iec(),
+        bytesize::ByteSize(per_room).display().iec(),
     )]
 }
 
@@ -785,7 +886,7 @@ mod tests {
 
     #[test]
     fn a_presence_state_must_fit_the_queue() {
-        // 200 names: 200 x 259 + 256 = 52 056 bytes, within 64 KiB; 300 are not.
+        // 200 names: 200 x 259 + 512 = 52 312 bytes, within 64 KiB; 300 are not.
         assert!(
             problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty()
         );
@@ -1092,6 +1193,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_reconnect_with_the_same_session_takes_its_name_over_at_once() {
+        let hub = hub();
+        let (old_tx, old_rx) = pair();
+        let old = hub
+            .join_session("r", Some("sam"), Some("tab-0123456789abcdef"), old_tx)
+            .unwrap();
+        // Someone else, or the same name without the session, is refused as before.
+        for session in [None, Some("tab-fedcba9876543210")] {
+            assert_eq!(
+                hub.join_session("r", Some("SAM"), session, outbox()).err(),
+                Some(JoinError::NameTaken)
+            );
+        }
+        assert!(!old_rx.replaced());
+        let new = hub
+            .join_session("r", Some("sam"), Some("tab-0123456789abcdef"), outbox())
+            .unwrap();
+        assert!(old_rx.replaced(), "the old connection is told to close");
+        assert_eq!(hub.total(), 1);
+        assert_eq!(hub.local_presence("r"), Some((1, vec![Arc::from("sam")])));
+        // The old guard's leave finds nothing: the name stays with the new member.
+        drop(old);
+        assert_eq!(hub.local_presence("r"), Some((1, vec![Arc::from("sam")])));
+        assert_eq!(
+            lock(&new.room.state).changes.len(),
+            1,
+            "one join in all, no leave"
+        );
+        drop(new);
+        assert_eq!(hub.room_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_room_pattern_gives_its_rooms_their_own_presence_and_history() {
+        let config = Config::from_toml(
+            "[tls]\nenabled = false\n[[rooms]]\nmatch = \"count-*\"\n\
+             presence = { format = \"plain\" }\nrelay = { history = 2 }\n",
+        )
+        .unwrap();
+        let settings = RoomSettings::new(&config);
+        let count = settings.for_room("count-1");
+        assert_eq!((count.presence, count.history), (PresenceFormat::Plain, 2));
+        let other = settings.for_room("chat-1");
+        assert_eq!((other.presence, other.history), (PresenceFormat::Json, 0));
+        let hub = Hub::new(Arc::default(), settings);
+        let a = hub.join("count-1", None, outbox()).unwrap();
+        for m in ["1", "2", "3"] {
+            a.publish(Message::text(m), false);
+        }
+        let (tx, rx) = pair();
+        let b = hub.join("count-1", None, tx).unwrap();
+        hub.send_presence(&b.room);
+        let got = drained(&rx).await;
+        assert_eq!(
+            got,
+            ["2", "3", "2"],
+            "two messages of history, then the plain count"
+        );
+        let c = hub.join("chat-1", None, outbox()).unwrap();
+        c.publish(Message::text("x"), false);
+        let (tx, rx) = pair();
+        let d = hub.join("chat-1", None, tx).unwrap();
+        hub.send_presence(&d.room);
+        let got = drained(&rx).await;
+        assert_eq!(got.len(), 1, "no history here: {got:?}");
+        assert!(got[0].starts_with(r#"{"type":"presence""#), "{got:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and the answer to a refused upgrade.
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
 //! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
-//! - [`request`]: the room, name and token of an upgrade request (pure, fuzzable).
+//! - [`request`]: the room, name, session and token of an upgrade request (pure, fuzzable).
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
 //! - [`frame`]: RFC 6455 frame headers, written and checked (pure).
@@ -25,7 +25,7 @@
 //! - [`stats`], [`metrics`]: counters behind `/stats` and `/metrics`.
 //! - [`systemd`]: readiness, reload, stopping and watchdog notifications.
 //! - [`logging`]: tracing to stderr, text or JSON.
-//! - [`web`]: the demo page and the browser client module (`web.enabled`).
+//! - [`web`]: the browser client module (`web.client`) and the demo page (`web.enabled`).
 #![forbid(unsafe_code)]
 
 pub mod admit;

@@ -29,6 +29,10 @@ struct Args {
     /// Check the configuration, certificate and key, print `config OK` or every problem, and exit.
     #[arg(long)]
     check_config: bool,
+    /// With --check-config: print problems and warnings only, nothing on success (for the unit's
+    /// ExecStartPre=, whose output goes to the journal at every start).
+    #[arg(short, long, requires = "check_config")]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
     });
     let mut room_notes = wsline::hub::check_notes(&config);
     room_notes.extend(wsline::cluster::check_note(&config.cluster));
-    wsline::logging::init(&config.log);
+    // A quiet check says nothing but problems: not even the start-up log lines of Server::new.
+    if !args.quiet {
+        wsline::logging::init(&config.log);
+    }
     let (listen, backlog) = (config.server.listen.clone(), config.server.backlog);
     let origin = config.origin.clone();
     let server = match Server::new(config) {
@@ -74,8 +81,13 @@ fn main() -> ExitCode {
         for warning in warnings {
             report(format_args!("warning: {warning}"));
         }
-        if let Some(descriptors) = server.descriptor_summary() {
+        if let Some(descriptors) = server.descriptor_summary()
+            && (!args.quiet || descriptors.starts_with("warning:"))
+        {
             report(format_args!("{descriptors}"));
+        }
+        if args.quiet {
+            return ExitCode::SUCCESS;
         }
         return match print(&format!(
             "config OK\n{}\n\n{snippet}\n",

@@ -45,9 +45,13 @@ struct OutboxShared {
     ready: Notify,
     max_messages: usize,
     max_bytes: usize,
-    /// Cancelled to make the connection close: by the hub when the queue is full, or by the
-    /// drain, whose child token it is. Which one is told by whether the server is draining.
+    /// Cancelled to make the connection close: by the hub when the queue is full or the member
+    /// was replaced, or by the drain, whose child token it is. Which one is told by whether the
+    /// server is draining and by `replaced`.
     close: CancellationToken,
+    /// Set (before `close` is cancelled) when a reconnect of the same client took this member's
+    /// place: the connection closes with `hub::REPLACED`, not as a slow consumer.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -81,6 +85,7 @@ pub fn outbox(
         max_messages,
         max_bytes,
         close,
+        replaced: std::sync::atomic::AtomicBool::new(false),
     });
     (
         Outbox {
@@ -116,7 +121,23 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Closes the connection because a reconnect of the same client took its place.
+    pub fn replace(&self) {
+        use std::sync::atomic::Ordering;
+        self.shared.replaced.store(true, Ordering::Release);
+        self.shared.close.cancel();
+    }
+}
+
 impl OutboxRx {
+    /// Whether the connection was closed by [`Outbox::replace`].
+    pub fn replaced(&self) -> bool {
+        self.shared
+            .replaced
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Waits until something is queued, then moves all of it into `batch` (which must be empty),
     /// in order, a pong first. What is moved stays counted until [`OutboxRx::written`].
     pub async fn recv_all(&self, batch: &mut VecDeque<Message>) {

@@ -15,7 +15,7 @@
 //! Size bound ([`max_message_bytes`]): a name is at most 64 characters with no control characters
 //! (`request::is_presence_name`), so in JSON each character takes at most 4 bytes (a 4-byte UTF-8
 //! character, or 2 for an escaped `"` or `\`), plus 2 quotes and a comma: 259 bytes per name. The
-//! rest of a message (type, room, three numbers, keys) fits in 256 bytes. The configuration check
+//! rest of a message (type, room, three numbers, keys) fits in 512 bytes. The configuration check
 //! refuses settings where that bound does not fit `limits.queue_bytes`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,8 +30,9 @@ use crate::request::MAX_NAME_CHARS;
 /// The most a listed name takes in a JSON presence message: 4 bytes per character, 2 quotes and
 /// a comma.
 pub const MAX_NAME_JSON_BYTES: u64 = MAX_NAME_CHARS as u64 * 4 + 3;
-/// Everything of a JSON presence message but its names: keys, a 64-character room, three numbers.
-pub const MESSAGE_OVERHEAD_BYTES: u64 = 256;
+/// Everything of a JSON presence message but its names: keys, a room of 64 characters of up to 4
+/// bytes each, three numbers.
+pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
 /// The longest `plain` message: a decimal count.
 const PLAIN_MAX_BYTES: u64 = 20;
 

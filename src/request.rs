@@ -1,30 +1,52 @@
-//! What a WebSocket upgrade request asks for: the room from the path, the name and token from the
-//! query. Pure functions over untrusted text, so they are unit-tested and fuzzed on their own.
+//! What a WebSocket upgrade request asks for: the room from the path, the name, session and token
+//! from the query. Pure functions over untrusted text, so they are unit-tested and fuzzed on their
+//! own.
+//!
+//! Room names are what people type into an address bar in their own language: 1-64 characters
+//! (after percent-decoding and NFC) of letters, combining marks and digits of any script and
+//! `. _ -`, so `我的房间` and `café` are rooms; never `.` or `..`, which a proxy or a browser would
+//! resolve as path steps, and never a default-ignorable (invisible) letter or mark such as the
+//! Hangul filler or a variation selector. The decoded NFC form is the room's one name everywhere:
+//! in Redis channel names, `/stats`, presence messages and logs.
 //!
 //! Names are what people read in a presence list, so they are held to what a reader can see: a
 //! name is kept in NFC, must not contain control, format or invisible separator characters
 //! (Unicode Cc, Cf, Zl, Zp: `bob\u{200b}`, a right-to-left override, a byte-order mark), and no
 //! whitespace but inner ASCII spaces. Two names are one when their NFKC case-folded forms
-//! ([`name_key`]) are equal, so `Bob`, `bob` and `ｂｏｂ` cannot stand for different people.
+//! ([`name_key`]) are equal, so `Bob`, `bob` and `ｂｏｂ` cannot stand for different people, and
+//! that form is also reduced to its UTS #39 confusable skeleton (`unicode-security`), so a
+//! Cyrillic `аlice` and a Latin `alice`, which a reader cannot tell apart, are one name too.
+//!
+//! `?session=ID` names the client behind a connection (client.js keeps a random one per tab): a
+//! reconnect with the same name and session takes its name over from its old connection instead
+//! of being refused (SPEC §4). It is 16-128 characters of `A-Z a-z 0-9 _ -`, so that a guessable
+//! one (`?session=1`) is refused rather than letting anyone who knows a name push its holder out.
 
 /// The longest room name and presence name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+
+/// The shortest and longest `?session=` accepted, in characters.
+pub const SESSION_CHARS: std::ops::RangeInclusive<usize> = 16..=128;
 
 /// A parsed upgrade target: which room to join, under which name, with which token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub room: String,
     pub name: Option<String>,
+    /// `?session=`: the client's own id, which lets it take over its name from a dead connection.
+    pub session: Option<String>,
     pub token: Option<String>,
 }
 
 /// Why a target was refused; the text is sent to the client with status 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadTarget {
-    #[error("bad room name: use 1-64 characters of A-Z a-z 0-9 . _ - (not . or ..)")]
+    #[error("bad room name: use 1-64 letters or digits (any script) and . _ - (not . or ..)")]
     Room,
     #[error("bad name: {0}")]
     Name(NameProblem),
+    #[error("bad session: use 16-128 characters of A-Z a-z 0-9 _ -, given once")]
+    Session,
     #[error("bad query string")]
     Query,
 }
@@ -44,14 +66,59 @@ pub enum NameProblem {
     Repeated,
 }
 
-/// A room name is 1–64 characters of `A-Z a-z 0-9 . _ -`, and not `.` or `..` (which a proxy or
-/// a browser would resolve as path steps).
+/// Whether `s` is a room name as it is kept: in NFC, 1–64 characters, each a letter, a combining
+/// mark (not first) or a decimal digit of any script, or `. _ -`; not `.` or `..`; no
+/// default-ignorable (invisible) letters or marks.
 pub fn is_room_name(s: &str) -> bool {
-    (1..=MAX_NAME_CHARS).contains(&s.len())
-        && s != "."
-        && s != ".."
+    use unicode_normalization::is_nfc;
+    let mut count = 0;
+    for (i, c) in s.chars().enumerate() {
+        count += 1;
+        if count > MAX_NAME_CHARS || !room_char(c, i == 0) {
+            return false;
+        }
+    }
+    count > 0 && s != "." && s != ".." && is_nfc(s)
+}
+
+/// One character of a room name (see [`is_room_name`]).
+fn room_char(c: char, first: bool) -> bool {
+    use unicode_general_category::{GeneralCategory as G, get_general_category};
+    if matches!(c, '.' | '_' | '-') {
+        return true;
+    }
+    // Letters and marks that render as nothing (UAX #44 Default_Ignorable_Code_Point).
+    let invisible = matches!(c,
+        '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FFA0}' | '\u{E0100}'..='\u{E01EF}');
+    let allowed = match get_general_category(c) {
+        G::UppercaseLetter
+        | G::LowercaseLetter
+        | G::TitlecaseLetter
+        | G::ModifierLetter
+        | G::OtherLetter
+        | G::DecimalNumber => true,
+        G::NonspacingMark | G::SpacingMark | G::EnclosingMark => !first,
+        _ => false,
+    };
+    allowed && !invisible
+}
+
+/// The room named by a request path's one segment (after `/`): percent-decoded, NFC, checked.
+pub fn room_from_path(segment: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
+    let room: String = decoded.nfc().collect();
+    is_room_name(&room).then_some(room)
+}
+
+/// Whether `s` is an acceptable `?session=`.
+pub fn is_session(s: &str) -> bool {
+    SESSION_CHARS.contains(&s.len())
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 /// Checks a presence name and returns it in NFC, the form it is shown and listed in.
@@ -89,39 +156,54 @@ pub fn is_presence_name(s: &str) -> bool {
 }
 
 /// The form of a presence name that uniqueness is judged on: two names with the same key are one
-/// name in a room (SPEC §4: the NFKC case-folded form, so `Bob`, `bob` and `ｂｏｂ` are one).
+/// name in a room (SPEC §4: the NFKC case-folded form, so `Bob`, `bob` and `ｂｏｂ` are one, then
+/// its UTS #39 confusable skeleton, folded again, so `аlice` (Cyrillic а) and `alice` are one).
 pub fn name_key(name: &str) -> String {
+    let folded = fold(name);
+    fold(&unicode_security::skeleton(&folded).collect::<String>())
+}
+
+/// NFKC, case fold, NFKC: folding can undo a composition (e.g. U+0130), so normalise once more.
+fn fold(s: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
-    let folded = caseless::default_case_fold_str(&name.nfkc().collect::<String>());
-    // Folding can undo a composition (e.g. U+0130), so normalise once more.
+    let folded = caseless::default_case_fold_str(&s.nfkc().collect::<String>());
     folded.nfkc().collect()
 }
 
-/// Parses `path` and `query` of an upgrade request. `/` is `default_room`, `/abc` is room `abc`.
+/// Parses `path` and `query` of an upgrade request. `/` is `default_room`, `/abc` is room `abc`,
+/// `/%E6%88%91` is room `我`. `?username=` is taken as `?name=` (what the classic tutorials send),
+/// so such a client is never silently anonymous; giving both is a `400` like giving one twice.
 pub fn parse_target(
     path: &str,
     query: Option<&str>,
     default_room: &str,
 ) -> Result<Target, BadTarget> {
     let room = match path.strip_prefix('/') {
-        Some("") => default_room,
-        Some(name) if is_room_name(name) => name,
-        _ => return Err(BadTarget::Room),
+        Some("") => default_room.to_owned(),
+        Some(segment) => room_from_path(segment).ok_or(BadTarget::Room)?,
+        None => return Err(BadTarget::Room),
     };
     let mut target = Target {
-        room: room.to_owned(),
+        room,
         name: None,
+        session: None,
         token: None,
     };
     let query = query.unwrap_or("");
     // form_urlencoded never fails; a lone '%' passes through, which the name check then judges.
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
-            "name" => {
+            "name" | "username" => {
                 if target.name.is_some() {
                     return Err(BadTarget::Name(NameProblem::Repeated));
                 }
                 target.name = Some(presence_name(&value).map_err(BadTarget::Name)?);
+            }
+            "session" => {
+                if target.session.is_some() || !is_session(&value) {
+                    return Err(BadTarget::Session);
+                }
+                target.session = Some(value.into_owned());
             }
             "token" => {
                 if target.token.is_some() {
@@ -162,8 +244,15 @@ mod tests {
         for path in [
             "/a/b",
             "/a b",
-            "/%41",
-            "/é",
+            "/a%2Fb",
+            "/%2E",
+            "/%2e%2E",
+            "/%FF",
+            "/a%20b",
+            "/\u{301}a",
+            "/a\u{200b}",
+            "/\u{3164}",
+            "/a\u{fe0f}",
             "",
             "//",
             long.as_str(),
@@ -178,6 +267,61 @@ mod tests {
             );
         }
         assert!(parse_target(&format!("/{}", "a".repeat(64)), None, "lobby").is_ok());
+        assert!(parse_target(&format!("/{}", "房".repeat(64)), None, "lobby").is_ok());
+        assert!(parse_target(&format!("/{}", "房".repeat(65)), None, "lobby").is_err());
+    }
+
+    #[test]
+    fn rooms_of_any_script_are_percent_decoded_and_kept_in_nfc() {
+        let room = |path: &str| parse_target(path, None, "lobby").map(|t| t.room);
+        assert_eq!(
+            room("/%E6%88%91%E7%9A%84%E6%88%BF%E9%97%B4").as_deref(),
+            Ok("我的房间")
+        );
+        assert_eq!(room("/我的房间").as_deref(), Ok("我的房间"), "as sent raw");
+        assert_eq!(room("/%41").as_deref(), Ok("A"));
+        assert_eq!(room("/caf%C3%A9").as_deref(), Ok("café"));
+        // e + combining acute is the one precomposed character.
+        assert_eq!(room("/cafe%CC%81").as_deref(), Ok("caf\u{e9}"));
+        assert_eq!(room("/Ελληνικά-1").as_deref(), Ok("Ελληνικά-1"));
+        assert_eq!(
+            room("/हिन्दी").as_deref(),
+            Ok("हिन्दी"),
+            "marks after a letter"
+        );
+        assert_eq!(room("/٣٤").as_deref(), Ok("٣٤"), "Arabic-Indic digits");
+        assert!(
+            is_room_name("我的房间") && !is_room_name("cafe\u{301}"),
+            "NFC only"
+        );
+    }
+
+    #[test]
+    fn a_session_is_long_enough_not_to_be_guessed() {
+        let t = parse_target("/r", Some("name=a&session=0123456789abcdef"), "lobby").unwrap();
+        assert_eq!(t.session.as_deref(), Some("0123456789abcdef"));
+        for q in [
+            "session=short",
+            "session=0123456789abcdef&session=0123456789abcdef",
+            "session=0123456789abcde%20",
+            &format!("session={}", "a".repeat(129)),
+        ] {
+            assert_eq!(
+                parse_target("/", Some(q), "lobby"),
+                Err(BadTarget::Session),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn username_is_taken_as_the_name() {
+        let t = parse_target("/r", Some("username=amy"), "lobby").unwrap();
+        assert_eq!(t.name.as_deref(), Some("amy"));
+        assert_eq!(
+            parse_target("/r", Some("username=amy&name=amy"), "lobby"),
+            Err(BadTarget::Name(NameProblem::Repeated))
+        );
     }
 
     #[test]
@@ -212,6 +356,12 @@ mod tests {
         assert_eq!(name_key("Ｂｏｂ"), bob, "fullwidth capital");
         assert_eq!(name_key("Straße"), name_key("STRASSE"));
         assert_ne!(name_key("bob"), name_key("rob"));
+        // UTS #39 confusables: Cyrillic а (U+0430) and Latin a look the same.
+        assert_eq!(name_key("\u{430}lice"), name_key("alice"));
+        assert_eq!(name_key("\u{410}LICE"), name_key("alice"));
+        assert_eq!(name_key("раураl"), name_key("paypal"), "Cyrillic р, а, у");
+        assert_ne!(name_key("alice"), name_key("alicia"));
+        assert_ne!(name_key("我"), name_key("你"));
         // The invisible variants never get this far: they are refused as names.
         for spoof in ["bob\u{200b}", "\u{202e}bob", "\u{feff}bob"] {
             assert_eq!(
@@ -225,6 +375,7 @@ mod tests {
     #[test]
     fn dots_are_rooms_only_with_something_else() {
         assert!(is_room_name("..."));
+        assert!(is_room_name("房."));
         assert!(is_room_name(".a"));
         assert!(!is_room_name("."));
         assert!(!is_room_name(".."));

@@ -164,12 +164,12 @@ impl Server {
         if let Some(cluster) = state.hub.cluster() {
             crate::cluster::redis::spawn(cluster, state.hub.clone(), &state.shutdown);
         }
-        systemd::ready();
-        systemd::spawn_watchdog(state.shutdown.clone());
+        systemd::ready(&state);
+        systemd::spawn_notifier(state.clone());
 
         let shutdown = &state.shutdown;
         shutdown.draining().await;
-        systemd::stopping();
+        systemd::stopping(&state);
         let drain = state.config.load().server.drain_timeout;
         let started = Instant::now();
         shutdown.tracker().close();
@@ -293,6 +293,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>) {
 }
 
 impl Handle {
+    /// The shared state, for the signal handlers' systemd notifications.
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
     /// The rooms (for tests that must reach inside, such as the room lock test).
     #[doc(hidden)]
     pub fn hub(&self) -> &Hub {

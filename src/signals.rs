@@ -66,5 +66,5 @@ fn reload(handle: &Handle, path: &Path) {
     if let Err(e) = result {
         error!(error = %e, "reload failed; nothing changed");
     }
-    systemd::ready();
+    systemd::ready(handle.state());
 }

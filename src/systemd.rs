@@ -1,12 +1,20 @@
-//! systemd integration over `NOTIFY_SOCKET`: readiness, reloads, stopping, and the watchdog.
+//! systemd integration over `NOTIFY_SOCKET`: readiness, reloads, stopping, the watchdog, and the
+//! `STATUS=` line that `systemctl status` shows ("serving 12 connections in 3 rooms").
 //!
 //! Every call is a no-op outside systemd (no `NOTIFY_SOCKET`), so the daemon and the tests run the
 //! same code. Failures to notify are logged and otherwise ignored: they must never stop the relay.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use sd_notify::NotifyState;
 use tracing::debug;
 
-use crate::shutdown::Shutdown;
+use crate::State;
+
+/// How often the `STATUS=` line is refreshed while running (more often when the watchdog's half
+/// period is shorter: both go out on the same tick).
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 fn notify(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
@@ -14,9 +22,31 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
-/// Every listener is bound and accepting.
-pub fn ready() {
-    notify(&[NotifyState::Ready]);
+/// The `STATUS=` text for these figures: "serving 1 connection in 1 room", "draining 3
+/// connections in 2 rooms".
+pub fn status_line(connections: usize, rooms: usize, draining: bool) -> String {
+    let verb = if draining { "draining" } else { "serving" };
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "{verb} {} in {}",
+        plural(connections, "connection", "connections"),
+        plural(rooms, "room", "rooms")
+    )
+}
+
+/// The live figures of this node, as [`status_line`] puts them.
+fn status(state: &State) -> String {
+    status_line(
+        state.hub.total(),
+        state.hub.room_count(),
+        state.shutdown.is_draining(),
+    )
+}
+
+/// Every listener is bound and accepting (also the end of a reload).
+pub fn ready(state: &State) {
+    notify(&[NotifyState::Ready, NotifyState::Status(&status(state))]);
 }
 
 /// A SIGHUP reload has started; [`ready`] ends it.
@@ -25,23 +55,49 @@ pub fn reloading() {
 }
 
 /// The drain has started.
-pub fn stopping() {
-    notify(&[NotifyState::Stopping]);
+pub fn stopping(state: &State) {
+    notify(&[NotifyState::Stopping, NotifyState::Status(&status(state))]);
 }
 
-/// When systemd asks for a watchdog (`WatchdogSec=`), pings it at half the period from a task
-/// on the runtime, so a wedged runtime stops pinging and gets restarted.
-pub fn spawn_watchdog(shutdown: Shutdown) {
-    let Some(period) = sd_notify::watchdog_enabled() else {
+/// Under systemd, refreshes `STATUS=` every [`STATUS_EVERY`] and, when systemd asks for a watchdog
+/// (`WatchdogSec=`), pings it at half the period on the same tick. The task runs on the runtime, so
+/// a wedged runtime stops pinging and gets restarted. It ends when the drain is over.
+pub fn spawn_notifier(state: Arc<State>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
-    };
+    }
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period / 2);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => notify(&[NotifyState::Watchdog]),
-                _ = shutdown.stopped() => return,
+                _ = tick.tick() => {
+                    let status = status(&state);
+                    if watchdog.is_some() {
+                        notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+                    } else {
+                        notify(&[NotifyState::Status(&status)]);
+                    }
+                }
+                _ = state.shutdown.stopped() => return,
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_line;
+
+    #[test]
+    fn the_status_line_counts_in_words() {
+        assert_eq!(status_line(0, 0, false), "serving 0 connections in 0 rooms");
+        assert_eq!(status_line(1, 1, false), "serving 1 connection in 1 room");
+        assert_eq!(
+            status_line(1234, 56, true),
+            "draining 1234 connections in 56 rooms"
+        );
+    }
 }

@@ -480,7 +480,7 @@ async fn the_heartbeat_example_pings_and_reconnects_once() {
     let root = site();
     let nginx = Nginx::start(addr, root.path()).await;
     let s = Session::new("heartbeat");
-    let page = open(&s, "a", &nginx.url("/heartbeat.html?ping_ms=200")).await;
+    let page = open(&s, "a", &nginx.url("/heartbeat.html?ping_ms=1000")).await;
     page.wait_text("#status", "open").await;
     page.wait(
         "two pongs",
@@ -551,4 +551,393 @@ async fn the_client_applies_presence_states_and_changes() {
         ])
     );
     page.assert_no_errors(|_| false).await;
+}
+
+/// The `[[rooms]]` configuration the README's guide gives for running the four examples on one
+/// daemon (the ```toml block after `<!-- config: examples -->`), so the guide is what is tested.
+fn guide_config() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let (_, after) = readme
+        .split_once("<!-- config: examples -->\n```toml\n")
+        .expect("the README's examples configuration");
+    after.split_once("```").unwrap().0.to_owned()
+}
+
+/// The two pages of one example, and how to chat on them.
+struct Pair<'s> {
+    name: &'static str,
+    a: Page<'s>,
+    b: Page<'s>,
+    input: &'static str,
+    button: &'static str,
+    /// Where received messages show, and how a message from a or b shows there.
+    log: &'static str,
+    shown: fn(&str, bool) -> String,
+}
+
+impl Pair<'_> {
+    /// a says something b sees, then b says something a sees; `tag` makes the texts unique.
+    async fn chat_both_ways(&self, tag: &str) {
+        let (from_a, from_b) = (format!("{tag} from a"), format!("{tag} from b"));
+        self.a.say(self.input, self.button, &from_a).await;
+        self.b
+            .wait_text(self.log, &(self.shown)(&from_a, true))
+            .await;
+        self.b.say(self.input, self.button, &from_b).await;
+        self.a
+            .wait_text(self.log, &(self.shown)(&from_b, false))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_four_examples_share_one_daemon_and_chat_across_a_restart_with_one_socket_per_tab() {
+    let config = guide_config();
+    let mut daemon = Daemon::start(&config, &[]).await;
+    let addr = daemon.addr;
+    let root = site();
+    let nginx = Nginx::start(addr, root.path()).await;
+    let s = Session::new("examples");
+    let page = |tag: &'static str, path: &str| {
+        let url = nginx.url(path);
+        let s = &s;
+        async move { open(s, tag, &url).await }
+    };
+    let count = Pair {
+        name: "count-only",
+        a: page("count-a", "/count-only.html").await,
+        b: page("count-b", "/count-only.html").await,
+        input: "#input",
+        button: "button",
+        log: "#messages",
+        shown: |text, _| text.to_owned(),
+    };
+    let users = Pair {
+        name: "usernames",
+        a: page("users-a", "/usernames.html?username=amy").await,
+        b: page("users-b", "/usernames.html?username=bo").await,
+        input: "#input",
+        button: "button",
+        log: "#messages",
+        shown: |text, from_a| format!("{}: {text}", if from_a { "amy" } else { "bo" }),
+    };
+    let rooms = Pair {
+        name: "rooms",
+        a: page("rooms-a", "/rooms.html").await,
+        b: page("rooms-b", "/rooms.html").await,
+        input: "#input",
+        button: "#form button",
+        log: "#messages",
+        shown: |text, _| format!("[我的房间] {text}"),
+    };
+    let beat = Pair {
+        name: "heartbeat",
+        a: page("beat-a", "/heartbeat.html?ping_ms=1000").await,
+        b: page("beat-b", "/heartbeat.html?ping_ms=1000").await,
+        input: "#input",
+        button: "button",
+        log: "#messages",
+        shown: |text, _| text.to_owned(),
+    };
+    for p in [&rooms.a, &rooms.b] {
+        p.fill("#room", "我的房间").await;
+        p.click("#join button").await;
+        p.wait_text("#current", "我的房间").await;
+    }
+    // Plain counts in count-*, the checked names and envelope in chat-*, presence in a room
+    // named in Chinese, and pongs in the heartbeat room, all at once.
+    count.b.wait_text("#count", "2").await;
+    users.a.wait_text("#users", "amy, bo").await;
+    rooms.a.wait_text("#count", "2 here").await;
+    beat.a
+        .wait(
+            "two pongs",
+            "Number(document.getElementById('pongs').textContent) >= 2",
+        )
+        .await;
+    let pairs = [&count, &users, &rooms, &beat];
+    for pair in pairs {
+        pair.chat_both_ways("before").await;
+    }
+    // A chat line of digits stays a chat line in the count-only chat (sent as binary).
+    count.a.say("#input", "button", "42").await;
+    count.b.wait_text("#messages li", "42").await;
+    assert_eq!(count.b.text("#count").await, "2");
+    wait_stats(&daemon, "the rooms of all four", |s| {
+        s["connections"] == 8
+            && s["rooms"]["count-lobby"] == 2
+            && s["rooms"]["chat-main"] == 2
+            && s["rooms"]["我的房间"] == 2
+            && s["rooms"]["heartbeat"] == 2
+    })
+    .await;
+
+    daemon.signal("-TERM");
+    within("the daemon to exit", daemon.child.wait())
+        .await
+        .unwrap();
+    count.a.wait_text("#status", "reconnecting").await;
+    let daemon = Daemon::start_on(addr, &config).await;
+    wait_stats(&daemon, "every tab back", |s| s["connections"] == 8).await;
+    for pair in pairs {
+        pair.chat_both_ways("after").await;
+    }
+    let s2 = stats(&daemon).await;
+    assert_eq!(s2["connections_total"], 8, "one reconnect per tab: {s2}");
+    for pair in pairs {
+        for page in [&pair.a, &pair.b] {
+            let (made, live, max) = page.sockets().await;
+            assert_eq!((live, max), (1, 1), "{}: made {made}", pair.name);
+            page.assert_no_errors(|e| e.contains("WebSocket connection to"))
+                .await;
+        }
+    }
+}
+
+/// A TCP proxy for one test: forwards every connection to `upstream` until [`Proxy::cut`], which
+/// stops forwarding on every connection open at that moment without closing it (a network
+/// switch: the peers' sockets stay open and hear nothing). Later connections are forwarded.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let generation = *cut_rx.borrow();
+                let cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let forward = async {
+                        tokio::select! {
+                            _ = tokio::io::copy(&mut cr, &mut sw) => {}
+                            _ = tokio::io::copy(&mut sr, &mut cw) => {}
+                        }
+                    };
+                    let mut cut_rx = cut_rx;
+                    tokio::select! {
+                        () = forward => {}
+                        _ = async { drop(cut_rx.wait_for(|g| *g > generation).await) } => {
+                            // Half-open from here on: hold both sockets, forward nothing.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy { port, cut, task }
+    }
+
+    fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_cut_half_open_reconnects_takes_its_name_over_and_is_listed_once() {
+    let config = "[web]\nenabled = true\n\
+                  [heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'\n";
+    let daemon = Daemon::start(config, &[]).await;
+    let proxy = Proxy::start(daemon.addr).await;
+    let s = Session::new("half-open");
+    let sam = open(
+        &s,
+        "sam",
+        &format!("https://127.0.0.1:{}/r?name=sam&ping_ms=500", proxy.port),
+    )
+    .await;
+    connected(&sam).await;
+    let watcher = open(&s, "watcher", &url(&daemon, "/r?name=watcher")).await;
+    connected(&watcher).await;
+    watcher
+        .wait_text("#members", "2 here (2 on the server): sam, watcher")
+        .await;
+
+    // The network switch: sam's socket stays open at both ends and carries nothing.
+    let (made, _, _) = sam.sockets().await;
+    let replaced_before = daemon.log().matches("code=4001").count();
+    proxy.cut();
+    // client.js notices the missing pongs, abandons the socket and reconnects with its session;
+    // the server hands the name over at once and closes the ghost with 4001.
+    sam.wait(
+        "a new socket after the cut",
+        &format!("window.__sockets.made > {made}"),
+    )
+    .await;
+    sam.wait_text("#status", "connected to r as sam").await;
+    daemon
+        .wait_log_times("code=4001", replaced_before + 1)
+        .await;
+    assert!(sam.text("#log").await.contains("reconnecting"));
+    wait_stats(&daemon, "sam once, the ghost gone", |s| {
+        s["connections"] == 2 && s["rooms"]["r"] == 2
+    })
+    .await;
+    watcher
+        .wait_text("#members", "2 here (2 on the server): sam, watcher")
+        .await;
+    assert!(
+        !watcher.text("#log").await.contains("sam left"),
+        "the name never left the room"
+    );
+    // The chat goes on both ways on the new connection.
+    sam.say("#text", "#send", "back again").await;
+    watcher.wait_text("#log .msg", "back again").await;
+    watcher.say("#text", "#send", "welcome back").await;
+    sam.wait_text("#log .msg", "welcome back").await;
+    // Anyone else asking for the name still gets name taken.
+    let mut other = daemon.connect("/r?name=sam").await;
+    let close = other.closed().await;
+    assert_eq!(close.reason.as_str(), "name taken");
+    for page in [&sam, &watcher] {
+        page.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_js_refuses_a_bad_room_at_once_and_a_confusable_name_is_taken() {
+    let daemon = Daemon::start(
+        "[web]\nenabled = true\n[[rooms]]\nmatch = \"named-*\"\npresence = { require_name = true }\n",
+        &[],
+    )
+    .await;
+    let s = Session::new("refusals");
+    let page = open(&s, "p", &url(&daemon, "/")).await;
+    // A bad room name, and a nameless member of a room that requires names: reported by
+    // client.js without a socket (the server's 400 would reach the page only as 1006).
+    let reasons = page
+        .eval(
+            r#"import("./client.js").then(async (m) => {
+                 const why = (options) => new Promise((resolve) => {
+                   m.connect(options).addEventListener("status", (e) =>
+                     resolve([e.detail.state, e.detail.reason]));
+                 });
+                 return [await why({ room: "a/b" }), await why({ room: "named-1" }),
+                         window.__sockets.made];
+               })"#,
+        )
+        .await;
+    assert_eq!(reasons[0][0], "refused");
+    assert!(
+        reasons[0][1].as_str().unwrap().starts_with("bad room name"),
+        "{reasons}"
+    );
+    assert!(
+        reasons[1][1].as_str().unwrap().starts_with("name required"),
+        "{reasons}"
+    );
+    assert_eq!(reasons[2], 0, "no socket was opened");
+    // Cyrillic а next to Latin alice: one name, refused with 1008 like any taken name.
+    let alice = open(&s, "alice", &url(&daemon, "/c?name=alice")).await;
+    connected(&alice).await;
+    let spoof = open(&s, "spoof", &url(&daemon, "/c?name=%D0%B0lice")).await;
+    spoof
+        .wait_text("#status", "refused: name taken (1008)")
+        .await;
+    // A Chinese room through the demo page: its address, presence and messages.
+    let a = open(
+        &s,
+        "zh-a",
+        &url(&daemon, "/%E6%88%91%E7%9A%84%E6%88%BF%E9%97%B4?name=a"),
+    )
+    .await;
+    let b = open(&s, "zh-b", &url(&daemon, "/我的房间?name=b")).await;
+    for p in [&a, &b] {
+        p.wait_text("#status", "connected to 我的房间").await;
+        p.wait_text("#members", "2 here").await;
+    }
+    a.say("#text", "#send", "你好").await;
+    b.wait_text("#log .msg", "你好").await;
+    for p in [&page, &alice, &spoof, &a, &b] {
+        p.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_page_imports_client_js_across_origins_without_the_demo() {
+    // web.enabled is off: /client.js is served on its own, with CORS for the page's origin.
+    let daemon = Daemon::start("", &[]).await;
+    let root = site();
+    let nginx = Nginx::start(daemon.addr, root.path()).await;
+    let wsline = url(&daemon, "/");
+    let s = Session::new("quick-start");
+    let a = open(
+        &s,
+        "a",
+        &nginx.url(&format!("/quick-start.html?name=ann&wsline={wsline}")),
+    )
+    .await;
+    let b = open(
+        &s,
+        "b",
+        &nginx.url(&format!("/quick-start.html?name=ben&wsline={wsline}")),
+    )
+    .await;
+    for p in [&a, &b] {
+        p.wait_text("#status", "open").await;
+        p.wait_text("#who", "2 here: ann, ben").await;
+    }
+    a.say("#text", "button", "across origins").await;
+    b.wait_text("#log", "across origins").await;
+    b.say("#text", "button", "and back").await;
+    a.wait_text("#log", "and back").await;
+    for p in [&a, &b] {
+        p.assert_no_errors(|_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_whose_session_is_taken_over_says_so_and_stops() {
+    let daemon = Daemon::start("[web]\nenabled = true\n", &[]).await;
+    let s = Session::new("replaced");
+    let first = open(&s, "first", &url(&daemon, "/r?name=sam")).await;
+    connected(&first).await;
+    // A duplicated tab carries the same sessionStorage, hence the same session.
+    let session = first.eval("sessionStorage.getItem('wsline-session')").await;
+    assert!(session.as_str().is_some_and(|s| s.len() == 32), "{session}");
+    let second = open(&s, "second", &url(&daemon, "/")).await;
+    second
+        .eval(&format!(
+            "sessionStorage.setItem('wsline-session', {session}); location.href = 'r?name=sam'; true"
+        ))
+        .await;
+    connected(&second).await;
+    first.wait_text("#status", "replaced: ").await;
+    first
+        .wait_text("#log", "your name was taken over by another tab")
+        .await;
+    let made = first
+        .wait(
+            "1.5 s after the takeover",
+            "new Promise(r => setTimeout(() => r(window.__sockets.made), 1500))",
+        )
+        .await;
+    assert_eq!(
+        made, 1,
+        "a replaced tab does not reconnect (it would take the name back)"
+    );
+    wait_stats(&daemon, "one sam", |s| s["connections"] == 1).await;
+    for page in [&first, &second] {
+        page.assert_no_errors(|_| false).await;
+    }
 }

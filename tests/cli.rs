@@ -102,6 +102,64 @@ async fn check_config_prints_the_nginx_block_and_warns_about_a_slow_heartbeat() 
 }
 
 #[tokio::test]
+async fn a_quiet_check_prints_nothing_on_success_and_only_problems_otherwise() {
+    let cert = TestCert::new();
+    let config = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:3456\"\n[tls]\ncert = {:?}\nkey = {:?}\n{extra}",
+            cert.cert_path, cert.key_path
+        )
+    };
+    // What ExecStartPre= writes to the journal at every start: nothing.
+    let path = write(
+        cert.dir.path(),
+        "ok.toml",
+        &config("[limits]\nmax_connections = 100\n"),
+    );
+    let out = wsline(&["--check-config", "--quiet", "--config", &path]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        (String::new(), String::new())
+    );
+
+    // A warning is still one line each (here: more connections than descriptors).
+    let path = write(
+        cert.dir.path(),
+        "warn.toml",
+        &config(
+            "[limits]\nmax_connections = 100000000\n[heartbeat]\nping_interval = \"90s\"\nidle_timeout = \"200s\"\n",
+        ),
+    );
+    let out = wsline(&["--check-config", "-q", "--config", &path]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    let stderr = text(&out.stderr);
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines.iter().all(|l| l.starts_with("warning: ")), "{stderr}");
+
+    // A problem: the same lines and exit status as without --quiet.
+    let path = write(
+        cert.dir.path(),
+        "bad.toml",
+        &config("[limits]\nburst = 0\n"),
+    );
+    let out = wsline(&["--check-config", "--quiet", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains(&format!("{path}:")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+
+    // --quiet means nothing without --check-config: a usage error, not a silent daemon.
+    let out = wsline(&["--quiet", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
 async fn check_config_prints_every_problem_with_line_and_column_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
@@ -607,5 +665,53 @@ async fn a_reload_whose_certificate_does_not_load_names_the_line() {
             missing.display()
         )),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_checks_each_rooms_entry_at_its_line_and_accepts_the_guides() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "rooms.toml",
+        "[tls]\nself_signed = true\n[limits]\nqueue_messages = 10\n\
+         [[rooms]]\nmatch = \"chat-*\"\nrelay = { history = 20 }\n\
+         [[rooms]]\nmatch = \"count-*\"\npresence = { format = \"plain\", colour = 1 }\n",
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":7:21: [[rooms]] #1 (match = \"chat-*\"): relay.history: must be below limits.queue_messages (10)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":10:32: [[rooms]] #2: presence.colour: unknown key"),
+        "{stderr}"
+    );
+    // The README's configuration for the four examples is a valid file, and its history line
+    // names the largest per-room history.
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let (_, after) = readme
+        .split_once("<!-- config: examples -->\n```toml\n")
+        .unwrap();
+    let rooms = after.split_once("```").unwrap().0;
+    let path = write(
+        dir.path(),
+        "guide.toml",
+        &format!(
+            "[tls]\nself_signed = true\n{rooms}[[rooms]]\nmatch = \"h\"\nrelay = {{ history = 5, history_bytes = \"1KiB\" }}\n"
+        ),
+    );
+    let out = wsline(&["--check-config", "--config", &path]).await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("config OK\n"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("10000 rooms x 1.0 KiB per room"),
+        "{stdout}"
     );
 }

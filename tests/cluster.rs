@@ -883,3 +883,50 @@ async fn a_reload_turning_unique_names_off_releases_the_nodes_claims() {
     alice.send_text("still here").await;
     assert_eq!(alice.recv_relayed().await, Message::text("still here"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_takes_its_name_over_on_its_node_while_names_and_unicode_rooms_span_nodes() {
+    const SESSION: &str = "0123456789abcdef0123456789abcdef";
+    let redis = Redis::start().await;
+    let (a, b) = (start_node(&redis, "a").await, start_node(&redis, "b").await);
+    let room = "/%E6%88%91%E7%9A%84%E6%88%BF%E9%97%B4"; // 我的房间
+    let mut watcher = b.connect(&format!("{room}?name=watcher")).await;
+    let mut ghost = a
+        .connect(&format!("{room}?name=sam&session={SESSION}"))
+        .await;
+    let listed = presence_until(&mut watcher, "sam listed on the other node", |p| {
+        p.to_string().contains("\"sam\"")
+    })
+    .await;
+    assert_eq!(listed["room"], "我的房间", "{listed}");
+    // The same client reaching the other node: the name is held there by the ghost's node.
+    let mut elsewhere = b
+        .connect(&format!("{room}?name=sam&session={SESSION}"))
+        .await;
+    let close = elsewhere.closed().await;
+    assert_eq!(
+        (close.code, &*close.reason),
+        (CloseCode::Policy, "name taken")
+    );
+    // A confusable of a name held on another node is taken too.
+    let mut spoof = a.connect(&format!("{room}?name=%D1%95am")).await; // Cyrillic ѕ
+    assert_eq!(spoof.closed().await.reason.as_str(), "name taken");
+    // Back on its own node: it takes the name over at once.
+    let mut back = a
+        .connect(&format!("{room}?name=sam&session={SESSION}"))
+        .await;
+    let close = ghost.closed().await;
+    assert_eq!(
+        (u16::from(close.code), &*close.reason),
+        (4001, "replaced by a new connection")
+    );
+    back.send_text("你好").await;
+    assert_eq!(watcher.recv_relayed().await, Message::text("你好"));
+    // Still one sam: someone else on either node is refused.
+    for node in [&a, &b] {
+        let mut other = node.connect(&format!("{room}?name=sam")).await;
+        assert_eq!(other.closed().await.reason.as_str(), "name taken");
+    }
+    let s = stats(&b).await;
+    assert_eq!(s["rooms"]["我的房间"], 1, "{s}");
+}

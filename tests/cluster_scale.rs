@@ -372,7 +372,8 @@ async fn free_within(d: &Daemon, room: &str, name: &str, limit: Duration) -> Dur
         }
         assert!(
             t0.elapsed() < limit,
-            "{name:?} in {room:?} still taken {limit:?} after Redis came back"
+            "{name:?} in {room:?} still taken {limit:?} after Redis came back; the node's log:\n{}",
+            d.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -316,7 +316,7 @@ async fn five_hundred_long_names_in_a_64kib_queue_evict_nobody_and_every_view_en
     const STAYERS: usize = 180;
     let server = start(|c| {
         c.limits.queue_bytes = 64 * 1024;
-        // 200 x 259 + 256 = 52 056 bytes: a full state fits the queue, as the config check demands.
+        // 200 x 259 + 512 = 52 312 bytes: a full state fits the queue, as the config check demands.
         c.presence.max_names = 200;
         c.limits.max_connections_per_ip = 1000;
         assert_eq!(wsline::hub::check_config(c), vec![]);

@@ -175,3 +175,34 @@ async fn live_settings_apply_and_an_invalid_file_changes_nothing() {
     daemon.wait_log_times("configuration reloaded", 2).await;
     assert_eq!(daemon.http(&live).await.0, 101, "token no longer required");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_rooms_entries_to_open_rooms_and_new_connections() {
+    let daemon = Daemon::start("", &[]).await;
+    let config_path = daemon.config_path();
+    let base = std::fs::read_to_string(&config_path).unwrap();
+    let mut member = daemon.connect("/count-1").await;
+    assert!(member.recv_presence().await["count"] == 1);
+    std::fs::write(
+        &config_path,
+        format!(
+            "{base}[[rooms]]\nmatch = \"count-*\"\npresence = {{ format = \"plain\" }}\n\
+             relay = {{ envelope = \"json\" }}\n"
+        ),
+    )
+    .unwrap();
+    daemon.signal("-HUP");
+    daemon.wait_log("configuration reloaded").await;
+    // The open room's presence switches format at once: its member gets the count again, plain.
+    assert_eq!(member.recv().await, Message::text("1"));
+    // A connection admitted from now on gets the entry's envelope; the open one keeps raw relay.
+    let mut newcomer = daemon.connect("/count-1?name=nia").await;
+    newcomer.send_text("hi").await;
+    let wrapped = r#"{"type":"message","room":"count-1","from":"nia","data":"hi"}"#;
+    while member.recv().await != Message::text(wrapped) {}
+    member.send_text("raw").await;
+    while newcomer.recv().await != Message::text("raw") {}
+    // Other rooms keep the global settings.
+    let mut other = daemon.connect("/lobby").await;
+    assert!(common::is_presence(&other.recv().await));
+}

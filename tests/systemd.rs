@@ -1,5 +1,6 @@
 //! systemd: the shipped unit passes `systemd-analyze verify`, and the daemon speaks the notify
-//! protocol (READY, RELOADING, WATCHDOG, STOPPING) at the right moments.
+//! protocol (READY, RELOADING, WATCHDOG, STOPPING, and STATUS= with live figures) at the right
+//! moments; its log lines carry no timestamp of their own when stderr is the journal.
 
 mod common;
 
@@ -90,7 +91,7 @@ fn the_unit_is_hardened_as_documented() {
     let unit = std::fs::read_to_string("systemd/wsline.service").unwrap();
     for line in [
         "Type=notify",
-        "ExecStartPre=/usr/bin/wsline --check-config --config /etc/wsline/wsline.toml",
+        "ExecStartPre=/usr/bin/wsline --check-config --quiet --config /etc/wsline/wsline.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "DynamicUser=yes",
@@ -151,22 +152,105 @@ async fn ready_reloading_watchdog_and_stopping_arrive_in_order() {
     .await;
 
     let first = notification(&socket).await;
-    assert_eq!(first.trim(), "READY=1", "READY first");
+    assert_eq!(
+        first.lines().collect::<Vec<_>>(),
+        ["READY=1", "STATUS=serving 0 connections in 0 rooms"],
+        "READY first, with the status line"
+    );
     // READY means listening: a client gets in at once.
     let client = daemon.connect("/ready").await;
 
-    // Watchdog pings at half the 200 ms period.
+    // Watchdog pings at half the 200 ms period, each with the live figures.
     for _ in 0..3 {
         expect(&socket, "WATCHDOG=1").await;
     }
+    expect(&socket, "STATUS=serving 1 connection in 1 room").await;
 
     daemon.signal("-HUP");
     expect(&socket, "RELOADING=1").await;
-    expect(&socket, "READY=1").await;
+    let ready = within("READY after the reload", async {
+        loop {
+            let message = notification(&socket).await;
+            if message.lines().any(|l| l == "READY=1") {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == "STATUS=serving 1 connection in 1 room"),
+        "{ready}"
+    );
 
+    let second = daemon.connect("/other").await;
+    expect(&socket, "STATUS=serving 2 connections in 2 rooms").await;
     daemon.signal("-TERM");
-    expect(&socket, "STOPPING=1").await;
-    drop(client);
+    let stopping = within("STOPPING", async {
+        loop {
+            let message = notification(&socket).await;
+            if message.lines().any(|l| l == "STOPPING=1") {
+                return message;
+            }
+        }
+    })
+    .await;
+    assert!(
+        stopping.lines().any(|l| l.starts_with("STATUS=draining ")),
+        "{stopping}"
+    );
+    drop((client, second));
     let status = within("exit", daemon.child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Starts the daemon with stderr into a file, `JOURNAL_STREAM` set by `journal_stream` from that
+/// file's (device, inode), and returns its first log line (`listening ...`).
+async fn first_log_line(journal_stream: impl Fn(u64, u64) -> String) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let cert = common::TestCert::new();
+    let config = cert.dir.path().join("wsline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.cert_path, cert.key_path
+        ),
+    )
+    .unwrap();
+    let log_path = cert.dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env("JOURNAL_STREAM", journal_stream(meta.dev(), meta.ino()))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let line = within("the listening line", async {
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap();
+            if let Some(line) = text.lines().find(|l| l.contains("listening")) {
+                return line.to_owned();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    child.kill().await.unwrap();
+    line
+}
+
+#[tokio::test]
+async fn log_lines_carry_no_timestamp_when_stderr_is_the_journal() {
+    // JOURNAL_STREAM names stderr itself: journald stamps the lines, wsline does not.
+    let line = first_log_line(|dev, ino| format!("{dev}:{ino}")).await;
+    assert!(line.trim_start().starts_with("INFO"), "{line}");
+    // Inherited from a parent but naming another stream (stderr was redirected): timestamps stay.
+    let line = first_log_line(|dev, ino| format!("{dev}:{}", ino + 1)).await;
+    assert!(line.starts_with(|c: char| c.is_ascii_digit()), "{line}");
 }

@@ -13,8 +13,8 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 
 use super::{
-    Cluster, Heartbeat, Limits, Log, Metrics, Presence, Problem, Relay, Security, Server, Tls, Web,
-    line_column,
+    Cluster, Heartbeat, HeartbeatOverride, Limits, Log, Metrics, Presence, PresenceOverride,
+    Problem, Relay, RelayOverride, RoomRule, Security, Server, Tls, Web, line_column,
 };
 
 /// Keys whose values are secrets (a token, a URL with a password): an error about them says what
@@ -41,6 +41,21 @@ const SECTIONS: [(&str, Fields, Leaf); 11] = [
     ("cluster", fields::<Cluster>, leaf::<Cluster>),
 ];
 
+/// The sections a `[[rooms]]` entry may override: their names, keys and the check of one value.
+const ROOM_SECTIONS: [(&str, Fields, Leaf); 3] = [
+    ("relay", fields::<RelayOverride>, leaf::<RelayOverride>),
+    (
+        "presence",
+        fields::<PresenceOverride>,
+        leaf::<PresenceOverride>,
+    ),
+    (
+        "heartbeat",
+        fields::<HeartbeatOverride>,
+        leaf::<HeartbeatOverride>,
+    ),
+];
+
 /// The outcome of the schema check.
 pub(super) struct Checked<'i> {
     /// The document without the keys that have a problem: those take their defaults, so the
@@ -64,10 +79,17 @@ pub(super) fn check<'i>(text: &str, doc: &Spanned<DeTable<'i>>) -> Checked<'i> {
     let problem = |offset: usize, message: String| Problem::at(text, offset, message);
     for (name, value) in doc.get_ref() {
         let section: &str = name.get_ref();
+        if section == "rooms" {
+            let rooms = check_rooms(text, value, &mut out);
+            out.parsed
+                .get_mut()
+                .insert(name.clone(), Spanned::new(value.span(), rooms));
+            continue;
+        }
         let Some((_, fields, leaf)) = SECTIONS.iter().find(|(s, ..)| *s == section) else {
             let message = if value.get_ref().is_table() {
                 format!(
-                    "[{section}]: unknown section; the sections are {}",
+                    "[{section}]: unknown section; the sections are {}, and [[rooms]]",
                     SECTIONS.map(|s| s.0).join(", ")
                 )
             } else {
@@ -121,6 +143,126 @@ pub(super) fn check<'i>(text: &str, doc: &Spanned<DeTable<'i>>) -> Checked<'i> {
         );
     }
     out
+}
+
+/// Checks the `[[rooms]]` array: each entry a table of `match` and the overridable sections, each
+/// value on its own. Returns the array without what had a problem, for deserialising.
+fn check_rooms<'i>(text: &str, value: &Spanned<DeValue<'i>>, out: &mut Checked<'i>) -> DeValue<'i> {
+    let problem = |offset: usize, message: String| Problem::at(text, offset, message);
+    let mut kept_rooms = toml::de::DeArray::new();
+    let DeValue::Array(entries) = value.get_ref() else {
+        let message = "rooms: must be a list of tables, written [[rooms]]".to_owned();
+        out.problems.push(problem(value.span().start, message));
+        out.rejected.push("rooms".into());
+        return DeValue::Array(kept_rooms);
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("[[rooms]] #{}", i + 1);
+        let DeValue::Table(table) = entry.get_ref() else {
+            out.problems.push(problem(
+                entry.span().start,
+                format!("{at}: must be a table"),
+            ));
+            // Kept (empty) so that the entries after it keep their index.
+            out.rejected.push(format!("rooms.{i}.match"));
+            kept_rooms.push(Spanned::new(entry.span(), DeValue::Table(DeTable::new())));
+            continue;
+        };
+        let mut kept = DeTable::new();
+        for (key, v) in table {
+            let name: &str = key.get_ref();
+            let dotted = format!("rooms.{i}.{name}");
+            if name == "match" {
+                match leaf::<RoomRule>(key, v) {
+                    Ok(()) => drop(kept.insert(key.clone(), v.clone())),
+                    Err(message) => {
+                        out.problems
+                            .push(problem(v.span().start, format!("{at}: match: {message}")));
+                        out.rejected.push(dotted);
+                    }
+                }
+                continue;
+            }
+            let Some((_, fields, leaf)) = ROOM_SECTIONS.iter().find(|(s, ..)| *s == name) else {
+                out.problems.push(problem(
+                    key.span().start,
+                    format!(
+                        "{at}: {name}: unknown key; an entry has match, {}",
+                        ROOM_SECTIONS.map(|s| s.0).join(", ")
+                    ),
+                ));
+                out.rejected.push(dotted);
+                continue;
+            };
+            let DeValue::Table(section) = v.get_ref() else {
+                out.problems.push(problem(
+                    v.span().start,
+                    format!("{at}: {name}: must be a table, e.g. {name} = {{ ... }}"),
+                ));
+                out.rejected.push(dotted);
+                continue;
+            };
+            let mut kept_section = DeTable::new();
+            for (leaf_key, leaf_value) in section {
+                let dotted = format!("rooms.{i}.{name}.{}", leaf_key.get_ref());
+                let shown = format!("{name}.{}", leaf_key.get_ref());
+                if !fields().contains(&&**leaf_key.get_ref()) {
+                    out.problems.push(problem(
+                        leaf_key.span().start,
+                        format!(
+                            "{at}: {shown}: unknown key; [[rooms]] may set {name}.{{{}}}",
+                            fields().join(", ")
+                        ),
+                    ));
+                    out.rejected.push(dotted);
+                    continue;
+                }
+                match leaf(leaf_key, leaf_value) {
+                    Ok(()) => drop(kept_section.insert(leaf_key.clone(), leaf_value.clone())),
+                    Err(message) => {
+                        out.problems.push(problem(
+                            leaf_value.span().start,
+                            format!("{at}: {shown}: {message}"),
+                        ));
+                        out.rejected.push(dotted);
+                    }
+                }
+            }
+            kept.insert(
+                key.clone(),
+                Spanned::new(v.span(), DeValue::Table(kept_section)),
+            );
+        }
+        kept_rooms.push(Spanned::new(entry.span(), DeValue::Table(kept)));
+    }
+    DeValue::Array(kept_rooms)
+}
+
+/// The byte offset of `key` (`match`, `relay.history`, ...) in the `index`-th `[[rooms]]` entry:
+/// its value, else its section, else the entry.
+pub(super) fn locate_room(doc: &Spanned<DeTable<'_>>, index: usize, key: &str) -> usize {
+    let Some(rooms) = doc.get_ref().get("rooms") else {
+        return 0;
+    };
+    let DeValue::Array(entries) = rooms.get_ref() else {
+        return rooms.span().start;
+    };
+    let Some(entry) = entries.get(index) else {
+        return rooms.span().start;
+    };
+    let DeValue::Table(table) = entry.get_ref() else {
+        return entry.span().start;
+    };
+    let (section, leaf) = key.split_once('.').unwrap_or((key, ""));
+    let Some(value) = table.get(section) else {
+        return entry.span().start;
+    };
+    match value.get_ref() {
+        DeValue::Table(t) if !leaf.is_empty() => {
+            t.get(leaf).map_or(value.span().start, |v| v.span().start)
+        }
+        _ => value.span().start,
+    }
 }
 
 /// The byte offset of a dotted key's value in the document, else of its section, else 0.
@@ -213,13 +355,14 @@ mod tests {
 
     #[test]
     fn the_section_table_is_config_itself() {
-        let sections: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
+        let mut sections: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
+        sections.push("rooms");
         assert_eq!(sections, fields::<Config>());
     }
 
     #[test]
     fn field_names_come_from_serde() {
-        assert_eq!(fields::<Web>(), ["enabled"]);
+        assert_eq!(fields::<Web>(), ["enabled", "client"]);
         assert!(fields::<Limits>().contains(&"handshake_timeout"));
     }
 }

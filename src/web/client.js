@@ -7,15 +7,25 @@
 //   room.addEventListener("status", (e) => console.log(e.detail.state));
 //   room.send("hello");
 //
-// No dependencies. Served by wsline at /client.js when web.enabled; wsline fills in `settings`
-// below from its configuration (presence format, envelope, echo, app ping), so a page needs no
-// options beyond room and name. A copy served from elsewhere takes them as options instead.
+// No dependencies. Served by wsline at /client.js (unless web.client = false); wsline fills in
+// `settings` below from its configuration (presence format, envelope, echo, app ping, and each
+// [[rooms]] entry's own), so a page needs no options beyond room and name. A copy served from
+// elsewhere takes them as options instead.
 //
 // - The socket URL is relative to where this module was loaded from (or `options.url`), so it
 //   works under any prefix, e.g. nginx's /wsline/.
-// - At most one socket at a time: a new one is opened only after the previous one has closed.
+// - The room's settings are the first [[rooms]] entry matching the room, as the server picks them.
+// - A room name (and a name) is checked before connecting: an invalid one is reported at once
+//   ("refused") instead of being retried, since the server answers it with a 400 that a browser
+//   only sees as 1006.
+// - Sends ?session=ID, a random id kept per tab (sessionStorage): a reconnect after a network
+//   drop takes its name over from its own ghost connection instead of getting "name taken".
+// - At most one socket at a time: a new one is opened only after the previous one has closed,
+//   except a dead link's, which is abandoned (its close handshake can keep Chromium waiting for
+//   minutes).
 // - Reconnects with jittered exponential backoff (0.5 s doubling to 30 s, each delay 50-100 %
-//   of the step); stops on close 1008 (name taken, rate limit) and after close().
+//   of the step); stops on close 1008 (name taken, rate limit), on 4001 (this session was taken
+//   over by another tab) and after close(), and always says why in a `status` event.
 // - Sends the app ping (heartbeat.app_ping) every `pingEvery` ms when one is configured, and
 //   treats a connection that answered nothing for two periods as dead.
 // - Presence in every format becomes a `presence` event with the current member list.
@@ -24,13 +34,18 @@
 export const settings = /*wsline:settings*/ {} /*end*/;
 
 const CLOSE_POLICY = 1008;
+const CLOSE_REPLACED = 4001;
 const STABLE_AFTER_MS = 5000;
+const SESSION_KEY = "wsline-session";
 
 /**
  * Connects to a room. Options (all optional):
  *   room       room name; "" or absent = the default room
  *   name       presence name (?name=), unique in the room
  *   token      security.token, when the server requires one (?token=)
+ *   session    the id sent as ?session= (default: a random one kept per tab in sessionStorage;
+ *              false: none, so a reconnect after a drop may meet "name taken" until the ghost
+ *              connection times out)
  *   url        wsline's base URL (http(s) or ws(s)); default: where this module came from
  *   presence   "json" | "plain" | "off"      (default: the server's presence.format)
  *   envelope   "json" | "none"               (default: the server's relay.envelope)
@@ -44,8 +59,10 @@ const STABLE_AFTER_MS = 5000;
  *             name list (null with plain counts); `joined`/`left` the change since the last
  *             event; `initial` is true for the first state after each (re)connect
  *   status    {state, code, reason, attempt, delay}: state is "connecting", "open",
- *             "reconnecting" (with the delay in ms), "refused" (1008: will not reconnect)
- *             or "closed" (after close())
+ *             "reconnecting" (with the delay in ms), "refused" (1008, or a room name or name
+ *             the server would refuse, with `reason`: will not reconnect), "replaced" (4001:
+ *             another tab with this session took the name over; will not reconnect) or
+ *             "closed" (after close())
  */
 export function connect(options = {}) {
   return new Room(options);
@@ -54,9 +71,10 @@ export function connect(options = {}) {
 export class Room extends EventTarget {
   constructor(options = {}) {
     super();
-    const o = { ...settings, ...options };
-    this.room = o.room || "";
-    this.name = o.name || "";
+    this.room = (options.room || "").normalize("NFC");
+    const o = { ...roomSettings(settings, this.room), ...options };
+    this.name = (o.name || "").normalize("NFC");
+    this.requireName = Boolean(o.requireName);
     this.presenceFormat = o.presence || "json";
     this.envelope = o.envelope || "none";
     this.appPing = o.appPing || "";
@@ -64,13 +82,43 @@ export class Room extends EventTarget {
     this.pingEvery = o.pingEvery || 25000;
     this.minDelay = o.minDelay || 500;
     this.maxDelay = o.maxDelay || 30000;
-    this.url = socketUrl(o.url || new URL(".", import.meta.url), this.room, this.name, o.token);
+    this.echo = o.echo !== false;
+    this.session = o.session === false ? "" : o.session || tabSession();
+    this.url = socketUrl(o.url || new URL(".", import.meta.url), this.room, this.name, o.token,
+      this.session);
     this.members = new Set();
     this.attempt = 0;
     this.socket = null;
     this.timer = null;
     this.stopped = false;
+    const problem = this.problem();
+    if (problem) {
+      // Reported once the page had a chance to listen; never sent to the server.
+      this.stopped = true;
+      queueMicrotask(() => this.status("refused", { code: undefined, reason: problem }));
+      return;
+    }
     this.open();
+  }
+
+  /** Why the server would refuse this room or name (a 400), or "" when it would not. */
+  problem() {
+    if (this.room && !isRoomName(this.room)) {
+      return "bad room name: use 1-64 letters or digits (any script) and . _ - (not . or ..)";
+    }
+    if (this.name) {
+      const n = [...this.name].length;
+      if (n > 64) return "bad name: longer than 64 characters";
+      if (/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(this.name)) {
+        return "bad name: contains a control, format or invisible character";
+      }
+      if (/[^\S ]/u.test(this.name) || this.name !== this.name.trim()) {
+        return "bad name: whitespace other than spaces between words";
+      }
+    } else if (this.requireName) {
+      return "name required: this room lists its members, join with a name";
+    }
+    return "";
   }
 
   /** True while the socket is open. */
@@ -117,7 +165,12 @@ export class Room extends EventTarget {
       if (this.appPing) {
         ping = setInterval(() => {
           if (Date.now() - heard > 2 * this.pingEvery) {
-            ws.close(); // dead link: nothing heard for two periods; reconnects on close
+            // Dead link: nothing heard for two periods. Its close handshake cannot complete
+            // (Chromium would wait minutes for it), so the socket is abandoned and the next one opened;
+            // the server gives the name to the new one (same session) and closes the ghost.
+            ws.onclose = ws.onmessage = null;
+            ws.close();
+            ended({ code: 1006, reason: "no answer to the app ping" });
             return;
           }
           ws.send(this.appPing);
@@ -149,7 +202,7 @@ export class Room extends EventTarget {
     };
     // An error is always followed by close, which decides what happens next.
     ws.onerror = () => {};
-    ws.onclose = (c) => {
+    const ended = (c) => {
       clearTimeout(stable);
       clearInterval(ping);
       this.socket = null;
@@ -158,6 +211,9 @@ export class Room extends EventTarget {
       } else if (c.code === CLOSE_POLICY) {
         this.stopped = true;
         this.status("refused", c);
+      } else if (c.code === CLOSE_REPLACED) {
+        this.stopped = true;
+        this.status("replaced", c);
       } else {
         const step = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
         const delay = Math.round(step * (0.5 + Math.random() / 2));
@@ -166,6 +222,7 @@ export class Room extends EventTarget {
         this.timer = setTimeout(() => this.open(), delay);
       }
     };
+    ws.onclose = ended;
   }
 
   /** The presence message in `text`, if it is one: {count, total, names?, more?, joined?, left?}. */
@@ -226,13 +283,49 @@ export class Room extends EventTarget {
   }
 }
 
-/** ws(s)://BASE/ROOM?name=..&token=.. from an http(s) or ws(s) base URL. */
-export function socketUrl(base, room = "", name = "", token = "") {
+/**
+ * Whether `room` is a room name wsline accepts: in NFC, 1-64 letters, marks (not first) or
+ * digits of any script and . _ -, not . or .., no invisible letters or marks.
+ */
+export function isRoomName(room) {
+  return room === room.normalize("NFC") && room !== "." && room !== ".." &&
+    /^(?!\p{M})[\p{L}\p{M}\p{Nd}._-]+$/u.test(room) && [...room].length <= 64 &&
+    !/[\u034F\u115F\u1160\u17B4\u17B5\u180B-\u180F\u3164\uFE00-\uFE0F\uFFA0\u{E0100}-\u{E01EF}]/u.test(room);
+}
+
+/** The settings of `room`: the first entry of `all.rooms` whose `match` fits it, else `all`. */
+export function roomSettings(all, room = "") {
+  const name = room || all.defaultRoom || "";
+  const rule = (all.rooms || []).find((r) =>
+    r.match.endsWith("*") ? name.startsWith(r.match.slice(0, -1)) : name === r.match);
+  const { rooms, match, ...own } = { ...all, ...rule };
+  return own;
+}
+
+/** This tab's session id: random, kept in sessionStorage (a new tab gets a new one). */
+function tabSession() {
+  let id = null;
+  try {
+    id = sessionStorage.getItem(SESSION_KEY);
+  } catch (_) { /* storage disabled: a session for this page only */ }
+  if (!id || !/^[A-Za-z0-9_-]{16,128}$/.test(id)) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    id = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+    try {
+      sessionStorage.setItem(SESSION_KEY, id);
+    } catch (_) { /* as above */ }
+  }
+  return id;
+}
+
+/** ws(s)://BASE/ROOM?name=..&token=..&session=.. from an http(s) or ws(s) base URL. */
+export function socketUrl(base, room = "", name = "", token = "", session = "") {
   const url = new URL(room ? encodeURIComponent(room) : "./", new URL(base, location.href));
   url.protocol = url.protocol === "https:" || url.protocol === "wss:" ? "wss:" : "ws:";
   const query = new URLSearchParams();
   if (name) query.set("name", name);
   if (token) query.set("token", token);
+  if (session && name) query.set("session", session);
   url.search = query.toString();
   url.hash = "";
   return url.href;

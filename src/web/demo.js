@@ -4,13 +4,16 @@
 //   form; the page's address follows the room, relative to itself, so it works under a prefix.
 // - A name is fixed while joined with it: to speak under another name, Leave first.
 // - With relay.envelope = "json" the sender's name is the one the server checked; without it the
-//   page sends "name: text" and marks names as unverified.
-import { connect, settings } from "./client.js";
+//   page sends "name: text" and marks names as unverified. Envelope, echo and presence format
+//   are the joined room's own (a [[rooms]] entry may change them).
+// - ?ping_ms=N in the page's address sets how often the app ping goes out (when the server has
+//   one), e.g. to watch a dead link being noticed.
+import { connect, isRoomName } from "./client.js";
 
 const $ = (id) => document.getElementById(id);
-const ROOM_NAME = /^[A-Za-z0-9._-]{1,64}$/;
-const envelope = settings.envelope === "json";
-const echo = settings.echo !== false;
+const pingEvery = Number(new URLSearchParams(location.search).get("ping_ms")) || undefined;
+let envelope = false; // the joined room's relay.envelope is "json"
+let echo = true; // the joined room's relay.echo
 
 let room = null; // the client.js Room, while joined
 let joinedName = "";
@@ -46,8 +49,11 @@ function roomLabel(r) {
 
 // The room named by the page's address: the last path segment, when it is a room name.
 function roomFromPath() {
-  const last = decodeURIComponent(location.pathname.split("/").pop() || "");
-  return ROOM_NAME.test(last) && last !== "." && last !== ".." ? last : "";
+  let last = "";
+  try {
+    last = decodeURIComponent(location.pathname.split("/").pop() || "").normalize("NFC");
+  } catch (_) { /* not UTF-8: not a room */ }
+  return isRoomName(last) ? last : "";
 }
 
 function showMessage({ data, from, verified, binary }, mine = false) {
@@ -90,16 +96,25 @@ function showStatus({ state, code, reason, delay, attempt }) {
     setStatus(`connecting to ${where} …`, "wait");
   } else if (connected) {
     setStatus(`connected to ${where}`);
-    if (settings.presence === "off") $("members").textContent = "(this server does not announce who is here)";
+    if (room && room.presenceFormat === "off") $("members").textContent = "(this server does not announce who is here)";
     pending = [];
     $("text").focus();
   } else if (state === "reconnecting") {
     const why = code === 1006 ? "connection lost" : `closed ${code}${reason ? " " + reason : ""}`;
     setStatus(`${why}; reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`, "wait");
     if (attempt === 1) line("sys", `${why}; reconnecting …`);
+  } else if (state === "refused" && code === undefined) {
+    // Checked before connecting: the server would have refused it.
+    setStatus(`not joined: ${reason}`, "bad");
+    line("sys", `not joined: ${reason}`);
+    leave(false);
   } else if (state === "refused") {
     setStatus(`refused: ${reason || "policy"} (${code}); not reconnecting`, "bad");
     line("sys", `refused by the server: ${reason || "policy"} (${code})`);
+    leave(false);
+  } else if (state === "replaced") {
+    setStatus(`replaced: this name is in use in another tab of this browser (${code}); not reconnecting`, "bad");
+    line("sys", `your name was taken over by another tab with the same session (${code})`);
     leave(false);
   } else if (state === "closed") {
     setStatus("not connected");
@@ -122,8 +137,10 @@ async function join(roomName, name) {
   $("go").textContent = "Switch room";
   document.title = `${roomLabel(roomName)} · wsline demo chat`;
   history.replaceState(null, "", new URL(roomName ? encodeURIComponent(roomName) : "./", location.href));
-  const r = connect({ room: roomName, name });
+  const r = connect({ room: roomName, name, pingEvery });
   room = r;
+  envelope = r.envelope === "json";
+  echo = r.echo;
   // Events of a room left behind (its last "closed") must not touch the page.
   r.addEventListener("message", (e) => r === room && showMessage(e.detail));
   r.addEventListener("presence", (e) => r === room && showPresence(e.detail));
@@ -143,9 +160,9 @@ function leave(closeSocket = true) {
 
 $("join").addEventListener("submit", (e) => {
   e.preventDefault();
-  const roomName = $("room").value.trim();
-  if (roomName && !ROOM_NAME.test(roomName)) {
-    setStatus("a room name is 1-64 characters of A-Z a-z 0-9 . _ -", "bad");
+  const roomName = $("room").value.trim().normalize("NFC");
+  if (roomName && !isRoomName(roomName)) {
+    setStatus("a room name is 1-64 letters or digits (any script) and . _ -", "bad");
     return;
   }
   // A name is fixed while joined with it; without one, joining again may add one.

@@ -42,12 +42,18 @@ const ops = {
   open,
   eval: async ({ page, js }) => get(page).page.evaluate(js),
   // Polls with evaluate (which the page's CSP allows) rather than waitForFunction (which
-  // compiles the predicate in the page and so needs 'unsafe-eval').
+  // compiles the predicate in the page and so needs 'unsafe-eval'), through navigations.
   wait: async ({ page, js, timeout = 8000 }) => {
     const p = get(page).page;
     const deadline = Date.now() + timeout;
     for (;;) {
-      const value = await p.evaluate(js);
+      let value = null;
+      try {
+        value = await p.evaluate(js);
+      } catch (e) {
+        // A navigation (the page moving itself) replaces the context: poll the new page.
+        if (!/Execution context was destroyed|navigat/i.test(String(e && e.message))) throw e;
+      }
       if (value) return value;
       if (Date.now() > deadline) throw new Error(`still false after ${timeout} ms`);
       await new Promise((r) => setTimeout(r, 25));
