@@ -36,24 +36,35 @@ pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
     conn: &mut C,
     rooms: &[Arc<str>],
 ) -> RedisResult<Vec<wire::StreamId>> {
-    let keep = hub.settings().history;
-    if keep == 0 || rooms.is_empty() {
-        return Ok(vec![(0, 0); rooms.len()]);
-    }
+    // Each room's own `relay.history` (a `[[rooms]]` entry may set it); rooms without history
+    // are not read.
+    let settings = hub.settings();
+    let keeps: Vec<usize> = rooms.iter().map(|r| settings.for_room(r).history).collect();
     let mut pipe = redis::pipe();
-    for room in rooms {
-        pipe.cmd("XREVRANGE")
-            .arg(s.keys.history(room))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(keep);
+    for (room, &keep) in rooms.iter().zip(&keeps) {
+        if keep > 0 {
+            pipe.cmd("XREVRANGE")
+                .arg(s.keys.history(room))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(keep);
+        }
     }
-    let streams: Vec<Vec<StreamEntry>> = pipe.query_async(conn).await?;
+    let mut streams: std::vec::IntoIter<Vec<StreamEntry>> = if pipe.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        pipe.query_async::<Vec<Vec<StreamEntry>>>(conn)
+            .await?
+            .into_iter()
+    };
     Ok(rooms
         .iter()
-        .zip(streams)
-        .map(|(room, entries)| seed(hub, room, entries))
+        .zip(keeps)
+        .map(|(room, keep)| match keep {
+            0 => (0, 0),
+            _ => seed(hub, room, streams.next().unwrap_or_default()),
+        })
         .collect())
 }
 

@@ -8,9 +8,10 @@
 //! never released (two local members may race for one name: the loser's release must not free
 //! the winner's name).
 //!
-//! After every reconnect (and when the set overflowed, or `presence.unique_names` was turned
-//! off by a reload), the worker reconciles: every claim this instance has in Redis for a name no
-//! member here holds goes into the set, and the names members hold are claimed again.
+//! After every reconnect (and when the set overflowed, and after a reload, which may turn
+//! `presence.unique_names` off for some rooms or all), the worker reconciles: every claim this
+//! instance has in Redis for a name no member here holds (or in a room without `unique_names`)
+//! goes into the set, and the names members hold in rooms with `unique_names` are claimed again.
 //!
 //! Bound: [`PENDING_RELEASES`] entries; past it the set is emptied and a reconciliation (which
 //! reads the claims from Redis) takes its place, so memory stays bounded while Redis is down.
@@ -140,10 +141,12 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
         if batch.is_empty() {
             return Ok(());
         }
-        let unique = hub.settings().unique_names;
+        let settings = hub.settings();
         let ops: Vec<Op> = batch
             .iter()
-            .filter(|(room, key)| !(unique && held_here(hub, room, key)))
+            .filter(|(room, key)| {
+                !(settings.for_room(room).unique_names && held_here(hub, room, key))
+            })
             .map(|(room, key)| {
                 Op::Call(Call::new(
                     &scripts::RELEASE,
@@ -167,7 +170,7 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
     }
 }
 
-/// After a reconnect (or an overflow, or `unique_names` turned off): every claim of this instance
+/// After a reconnect (or an overflow, or a reload): every claim of this instance
 /// in Redis goes to the pending releases (those a member here holds are skipped when they are
 /// run), then the names members hold are claimed again (Redis may have restarted empty).
 pub(super) async fn reconcile<C: ConnectionLike + Send>(

@@ -217,11 +217,12 @@ pub(super) async fn reclaim_names<C: ConnectionLike + Send>(
     hub: &Hub,
     conn: &mut C,
 ) -> RedisResult<()> {
-    if !hub.settings().unique_names {
-        return Ok(());
-    }
+    let settings = hub.settings();
     let mut ops = Vec::new();
     for room in hub.room_names() {
+        if !settings.for_room(&room).unique_names {
+            continue;
+        }
         let Some((_, names)) = hub.local_presence(&room) else {
             continue;
         };

@@ -44,7 +44,7 @@ use crate::shutdown::Shutdown;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rooms per `SUBSCRIBE` and per pipeline of a sync.
 pub const SYNC_BATCH: usize = 1000;
-/// The worker looks at its duties at least this often (retries, a reload of `unique_names`).
+/// The worker looks at its duties at least this often (retries, a reload of the room settings).
 const TURN_EVERY: Duration = Duration::from_millis(500);
 /// Messages sent to Redis in one pipeline, at most.
 const PUBLISH_BATCH: usize = 512;
@@ -199,7 +199,9 @@ async fn session(
     // A fresh session (first start, or Redis came back possibly empty): write everything again.
     lock(&s.dirty).extend(hub.room_names());
     let mut reconcile = true;
-    let mut unique = hub.settings().unique_names;
+    // The room settings this session last reconciled names with: a reload (which may turn
+    // `presence.unique_names` off, for every room or some) reconciles again.
+    let mut settings = hub.settings();
     s.up.store(true, Ordering::Relaxed);
     let mut tick = tokio::time::interval(TURN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,9 +212,9 @@ async fn session(
             reconcile = true;
             lock(&s.dirty).extend(hub.room_names());
         }
-        let now_unique = hub.settings().unique_names;
-        if now_unique != unique || lock(&s.releases).overflowed {
-            unique = now_unique;
+        let now = hub.settings();
+        if !Arc::ptr_eq(&now, &settings) || lock(&s.releases).overflowed {
+            settings = now;
             reconcile = true;
         }
         let turn = sync.turn(&mut reconcile);
@@ -295,11 +297,16 @@ impl Sync<'_> {
     async fn subscribe(&mut self, wanted: &HashSet<Arc<str>>) -> RedisResult<()> {
         let s = self.s;
         let opening: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
-        let history = self.hub.settings().history > 0;
+        let settings = self.hub.settings();
         for chunk in opening.chunks(SYNC_BATCH) {
-            if history {
-                lock(&self.receipts).start_replay(chunk);
-            }
+            // Rooms with history (their own `relay.history`) hold their live messages until
+            // their replay is seeded.
+            let kept: Vec<Arc<str>> = chunk
+                .iter()
+                .filter(|r| settings.for_room(r).history > 0)
+                .cloned()
+                .collect();
+            lock(&self.receipts).start_replay(&kept);
             let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
             if let Err(e) = timed(self.sink.subscribe(&channels)).await {
                 let mut r = lock(&self.receipts);
@@ -310,8 +317,8 @@ impl Sync<'_> {
             // What the others have: read after subscribing, so no notice falls in between.
             lock(&self.receipts).mark_stale(chunk.iter().cloned());
             lock(&s.dirty).extend(chunk.iter().cloned());
-            if history {
-                self.replay(chunk.to_vec()).await?;
+            if !kept.is_empty() {
+                self.replay(kept).await?;
             }
         }
         Ok(())
