@@ -3,7 +3,9 @@
 #   bench/run.sh                       # the five short scenarios, defaults of the issue (about 4 minutes)
 #   SCENARIOS="fanout chat" bench/run.sh
 #   SCENARIOS=scale bench/run.sh       # connections to the open-files limit (about 6 minutes)
-#   SCENARIOS=cluster bench/run.sh     # fan-out over two nodes through Redis (about 2 minutes)
+#   SCENARIOS=cluster bench/run.sh     # fan-out over two nodes through Redis, then the same with
+#                                      # 10 000 rooms and Redis one hop away (about 3 minutes)
+#   SCENARIOS=cluster-rooms bench/run.sh  # only the latter (about 1 minute)
 # Each scenario runs against a fresh process of each server (wss, the same self-signed
 # certificate), then a table shows each figure per server and the ratio wsline/node (the cluster
 # scenarios get a table of their own, ratios of wsline-2 to the other setups).
@@ -23,6 +25,13 @@
 # subscriber on one wsline, no Redis), sio-2 (socket.io with @socket.io/redis-adapter on two Node
 # processes, bench/node-cluster/, checked first with socket.io-client) and sio-1 (one socket.io
 # process, no Redis). Needs redis-server as well.
+#
+# `cluster-rooms` (also run by `cluster`): the wsline-2 setup with Redis one hop away
+# (`wsline-bench proxy`, HOP_US microseconds each way, default 1000) and CLUSTER_ROOMS rooms
+# (default 10 000) held on the first node (`wsline-bench rooms`), relay.history 10: the time until
+# that node's presence is in every room (after its start, and after a Redis restart; polled with
+# redis-cli), then the cluster run (its "across nodes" latency is the delivery p99 between nodes
+# with the rooms open). Needs redis-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +49,9 @@ NODE_PORT_B="${NODE_PORT_B:-4459}"
 REDIS_PORT="${REDIS_PORT:-4460}"
 CLUSTER_SUBSCRIBERS="${CLUSTER_SUBSCRIBERS:-1000}"
 CLUSTER_RATE="${CLUSTER_RATE:-1000}"
+CLUSTER_ROOMS="${CLUSTER_ROOMS:-10000}"
+HOP_US="${HOP_US:-1000}"
+PROXY_PORT="${PROXY_PORT:-4461}"
 # The load generator gets the cores the server does not (all of them on a one-core machine).
 cores=$(nproc)
 LOADGEN_CPUS="${LOADGEN_CPUS:-$(if [ "$cores" -gt 2 ]; then echo "1-$((cores - 1))"; elif [ "$cores" -eq 2 ]; then echo 1; else echo 0; fi)}"
@@ -52,9 +64,12 @@ else
     cargo build --locked -p wsline -p wsline-bench >&2
 fi
 bin="target/$BUILD"
-(cd bench/node && [ -d node_modules/ws ] || npm ci --no-audit --no-fund >&2)
+# The Node comparators (not needed when only the cluster at scale is measured).
+node_too=true
+[ "$SCENARIOS" = cluster-rooms ] && node_too=false
+$node_too && (cd bench/node && [ -d node_modules/ws ] || npm ci --no-audit --no-fund >&2)
 case " $SCENARIOS " in
-    *" cluster"*) (cd bench/node-cluster && [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2) ;;
+    *" cluster "* | *" cluster-max "*) (cd bench/node-cluster && [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2) ;;
 esac
 
 work="$(mktemp -d)"
@@ -87,6 +102,7 @@ cert = "$work/cert.pem"
 key = "$work/key.pem"
 [relay]
 $($scale && echo 'max_rooms = 20000' || true)
+$([ "$1" = cluster-rooms ] && printf 'max_rooms = 20000\nhistory = 10\n' || true)
 [presence]
 format = "$presence"
 [limits]
@@ -96,7 +112,7 @@ burst = 1000000
 $($scale && echo 'handshake_timeout = "60s"' || true)
 [log]
 level = "warn"
-$([ -n "$node_id" ] && printf '[cluster]\nredis = "redis://127.0.0.1:%s"\nnode_id = "%s"\n' "$REDIS_PORT" "$node_id" || true)
+$([ -n "$node_id" ] && printf '[cluster]\nredis = "redis://127.0.0.1:%s"\nnode_id = "%s"\n' "${CLUSTER_REDIS_PORT:-$REDIS_PORT}" "$node_id" || true)
 TOML
 }
 
@@ -239,8 +255,62 @@ measure_cluster() { # setup scenario
     done
 }
 
+# Seconds (decimal) until the first node's presence is in every held room; gives up after 120 s.
+synced_after() { # start (date +%s.%N)
+    local instance key
+    for _ in $(seq 2400); do
+        instance=$(redis-cli -p "$REDIS_PORT" SMEMBERS wsline:nodes 2>/dev/null | grep '^bench-a:' | head -1 || true)
+        key="wsline:node:$instance:rooms"
+        if [ -n "$instance" ] && [ "$(redis-cli -p "$REDIS_PORT" SCARD "$key" 2>/dev/null || echo 0)" -ge "$CLUSTER_ROOMS" ]; then
+            awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { printf "%.2f", a - b }'
+            return
+        fi
+        sleep 0.05
+    done
+    echo "never (120 s)"
+}
+
+# The cluster at scale (see `cluster-rooms` above); its result line goes to LAST-rooms.jsonl.
+measure_cluster_rooms() {
+    echo "== cluster-rooms: wsline-2, $CLUSTER_ROOMS rooms on the first node, Redis $HOP_US us away each way" >&2
+    start_redis
+    $bin/wsline-bench proxy --listen "127.0.0.1:$PROXY_PORT" --to "127.0.0.1:$REDIS_PORT" --delay-us "$HOP_US" &
+    local proxy_pid=$! node=a port rooms_pid t0
+    wait_port "$PROXY_PORT"
+    node_pids=()
+    for port in "$WSLINE_PORT" "$WSLINE_PORT_B"; do
+        CLUSTER_REDIS_PORT=$PROXY_PORT wsline_config cluster-rooms "$port" "bench-$node" > "$work/wsline-$node.toml"
+        $bin/wsline --config "$work/wsline-$node.toml" &
+        node_pids+=("$!")
+        node=b
+    done
+    wait_port "$WSLINE_PORT"
+    wait_port "$WSLINE_PORT_B"
+    t0=$(date +%s.%N)
+    $bin/wsline-bench rooms --url "wss://127.0.0.1:$WSLINE_PORT/room-" -k -n "$CLUSTER_ROOMS" &
+    rooms_pid=$!
+    rooms_line="cluster-rooms: $CLUSTER_ROOMS rooms opened and synced $(synced_after "$t0") s after the first connect"
+    kill -TERM "$redis_pid"
+    wait "$redis_pid" || true
+    t0=$(date +%s.%N)
+    start_redis
+    rooms_line="$rooms_line; presence back in every room $(synced_after "$t0") s after Redis restarted"
+    $bin/wsline-bench cluster --url "wss://127.0.0.1:$WSLINE_PORT/bench" --server-pid "${node_pids[0]}" --insecure \
+        --label wsline-2-hop -n "$CLUSTER_SUBSCRIBERS" -t "$SECONDS_PER_RUN" -r "$CLUSTER_RATE" \
+        --node "wss://127.0.0.1:$WSLINE_PORT_B/bench" --node-pid "${node_pids[1]}" \
+        --redis-pid "$redis_pid" | tee -a "$rooms_results"
+    local p
+    for p in "$rooms_pid" "${node_pids[@]}" "$proxy_pid" "$redis_pid"; do
+        kill -TERM "$p"
+        wait "$p" || true
+    done
+}
+
 mkdir -p bench/results
 results=bench/results/LAST.jsonl
+rooms_results=bench/results/LAST-rooms.jsonl
+rooms_line=
+: > "$rooms_results"
 : > "$results"
 for scenario in $SCENARIOS; do
     case "$scenario" in
@@ -258,7 +328,9 @@ for scenario in $SCENARIOS; do
             for setup in wsline-2 wsline-1 sio-2 sio-1; do
                 measure_cluster "$setup" "$scenario"
             done
+            [ "$scenario" = cluster ] && measure_cluster_rooms
             ;;
+        cluster-rooms) measure_cluster_rooms ;;
         *)
             for server in wsline node; do
                 measure "$server" "$scenario"
@@ -268,14 +340,18 @@ for scenario in $SCENARIOS; do
 done
 
 echo
-echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d), node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version')"
+echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)$($node_too && echo ", node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version')")"
 case " $SCENARIOS " in
     *" scale "*) echo "scale: server on CPU $SERVER_CPUS, load generator on CPU $LOADGEN_CPUS, $(ulimit -n) open files each, hold ${SCALE_HOLD}s" ;;
 esac
 case " $SCENARIOS " in
-    *" cluster"*)
+    *" cluster "* | *" cluster-max "*)
         v() { node -p "require('./bench/node-cluster/node_modules/$1/package.json').version"; }
         echo "cluster: $CLUSTER_SUBSCRIBERS subscribers, $(redis-server --version | grep -o 'v=[^ ]*'), socket.io $(v socket.io), @socket.io/redis-adapter $(v @socket.io/redis-adapter), redis (node) $(v redis)"
         ;;
 esac
-$bin/wsline-bench report "$results"
+[ -s "$results" ] && $bin/wsline-bench report "$results"
+if [ -n "$rooms_line" ]; then
+    echo "$rooms_line"
+    $bin/wsline-bench report "$rooms_results"
+fi

@@ -188,20 +188,31 @@ pub async fn admit<B>(
         state.shutdown.connection_token(),
     );
     let session = target.session.as_deref();
-    let claim = match (state.hub.cluster(), &target.name) {
-        (Some(cluster), Some(name)) if room_config.presence.unique_names => {
-            let key = crate::request::name_key(name);
-            // Taking over its own name: this node already holds the claim.
-            let own = session.is_some_and(|s| state.hub.holds_session(&target.room, &key, s));
-            if own {
-                None
-            } else {
-                let claim = cluster.claim(&target.room, &key).await;
-                Some((cluster, key, claim))
-            }
+    // The name claim and, for a room not open here yet, the first read of its remote members
+    // (so the first presence state is cluster-wide), in parallel: each bounded.
+    let first_read = async {
+        if let Some(cluster) = state.hub.cluster() {
+            let open = state.hub.local_presence(&target.room).is_some();
+            cluster.first_read(&target.room, open).await;
         }
-        _ => None,
     };
+    let claim = async {
+        match (state.hub.cluster(), &target.name) {
+            (Some(cluster), Some(name)) if room_config.presence.unique_names => {
+                let key = crate::request::name_key(name);
+                // Taking over its own name: this node already holds the claim.
+                let own = session.is_some_and(|s| state.hub.holds_session(&target.room, &key, s));
+                if own {
+                    None
+                } else {
+                    let claim = cluster.claim(&target.room, &key).await;
+                    Some((cluster, key, claim))
+                }
+            }
+            _ => None,
+        }
+    };
+    let ((), claim) = tokio::join!(first_read, claim);
     let joined = match &claim {
         Some((_, _, Claim::Taken)) => Err(JoinError::NameTaken),
         _ => state

@@ -44,6 +44,8 @@ const MAX_NODE_ID_BYTES: usize = 200;
 /// `cluster.prefix`: a key prefix, short enough to leave room for the rest of every key.
 const MAX_PREFIX_BYTES: usize = 64;
 const MAX_NODE_TIMEOUT: Duration = HOUR;
+/// Longest `cluster.history_ttl`: a month.
+const MAX_HISTORY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
 const MAX_BACKLOG: u32 = 65_535;
 
@@ -348,6 +350,44 @@ pub struct Cluster {
     /// A node silent this long is dead: its members leave every count.
     #[serde(deserialize_with = "duration")]
     pub node_timeout: Duration,
+    /// A room's history stream in Redis outlives the room's last member (on any node) this long.
+    #[serde(deserialize_with = "duration")]
+    pub history_ttl: Duration,
+}
+
+/// `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME`: the Sentinels to ask for
+/// the primary of `MASTER_NAME` (the password is the primary's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    pub hosts: Vec<String>,
+    pub master: String,
+    pub password: Option<String>,
+}
+
+impl SentinelUrl {
+    /// `None` when `url` is not a well-formed `redis+sentinel://` URL.
+    pub fn parse(url: &str) -> Option<SentinelUrl> {
+        let rest = url.strip_prefix("redis+sentinel://")?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let password = auth.map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_owned());
+        let (hosts, master) = rest.split_once('/')?;
+        let hosts: Vec<String> = hosts.split(',').map(str::to_owned).collect();
+        let valid_host = |h: &String| {
+            h.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        let master = master.trim_end_matches('/');
+        (hosts.iter().all(valid_host) && !master.is_empty() && !master.contains('/')).then(|| {
+            SentinelUrl {
+                hosts,
+                master: master.to_owned(),
+                password,
+            }
+        })
+    }
 }
 
 impl Default for Cluster {
@@ -357,6 +397,7 @@ impl Default for Cluster {
             node_id: String::new(),
             prefix: "wsline".into(),
             node_timeout: Duration::from_secs(5),
+            history_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -816,6 +857,11 @@ impl Config {
                 self.cluster.node_timeout,
                 MAX_NODE_TIMEOUT,
             ),
+            (
+                "cluster.history_ttl",
+                self.cluster.history_ttl,
+                MAX_HISTORY_TTL,
+            ),
         ];
         for (key, value, max) in durations {
             check(
@@ -945,6 +991,11 @@ impl Config {
             "cluster.prefix",
             format!("must be 1-{MAX_PREFIX_BYTES} bytes without spaces or control characters"),
         );
+        check(
+            !self.cluster.history_ttl.is_zero(),
+            "cluster.history_ttl",
+            "must be longer than 0".into(),
+        );
 
         check(
             limits.max_connections >= 1,
@@ -1018,9 +1069,10 @@ impl Config {
         check(
             redis.is_empty()
                 || (redis.starts_with("redis://") || redis.starts_with("rediss://"))
-                    && ::redis::Client::open(redis.as_str()).is_ok(),
+                    && ::redis::Client::open(redis.as_str()).is_ok()
+                || SentinelUrl::parse(redis).is_some(),
             "cluster.redis",
-            "must be a redis:// or rediss:// URL (the value is secret and not shown)".into(),
+            "must be a redis://, rediss:// or redis+sentinel:// URL (the value is secret and not shown)".into(),
         );
         // The JSON envelope makes a message larger than what was sent (escaping, at most 6x).
         let wrapped = crate::envelope::max_relayed_bytes(self);
@@ -1322,6 +1374,42 @@ mod tests {
                 "relay.history",
                 "log.level"
             ],
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn sentinel_urls_name_their_sentinels_master_and_password() {
+        let u =
+            SentinelUrl::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/relay").unwrap();
+        assert_eq!(u.hosts, ["10.0.0.1:26379", "10.0.0.2:26380"]);
+        assert_eq!(
+            (u.master.as_str(), u.password.as_deref()),
+            ("relay", Some("pw"))
+        );
+        let u = SentinelUrl::parse("redis+sentinel://127.0.0.1:26379/m").unwrap();
+        assert_eq!(u.password, None);
+        for bad in [
+            "redis://127.0.0.1:6379",
+            "redis+sentinel://127.0.0.1:26379",
+            "redis+sentinel://127.0.0.1:26379/",
+            "redis+sentinel://127.0.0.1/m",
+            "redis+sentinel://:26379/m",
+            "redis+sentinel://h:1/m/extra",
+        ] {
+            assert_eq!(SentinelUrl::parse(bad), None, "{bad}");
+        }
+        let file = |url: &str| {
+            format!(
+                "[server]\nlisten = \"0.0.0.0:3456\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+                 [cluster]\nredis = \"{url}\"\n"
+            )
+        };
+        let c = Config::from_toml(&file("redis+sentinel://127.0.0.1:26379/relay")).unwrap();
+        assert_eq!(c.cluster.history_ttl, Duration::from_secs(3600));
+        let p = problems(&file("redis+sentinel://127.0.0.1/relay"));
+        assert!(
+            p.iter().any(|p| p.message.contains("cluster.redis")),
             "{p:?}"
         );
     }

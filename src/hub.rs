@@ -196,6 +196,24 @@ pub struct Membership {
     outbox: Outbox,
 }
 
+/// Sets a room's remote members; whether anything changed (names appeared or went are presence
+/// changes like local joins and leaves).
+fn apply_remote(state: &mut RoomState, count: usize, names: Vec<Arc<str>>) -> bool {
+    let (joined, left) = crate::cluster::wire::diff(&state.remote_names, &names);
+    for name in &left {
+        state.roster.remove(name, &name_key(name));
+        state.changes.left(name);
+    }
+    for name in &joined {
+        state.roster.add(name, &name_key(name));
+        state.changes.joined(name);
+    }
+    let changed = !joined.is_empty() || !left.is_empty() || count != state.remote_count;
+    state.remote_names = names;
+    state.remote_count = count;
+    changed
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a room lock leaves consistent data (every step is a push or remove),
     // so a poisoned lock is still usable.
@@ -336,19 +354,7 @@ impl Hub {
         if state.closed {
             return;
         }
-        let (joined, left) = crate::cluster::wire::diff(&state.remote_names, &names);
-        for name in &left {
-            state.roster.remove(name, &name_key(name));
-            state.changes.left(name);
-        }
-        for name in &joined {
-            state.roster.add(name, &name_key(name));
-            state.changes.joined(name);
-        }
-        let changed = !joined.is_empty() || !left.is_empty() || count != state.remote_count;
-        state.remote_names = names;
-        state.remote_count = count;
-        if changed {
+        if apply_remote(&mut state, count, names) {
             self.schedule(&room, &mut state);
         }
     }
@@ -467,6 +473,14 @@ impl Hub {
                 self.forget(&room);
                 continue;
             }
+            // The first member here: the other nodes' members as read before the join
+            // (`Cluster::first_read`), so its first presence state is already cluster-wide.
+            if state.members.is_empty()
+                && let Some(cluster) = &self.shared.cluster
+                && let Some((count, names)) = cluster.take_first_read(&room.name)
+            {
+                apply_remote(&mut state, count, names);
+            }
             let ghost = match (&name, session) {
                 (Some((_, key)), Some(session)) => state.members.iter().position(|m| {
                     m.session.as_deref() == Some(session)
@@ -481,8 +495,15 @@ impl Hub {
                 old.outbox.replace();
                 self.shared.total.fetch_sub(1, Ordering::Relaxed);
             } else if let Some((shown, key)) = &name {
-                // A taken name means a member holds it, so the room is not empty and stays.
+                // A taken name means a member holds it: here (the room stays), or only on
+                // another node as read before the join, when this room was just created empty
+                // and must go again (its remote members would otherwise stay, unread).
                 if settings.unique_names && state.roster.key_taken(key) {
+                    if state.members.is_empty() {
+                        state.closed = true;
+                        drop(state);
+                        self.forget(&room);
+                    }
                     return Err(JoinError::NameTaken);
                 }
                 state.roster.add(shown, key);

@@ -104,6 +104,11 @@ pub fn render(s: &Snapshot) -> String {
             ConstCounter::new(cluster.dropped),
         );
         r.register(
+            "cluster_receive_dropped_messages",
+            "Messages from the other nodes dropped because this node's receive queue was full",
+            ConstCounter::new(cluster.receive_dropped),
+        );
+        r.register(
             "cluster_reconnects",
             "Times the connection to Redis was made again after a loss",
             ConstCounter::new(cluster.reconnects),

@@ -811,6 +811,125 @@ async fn check_config_describes_the_cluster_without_the_password() {
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
 
+/// A node with `relay.history` and a short `cluster.history_ttl`, and the `[presence]` keys given.
+fn kept(redis: &Redis, id: &str, presence: &str) -> String {
+    format!(
+        "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nnode_timeout = \"2s\"\nhistory_ttl = \"30s\"\n\
+         [relay]\nhistory = 5\n[presence]\n{presence}\n",
+        redis.url()
+    )
+}
+
+/// Waits until `check` holds for Redis's reply to `args`; returns that reply.
+async fn redis_until(
+    redis: &Redis,
+    args: &[&str],
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    within(what, async {
+        loop {
+            let reply = redis.command(args).await;
+            if check(&reply) {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// `:N\r\n` -> N.
+fn integer(reply: &str) -> i64 {
+    reply
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or(i64::MIN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_an_empty_room_expires_after_history_ttl_and_scripts_survive_a_flush() {
+    let redis = Redis::start().await;
+    let a = Daemon::start(&kept(&redis, "a", ""), &[]).await;
+    let b = Daemon::start(&kept(&redis, "b", ""), &[]).await;
+    a.wait_log("cluster connected").await;
+    b.wait_log("cluster connected").await;
+    let mut on_a = a.connect("/kept").await;
+    let mut on_b = b.connect("/kept").await;
+    count_is(&mut on_a, 2).await;
+    on_a.send_text("one").await;
+    assert_eq!(on_b.recv_relayed().await, Message::text("one"));
+    // While the room has members, its stream does not expire.
+    assert_eq!(
+        integer(&redis.command(&["PTTL", "wsline:history:kept"]).await),
+        -1
+    );
+
+    // Redis forgets its scripts: the next message still crosses (EVALSHA, then EVAL once).
+    assert!(redis.command(&["SCRIPT", "FLUSH"]).await.starts_with("+OK"));
+    on_a.send_text("two").await;
+    assert_eq!(on_b.recv_relayed().await, Message::text("two"));
+    let stats = redis.command(&["INFO", "commandstats"]).await;
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+
+    // The last members leave: the stream expires within history_ttl, and is kept again when the
+    // room reopens.
+    on_a.close().await;
+    on_b.close().await;
+    let ttl = redis_until(
+        &redis,
+        &["PTTL", "wsline:history:kept"],
+        "a TTL on the stream",
+        |r| integer(r) > 0,
+    )
+    .await;
+    assert!(integer(&ttl) <= 30_000, "{ttl}");
+    let mut again = a.connect("/kept").await;
+    assert_eq!(again.recv_relayed().await, Message::text("one"));
+    redis_until(
+        &redis,
+        &["PTTL", "wsline:history:kept"],
+        "the TTL cleared",
+        |r| integer(r) == -1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turning_unique_names_off_releases_the_nodes_claims() {
+    let redis = Redis::start().await;
+    let a = Daemon::start(&kept(&redis, "a", "unique_names = true"), &[]).await;
+    a.wait_log("cluster connected").await;
+    let mut alice = a.connect("/u?name=alice").await;
+    alice.recv_presence().await;
+    redis_until(
+        &redis,
+        &["HGET", "wsline:names:u", "alice"],
+        "alice's claim",
+        |r| r.contains("a:"),
+    )
+    .await;
+    let config = std::fs::read_to_string(a.config_path()).unwrap();
+    std::fs::write(
+        a.config_path(),
+        config.replace("unique_names = true", "unique_names = false"),
+    )
+    .unwrap();
+    a.signal("-HUP");
+    a.wait_log("configuration reloaded").await;
+    redis_until(
+        &redis,
+        &["HGET", "wsline:names:u", "alice"],
+        "alice's claim released",
+        |r| r.starts_with("$-1"),
+    )
+    .await;
+    // alice is still in the room; only the cluster-wide claim went.
+    alice.send_text("still here").await;
+    assert_eq!(alice.recv_relayed().await, Message::text("still here"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_takes_its_name_over_on_its_node_while_names_and_unicode_rooms_span_nodes() {
     const SESSION: &str = "0123456789abcdef0123456789abcdef";

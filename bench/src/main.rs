@@ -4,6 +4,7 @@
 
 mod client;
 mod cluster;
+mod hop;
 mod report;
 mod scale;
 mod scenarios;
@@ -82,6 +83,18 @@ enum Command {
         #[command(flatten)]
         opts: cluster::Cluster,
     },
+    /// A delaying TCP proxy (Redis one hop away); runs until killed, prints nothing.
+    Proxy {
+        #[command(flatten)]
+        opts: hop::ProxyOpts,
+    },
+    /// One connection in each of N rooms (the URL's path plus 0, 1, ...), held until killed.
+    Rooms {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: hop::RoomsOpts,
+    },
     /// A table of JSON result lines (from files, or stdin), each scenario's figures side by side.
     Report {
         /// Files of result lines; the first server named is the one the ratios are of.
@@ -104,6 +117,16 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let (common, scenario) = match Cli::parse().command {
         Command::Report { files } => return report::print(&files),
+        Command::Proxy { opts } => return exit(hop::proxy(&opts).await),
+        Command::Rooms { common, opts } => {
+            let opened = client::Target::new(&common.url, common.insecure);
+            let path = common.url.rsplit_once('/').map_or("/", |(_, p)| p);
+            let path = format!("/{path}");
+            return exit(match opened {
+                Ok(target) => hop::rooms(&target, &path, &opts).await,
+                Err(e) => Err(e),
+            });
+        }
         Command::Fanout { common, opts } => (common, Scenario::Fanout(opts)),
         Command::Chat { common, opts } => (common, Scenario::Chat(opts)),
         Command::Idle { common, opts } => (common, Scenario::Idle(opts)),
@@ -117,6 +140,16 @@ async fn main() -> ExitCode {
             println!("{line}");
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("wsline-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsline-bench: {e}");
             ExitCode::FAILURE

@@ -1,45 +1,75 @@
 //! Cluster-wide history: a room's messages kept in a capped Redis stream, appended by the same
 //! script that publishes them (so the stream id stamped on the live message is the entry's id),
-//! and read back by a node that opens the room, after it has subscribed.
+//! and read back by a node that opens the room, after it has subscribed: the rooms a sync opens are
+//! read in one pipeline ([`replay_history`]), not one round trip each.
+//!
+//! A stream outlives its room by `cluster.history_ttl`: the last node to leave a room (or the
+//! sweep of a dead one) sets the stream to expire, a node opening the room clears that, and a
+//! message kept in a room no node has members in (the API) sets it too.
 
 use std::sync::Arc;
 
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 
 use super::Shared;
 use super::wire::{self, Payload};
 use crate::hub::Hub;
 
-/// Appends a message to the room's stream and publishes it stamped with its id (`H`).
+/// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
+/// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.
 pub(super) const PUBLISH_KEPT: &str = r"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
 redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
 return id";
 
 /// One stream entry as XREVRANGE gives it: id, then field/value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
-/// Reads the room's last `relay.history` messages from its stream into the room; returns the
-/// newest id read ((0, 0) if none).
-pub(super) async fn replay_history(
+/// Reads the last `relay.history` messages of each room from its stream, in one pipeline, into
+/// the rooms; returns per room the newest id seeded ((0, 0) if none, or not seeded).
+pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
     s: &Shared,
     hub: &Hub,
-    conn: &mut ConnectionManager,
-    room: &Arc<str>,
-) -> RedisResult<wire::StreamId> {
-    let keep = hub.settings().history;
-    if keep == 0 {
-        return Ok((0, 0));
+    conn: &mut C,
+    rooms: &[Arc<str>],
+) -> RedisResult<Vec<wire::StreamId>> {
+    // Each room's own `relay.history` (a `[[rooms]]` entry may set it); rooms without history
+    // are not read.
+    let settings = hub.settings();
+    let keeps: Vec<usize> = rooms.iter().map(|r| settings.for_room(r).history).collect();
+    let mut pipe = redis::pipe();
+    for (room, &keep) in rooms.iter().zip(&keeps) {
+        if keep > 0 {
+            pipe.cmd("XREVRANGE")
+                .arg(s.keys.history(room))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(keep);
+        }
     }
-    let entries: Vec<StreamEntry> = redis::cmd("XREVRANGE")
-        .arg(s.keys.history(room))
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(keep)
-        .query_async(conn)
-        .await?;
+    let mut streams: std::vec::IntoIter<Vec<StreamEntry>> = if pipe.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        pipe.query_async::<Vec<Vec<StreamEntry>>>(conn)
+            .await?
+            .into_iter()
+    };
+    Ok(rooms
+        .iter()
+        .zip(keeps)
+        .map(|(room, keep)| match keep {
+            0 => (0, 0),
+            _ => seed(hub, room, streams.next().unwrap_or_default()),
+        })
+        .collect())
+}
+
+/// Seeds one room with its stream's entries (newest first); the newest id, or (0, 0).
+fn seed(hub: &Hub, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId {
     let last = entries
         .first()
         .and_then(|(id, _)| wire::parse_stream_id(id))
@@ -57,9 +87,9 @@ pub(super) async fn replay_history(
         .collect();
     // Not seeded (the room went live first): nothing of the stream was delivered, so no live
     // message may be dropped as already replayed.
-    Ok(if hub.seed_history(room, messages) {
+    if hub.seed_history(room, messages) {
         last
     } else {
         (0, 0)
-    })
+    }
 }

@@ -7,19 +7,29 @@
 //!   is dropped on the spot, so nothing is buffered for later and memory stays flat;
 //! - a room's local members changed ([`Cluster::touch`]): the worker task reconciles its channel
 //!   subscriptions with the rooms that have local members, then writes this node's presence entry;
-//! - a member with a claimed name left ([`Cluster::release`]).
+//! - a member with a claimed name left ([`Cluster::release`]): the name goes into a set of pending
+//!   releases that the worker empties (never dropped; see [`names`]).
 //!
-//! Names are claimed before the join, the one place that waits for Redis ([`Cluster::claim`],
-//! bounded by [`CLAIM_TIMEOUT`]). The connections, worker and publisher live in
-//! [`redis`], liveness, sweep, totals and names in [`presence`], the history stream in
-//! [`history`]; the pure rules (keys, envelope, entries, backoff) in [`wire`].
+//! Before a join, two bounded waits for Redis: the name claim ([`Cluster::claim`]) and, for the
+//! first member of a room on this node, the first read of the room's remote presence
+//! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]. The connections, worker and
+//! publisher live in [`redis`], the receive path in [`receive`], the heartbeat task in
+//! [`liveness`], sweep, totals and claims in [`presence`], releases and their reconciliation in
+//! [`names`], the history stream in [`history`], the Lua scripts in [`scripts`], the way to the
+//! primary (a URL or Sentinel) in [`source`]; the pure rules (keys, envelope, entries, backoff) in
+//! [`wire`].
 
 pub mod history;
+pub(crate) mod liveness;
+pub(crate) mod names;
 pub mod presence;
+pub(crate) mod receive;
 pub mod redis;
+pub(crate) mod scripts;
+pub(crate) mod source;
 pub mod wire;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) instance: String,
     pub(crate) keys: Keys,
     pub(crate) node_timeout: Duration,
+    /// How long a room's history stream outlives the room's last member on any node.
+    pub(crate) history_ttl: Duration,
     /// Whether the worker holds a live subscriber connection and commands succeed.
     pub(crate) up: AtomicBool,
     /// Connections on the other live nodes (the rest of presence's `total`).
@@ -69,22 +81,41 @@ pub(crate) struct Shared {
     /// Bytes of the envelopes in the publisher's queue (see [`PUBLISH_QUEUE_BYTES`]).
     pub(crate) queued_bytes: AtomicUsize,
     pub(crate) reconnects: AtomicU64,
+    /// Messages from Redis dropped because the receive queue was full ([`receive`]).
+    pub(crate) receive_dropped: AtomicU64,
     /// The command connection, once made (it reconnects by itself).
     pub(crate) commands: arc_swap::ArcSwapOption<::redis::aio::ConnectionManager>,
+    /// Names given back but not yet released in Redis; claims consult it ([`names`]).
+    pub(crate) releases: Mutex<names::Releases>,
+    /// Wakes claims waiting for a release of their name to finish.
+    pub(crate) released: Notify,
+    /// Set by the liveness task: this instance's key had expired (it may have been swept), so
+    /// the worker writes all its entries and names again.
+    pub(crate) rewrite: AtomicBool,
+    /// Set by the liveness task: no heartbeat got through for `node_timeout`; the worker ends the
+    /// session (the others have swept this node) and starts a fresh one.
+    pub(crate) liveness_lost: AtomicBool,
+    /// Remote presence read for a room's first local member before its join
+    /// ([`Cluster::first_read`]), taken by the join; at most [`FIRST_READS`] entries.
+    first_reads: Mutex<HashMap<Arc<str>, FirstRead>>,
 }
 
-/// What the publisher task sends.
-pub(crate) enum Out {
-    /// `history`: the room keeps this many messages in its stream (0: none).
-    Publish {
-        room: Arc<str>,
-        data: Bytes,
-        history: usize,
-    },
-    Release {
-        room: Arc<str>,
-        key: Box<str>,
-    },
+/// Bound of [`Shared::first_reads`]: reads whose join never came (refused) are forgotten past it.
+const FIRST_READS: usize = 1024;
+
+/// A room's remote members as read before its first local join, and when.
+struct FirstRead {
+    at: std::time::Instant,
+    count: usize,
+    names: Vec<Arc<str>>,
+}
+
+/// What the publisher task sends: a message for a room's channel.
+pub(crate) struct Out {
+    room: Arc<str>,
+    data: Bytes,
+    /// The room keeps this many messages in its stream (0: none).
+    history: usize,
 }
 
 /// The line `--check-config` prints about the cluster (the URL without its password).
@@ -121,6 +152,7 @@ pub struct Status {
     pub published: u64,
     pub received: u64,
     pub dropped: u64,
+    pub receive_dropped: u64,
     pub reconnects: u64,
 }
 
@@ -147,6 +179,7 @@ impl Cluster {
                 instance,
                 keys: Keys::new(&config.prefix),
                 node_timeout: config.node_timeout,
+                history_ttl: config.history_ttl,
                 up: AtomicBool::new(false),
                 remote_total: AtomicUsize::new(0),
                 dirty: Mutex::new(HashSet::new()),
@@ -158,7 +191,13 @@ impl Cluster {
                 dropped: AtomicU64::new(0),
                 queued_bytes: AtomicUsize::new(0),
                 reconnects: AtomicU64::new(0),
+                receive_dropped: AtomicU64::new(0),
                 commands: arc_swap::ArcSwapOption::empty(),
+                releases: Mutex::new(names::Releases::default()),
+                released: Notify::new(),
+                rewrite: AtomicBool::new(false),
+                liveness_lost: AtomicBool::new(false),
+                first_reads: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -200,7 +239,7 @@ impl Cluster {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let out = Out::Publish {
+        let out = Out {
             room: room.clone(),
             data,
             history,
@@ -217,17 +256,14 @@ impl Cluster {
         self.shared.wake.notify_one();
     }
 
-    /// Gives back a name this node claimed for a member who left.
+    /// Gives back a name this node claimed for a member who left: never dropped, it waits in the
+    /// pending releases until Redis has it (see [`names`]).
     pub fn release(&self, room: &Arc<str>, key: &str) {
-        let out = Out::Release {
-            room: room.clone(),
-            key: key.into(),
-        };
-        // A full queue leaves the claim to the sweep when this node stops.
-        let _ = self.shared.out_tx.try_send(out);
+        names::give_back(&self.shared, room, key);
     }
 
-    /// Claims `key` in `room` for a joining member, atomically across the cluster.
+    /// Claims `key` in `room` for a joining member, atomically across the cluster. A claim whose
+    /// caller goes away while it is in flight (the client disconnected) is given back.
     pub async fn claim(&self, room: &str, key: &str) -> Claim {
         if !self.is_up() {
             return Claim::Unavailable;
@@ -235,8 +271,13 @@ impl Cluster {
         let Some(conn) = self.shared.commands.load_full() else {
             return Claim::Unavailable;
         };
-        let attempt = presence::claim(&self.shared, (*conn).clone(), room, key);
-        match tokio::time::timeout(CLAIM_TIMEOUT, attempt).await {
+        let room: Arc<str> = Arc::from(room);
+        let guard = names::InFlight::new(&self.shared, &room, key);
+        let attempt = async {
+            names::settled(&self.shared, &room, key).await;
+            presence::claim(&self.shared, (*conn).clone(), &room, key).await
+        };
+        let claim = match tokio::time::timeout(CLAIM_TIMEOUT, attempt).await {
             Ok(Ok(true)) => Claim::Won,
             Ok(Ok(false)) => Claim::Taken,
             Ok(Err(e)) => {
@@ -244,7 +285,42 @@ impl Cluster {
                 Claim::Unavailable
             }
             Err(_) => Claim::Unavailable,
+        };
+        // Won: the caller joins or gives it back; Taken: another instance holds it. Unavailable:
+        // a claim that reached Redis late would hold the name for nobody, so it is given back
+        // (a name a local member holds is never released: see `names`).
+        guard.settle(claim == Claim::Unavailable);
+        claim
+    }
+
+    /// For the first member of `room` on this node: reads the other nodes' members of the room
+    /// (bounded by [`CLAIM_TIMEOUT`]), so the join's first presence state is already cluster-wide.
+    /// Nothing to read when the room is open here already, or Redis is down or slower than the
+    /// bound: the state then counts this node's members and a change corrects it once the worker
+    /// has read the room.
+    pub async fn first_read(&self, room: &str, open_here: bool) {
+        if open_here || !self.is_up() {
+            return;
         }
+        let Some(conn) = self.shared.commands.load_full() else {
+            return;
+        };
+        let read = presence::read_room(&self.shared, (*conn).clone(), room);
+        if let Ok(Ok((count, names))) = tokio::time::timeout(CLAIM_TIMEOUT, read).await {
+            let mut reads = crate::hub::lock(&self.shared.first_reads);
+            if reads.len() >= FIRST_READS {
+                reads.clear();
+            }
+            let at = std::time::Instant::now();
+            reads.insert(Arc::from(room), FirstRead { at, count, names });
+        }
+    }
+
+    /// The read [`Cluster::first_read`] made for `room`, taken by the join that opens the room
+    /// (a read older than [`CLAIM_TIMEOUT`], left by a join that never came, is not used).
+    pub fn take_first_read(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
+        let read = crate::hub::lock(&self.shared.first_reads).remove(room)?;
+        (read.at.elapsed() < CLAIM_TIMEOUT).then_some((read.count, read.names))
     }
 
     pub fn status(&self) -> Status {
@@ -257,6 +333,7 @@ impl Cluster {
             published: s.published.load(Ordering::Relaxed),
             received: s.received.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            receive_dropped: s.receive_dropped.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
         }
     }

@@ -2,25 +2,41 @@
 //! connection totals, and name claims. The scripts run atomically in Redis, so two nodes sweeping
 //! the same dead instance, or two members claiming one name, cannot interleave.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, RedisResult};
+use redis::RedisResult;
+use redis::aio::ConnectionLike;
 use tracing::info;
 
 use super::Shared;
+use super::scripts::{self, Call, Op};
 use super::wire::{self, Payload};
 use crate::hub::Hub;
 use crate::request::name_key;
 
-/// Sets a name if free; records it under the instance for the sweep. 1 = won.
+/// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it
+/// was pending: `names`); records it under the instance for the sweep. 1 = won.
 pub(super) const CLAIM: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('SADD', KEYS[3], ARGV[2])
-  return 1
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder == false then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif holder ~= ARGV[2] then
+  return 0
 end
-return 0";
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1";
+
+/// Removes this instance's (ARGV[1]) presence entry of a room it left; when no node has members
+/// there any more, the room's history stream (KEYS[3]) expires after ARGV[3] ms.
+pub(super) const CLOSE: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+return 1";
 
 /// Frees a name if this instance holds it.
 pub(super) const RELEASE: &str = r"
@@ -30,12 +46,16 @@ end
 redis.call('SREM', KEYS[2], ARGV[3])
 return 1";
 
-/// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms.
-const SWEEP: &str = r"
+/// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms. A room left
+/// without members on any node has its history expire after ARGV[3] ms.
+pub(super) const SWEEP: &str = r"
 local p, d = ARGV[1], ARGV[2]
 local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
 for _, r in ipairs(rooms) do
   redis.call('HDEL', p .. ':presence:' .. r, d)
+  if redis.call('HLEN', p .. ':presence:' .. r) == 0 then
+    redis.call('PEXPIRE', p .. ':history:' .. r, ARGV[3])
+  end
 end
 local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
 for _, e in ipairs(names) do
@@ -54,8 +74,14 @@ redis.call('SREM', p .. ':nodes', d)
 return rooms";
 
 /// The other instances' connections, from the total hash.
-pub(super) async fn read_total(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<()> {
-    let totals: Vec<(String, String)> = conn.hgetall(s.keys.total()).await?;
+pub(super) async fn read_total<C: ConnectionLike + Send>(
+    s: &Shared,
+    conn: &mut C,
+) -> RedisResult<()> {
+    let totals: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(s.keys.total())
+        .query_async(conn)
+        .await?;
     store_remote_total(s, &totals);
     Ok(())
 }
@@ -75,10 +101,11 @@ pub(super) fn store_remote_total(s: &Shared, totals: &[(String, String)]) {
 ///
 /// Returns whether this instance's key had expired (it was late, e.g. stalled longer than
 /// `node_timeout`, and may have been swept): the caller then writes all its entries again.
-pub(super) async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> RedisResult<bool> {
-    let ttl = u64::try_from(s.node_timeout.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
+pub(super) async fn heartbeat<C: ConnectionLike + Send>(
+    s: &Shared,
+    conn: &mut C,
+) -> RedisResult<bool> {
+    let ttl = ttl_ms(s.node_timeout);
     let (was_alive, _, _, nodes): (bool, (), (), Vec<String>) = redis::pipe()
         .exists(s.keys.alive(&s.instance))
         .cmd("SET")
@@ -109,18 +136,20 @@ pub(super) async fn heartbeat(s: &Shared, conn: &mut ConnectionManager) -> Redis
 }
 
 /// Removes an instance's entries, names and count, and tells its rooms.
-pub(super) async fn sweep(
+pub(super) async fn sweep<C: ConnectionLike + Send>(
     s: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut C,
     instance: &str,
 ) -> RedisResult<()> {
-    let rooms: Vec<String> = redis::cmd("EVAL")
-        .arg(SWEEP)
-        .arg(0)
-        .arg(s.keys.prefix())
-        .arg(instance)
-        .query_async(conn)
-        .await?;
+    let ttl = ttl_ms(s.history_ttl);
+    let swept = Call::new(
+        &scripts::SWEEP,
+        Vec::<String>::new(),
+        (s.keys.prefix(), instance, ttl),
+    )
+    .run(conn)
+    .await?;
+    let rooms: Vec<String> = redis::from_redis_value(swept)?;
     if !rooms.is_empty() {
         let notice = wire::encode(instance, &Payload::Presence);
         let mut pipe = redis::pipe();
@@ -132,59 +161,74 @@ pub(super) async fn sweep(
     Ok(())
 }
 
+/// Milliseconds for `PEXPIRE`/`PX` (at least 1).
+pub(super) fn ttl_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn claim_call(s: &Shared, room: &str, key: &str) -> Call {
+    Call::new(
+        &scripts::CLAIM,
+        (
+            s.keys.names(room),
+            s.keys.node_names(&s.instance),
+            s.keys.nodes(),
+        ),
+        (key, &s.instance, format!("{room}\n{key}")),
+    )
+}
+
 /// Claims a name for this instance (see [`CLAIM`]).
-pub(crate) async fn claim(
+pub(crate) async fn claim<C: ConnectionLike + Send>(
     s: &Shared,
-    mut conn: ConnectionManager,
+    mut conn: C,
     room: &str,
     key: &str,
 ) -> RedisResult<bool> {
-    let won: i64 = redis::cmd("EVAL")
-        .arg(CLAIM)
-        .arg(3)
-        .arg(s.keys.names(room))
-        .arg(s.keys.node_names(&s.instance))
-        .arg(s.keys.nodes())
-        .arg(key)
-        .arg(&s.instance)
-        .arg(format!("{room}\n{key}"))
-        .query_async(&mut conn)
-        .await?;
+    let won: i64 = redis::from_redis_value(claim_call(s, room, key).run(&mut conn).await?)?;
     Ok(won == 1)
 }
 
+/// A hash as HGETALL gives it.
+type Fields = Vec<(String, String)>;
+
+/// The other instances' members of `room` (count, sorted names), read once, with the totals
+/// (stored), so a presence state made from them carries a `total` as fresh as its `count`.
+pub(crate) async fn read_room<C: ConnectionLike + Send>(
+    s: &Shared,
+    mut conn: C,
+    room: &str,
+) -> RedisResult<(usize, Vec<Arc<str>>)> {
+    let (entries, totals): (Fields, Fields) = redis::pipe()
+        .hgetall(s.keys.presence(room))
+        .hgetall(s.keys.total())
+        .query_async(&mut conn)
+        .await?;
+    store_remote_total(s, &totals);
+    Ok(wire::remote(
+        &s.instance,
+        entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
+}
+
 /// After a reconnect (Redis may have restarted empty): claims again the names local members hold.
-pub(super) async fn reclaim_names(
+pub(super) async fn reclaim_names<C: ConnectionLike + Send>(
     s: &Shared,
     hub: &Hub,
-    conn: &mut ConnectionManager,
+    conn: &mut C,
 ) -> RedisResult<()> {
-    if !hub.settings().unique_names {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    let mut any = false;
+    let settings = hub.settings();
+    let mut ops = Vec::new();
     for room in hub.room_names() {
+        if !settings.for_room(&room).unique_names {
+            continue;
+        }
         let Some((_, names)) = hub.local_presence(&room) else {
             continue;
         };
         for name in names {
-            let key = name_key(&name);
-            pipe.cmd("EVAL")
-                .arg(CLAIM)
-                .arg(3)
-                .arg(s.keys.names(&room))
-                .arg(s.keys.node_names(&s.instance))
-                .arg(s.keys.nodes())
-                .arg(&key)
-                .arg(&s.instance)
-                .arg(format!("{room}\n{key}"))
-                .ignore();
-            any = true;
+            ops.push(Op::Call(claim_call(s, &room, &name_key(&name))));
         }
     }
-    if any {
-        pipe.query_async::<()>(conn).await?;
-    }
-    Ok(())
+    scripts::run_all(conn, ops).await.map(drop)
 }

@@ -1,79 +1,99 @@
-//! The cluster's I/O: one subscriber connection and one command connection per node, the worker
-//! that keeps subscriptions, presence entries and liveness in step, and the publisher.
+//! The cluster's I/O: the worker that keeps subscriptions, presence entries and names in step on
+//! one subscriber and one command connection, and the publisher. The heartbeat has its own task
+//! and connection ([`super::liveness`]), the receive path its own tasks ([`super::receive`]).
 //!
-//! The worker (`worker`) owns the subscriber connection. Each turn it reconciles its channel
-//! subscriptions with the rooms that have local members (subscribe on the first local member,
-//! unsubscribe after the last), writes the presence entries of rooms whose local members changed
-//! (then publishes a `P` notice on the room's channel, so the other nodes re-read that one hash:
-//! no request fans out to every node), and re-reads rooms another node announced. Every
-//! `node_timeout / 4` (at most 500 ms) it refreshes this instance's liveness key (TTL
-//! `node_timeout`) and sweeps
-//! instances whose key expired: their presence entries, names and connection count go, and their
-//! rooms get a notice. On SIGTERM it sweeps itself, so its members leave every count at once.
+//! Each turn the worker reconciles its channel subscriptions with the rooms that have local
+//! members (subscribe on the first local member, unsubscribe after the last), reads the history
+//! of the rooms it opened, writes the presence entries of rooms whose local members changed (then
+//! publishes a `P` notice on the room's channel, so the other nodes re-read that one hash: no
+//! request fans out to every node), re-reads rooms another node announced, and runs the pending
+//! name releases. All of it in batches: one `SUBSCRIBE` names up to [`SYNC_BATCH`] channels, and
+//! the history reads, presence writes and presence reads of as many rooms go in one pipeline, so
+//! a node with 10 000 rooms syncs in a few dozen round trips, not 10 000. What a batch achieved is
+//! kept; a batch that fails or times out is retried at the next turn (after a backoff), and the
+//! session goes on: only a lost subscriber connection, or a heartbeat that could not reach Redis
+//! for `node_timeout`, ends it.
 //!
-//! When the subscriber connection drops or a command fails, the node is degraded: it keeps relaying
-//! to local members, drops what it would publish, and reconnects with jittered, capped backoff
-//! ([`wire::backoff`]); once back it resubscribes, rewrites all its entries and re-claims its names.
+//! When the session ends, the node is degraded: it keeps relaying to local members, drops what it
+//! would publish, and reconnects with jittered, capped backoff ([`wire::backoff`]); once back it
+//! resubscribes, rewrites all its entries and reconciles its names ([`super::names`]). On SIGTERM
+//! it sweeps itself, so its members leave every count at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, RedisResult};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::history::{PUBLISH_KEPT, replay_history};
-use super::presence::{RELEASE, heartbeat, reclaim_names, store_remote_total, sweep};
+use super::history::replay_history;
+use super::presence::{store_remote_total, sweep, ttl_ms};
+use super::receive::{self, SharedReceipts};
+use super::scripts::{self, Call, Op};
+use super::source::Source;
 use super::wire::{self, Payload};
-use super::{Cluster, Out, Shared};
-use crate::hub::Hub;
+use super::{Cluster, Out, Shared, liveness, names};
+use crate::hub::{Hub, lock};
 use crate::shutdown::Shutdown;
 
 /// How long one connection attempt or one round of commands may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest wait between two heartbeats (liveness refresh and sweep check).
-const LIVENESS_EVERY_MAX: Duration = Duration::from_millis(500);
+/// Rooms per `SUBSCRIBE` and per pipeline of a sync.
+pub const SYNC_BATCH: usize = 1000;
+/// The worker looks at its duties at least this often (retries, a reload of the room settings).
+const TURN_EVERY: Duration = Duration::from_millis(500);
 /// Messages sent to Redis in one pipeline, at most.
 const PUBLISH_BATCH: usize = 512;
-/// Pub/sub messages handled before the worker looks at its other duties.
-const RECEIVE_BATCH: usize = 1024;
 
-/// Starts the worker and the publisher, tracked by the shutdown's `TaskTracker`.
+/// Starts the worker, the liveness task and the publisher, tracked by the shutdown's `TaskTracker`.
 pub fn spawn(cluster: &Cluster, hub: Hub, shutdown: &Shutdown) {
     let s = cluster.shared().clone();
-    let client = match Client::open(s.url.as_str()) {
-        Ok(client) => client,
+    let source = match Source::open(s.url.as_str()) {
+        Ok(source) => Arc::new(source),
         Err(e) => {
             // Validation parses the URL, so this is rare; the node runs degraded.
             warn!(redis = %wire::redact(&s.url), error = %e, "cluster.redis cannot be used; running alone");
             return;
         }
     };
-    let rx = crate::hub::lock(&s.out_rx).take();
+    let rx = lock(&s.out_rx).take();
     if let Some(rx) = rx {
         let (s, stop) = (s.clone(), shutdown.clone());
         shutdown
             .tracker()
             .spawn(async move { publisher(s, rx, stop).await });
     }
+    let (live, src, stop) = (s.clone(), source.clone(), shutdown.clone());
+    shutdown
+        .tracker()
+        .spawn(async move { liveness::run(live, src, stop).await });
     let stop = shutdown.clone();
     shutdown
         .tracker()
-        .spawn(async move { worker(s, client, hub, stop).await });
+        .spawn(async move { worker(s, source, hub, stop).await });
 }
 
 /// A cheap random number in [0, 1) for the backoff jitter (no need for a crypto source).
-fn jitter(state: &mut u64) -> f64 {
+pub(super) fn jitter(state: &mut u64) -> f64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
     *state ^= *state << 17;
     (*state >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn connect(client: &Client) -> RedisResult<(redis::aio::PubSub, ConnectionManager)> {
+/// `f` bounded by [`IO_TIMEOUT`]; running out of time is an error like any other.
+async fn timed<T>(f: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    tokio::time::timeout(IO_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+}
+
+async fn connect(source: &Source) -> RedisResult<(redis::aio::PubSub, ConnectionManager)> {
+    let client: Client = source.client().await?;
     let pubsub = client.get_async_pubsub().await?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(IO_TIMEOUT))
@@ -90,7 +110,7 @@ enum Ended {
     Lost(String),
 }
 
-async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
+async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdown) {
     let mut seed = u64::from(std::process::id()) | 1;
     seed ^= (s.instance.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut attempt = 0u32;
@@ -99,7 +119,7 @@ async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
     loop {
         let connected = tokio::select! {
             _ = shutdown.draining() => break,
-            r = tokio::time::timeout(IO_TIMEOUT, connect(&client)) => r,
+            r = tokio::time::timeout(IO_TIMEOUT, connect(&source)) => r,
         };
         let (pubsub, commands) = match connected {
             Ok(Ok(c)) => c,
@@ -151,268 +171,317 @@ async fn worker(s: Arc<Shared>, client: Client, hub: Hub, shutdown: Shutdown) {
     }
 }
 
-/// One connected stretch: returns when the connection is lost or the drain starts.
+/// One connected stretch: returns when the subscriber connection is lost, the heartbeat could not
+/// reach Redis for `node_timeout`, or the drain starts.
 async fn session(
     s: &Arc<Shared>,
     hub: &Hub,
     pubsub: redis::aio::PubSub,
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     shutdown: &Shutdown,
 ) -> Ended {
-    let (mut sink, mut stream) = pubsub.split();
-    let mut subscribed: HashSet<Arc<str>> = HashSet::new();
-    let mut stale: HashSet<Arc<str>> = HashSet::new();
-    // Per subscribed room: the newest stream id replayed or delivered (history's seam).
-    let mut seen: HashMap<Arc<str>, wire::StreamId> = HashMap::new();
-    let lost = |e: redis::RedisError| Ended::Lost(e.to_string());
+    let (sink, stream) = pubsub.split();
+    let receipts = SharedReceipts::default();
+    // The drain and delivery tasks of this connection: aborted when the session ends.
+    let mut tasks = JoinSet::new();
+    receive::start(s, hub, stream, &receipts, &mut tasks);
+    s.liveness_lost.store(false, Ordering::Relaxed);
+    s.rewrite.store(false, Ordering::Relaxed);
+    let mut sync = Sync {
+        s,
+        hub,
+        sink,
+        conn,
+        receipts,
+        subscribed: HashSet::new(),
+        unreplayed: Vec::new(),
+    };
     // A fresh session (first start, or Redis came back possibly empty): write everything again.
-    if let Err(e) = heartbeat(s, &mut conn).await {
-        return lost(e);
-    }
-    if let Err(e) = reclaim_names(s, hub, &mut conn).await {
-        return lost(e);
-    }
-    {
-        let mut dirty = crate::hub::lock(&s.dirty);
-        dirty.extend(hub.room_names());
-    }
+    lock(&s.dirty).extend(hub.room_names());
+    let mut reconcile = true;
+    // The room settings this session last reconciled names with: a reload (which may turn
+    // `presence.unique_names` off, for every room or some) reconciles again.
+    let mut settings = hub.settings();
     s.up.store(true, Ordering::Relaxed);
-    // Refresh and check often enough that a dead node is swept within node_timeout + 0.5 s.
-    let every = (s.node_timeout / 4)
-        .min(LIVENESS_EVERY_MAX)
-        .max(Duration::from_millis(10));
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(TURN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seed = u64::from(std::process::id()).rotate_left(17) | 1;
+    let mut failures = 0u32;
     loop {
-        let synced = tokio::time::timeout(
-            IO_TIMEOUT * 4,
-            sync(
-                s,
-                hub,
-                &mut sink,
-                &mut conn,
-                &mut subscribed,
-                &mut stale,
-                &mut seen,
-            ),
-        )
-        .await;
-        match synced {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return lost(e),
-            Err(_) => return Ended::Lost("redis did not answer in time".into()),
+        if s.rewrite.swap(false, Ordering::Relaxed) {
+            reconcile = true;
+            lock(&s.dirty).extend(hub.room_names());
         }
+        let now = hub.settings();
+        if !Arc::ptr_eq(&now, &settings) || lock(&s.releases).overflowed {
+            settings = now;
+            reconcile = true;
+        }
+        let turn = sync.turn(&mut reconcile);
+        let done = tokio::select! {
+            _ = shutdown.draining() => return Ended::Draining,
+            done = turn => done,
+        };
+        let retry = match done {
+            Ok(()) => {
+                failures = 0;
+                None
+            }
+            Err(e) => {
+                if failures == 0 {
+                    warn!(error = %e, "cluster sync incomplete; keeping what it did and retrying");
+                }
+                failures = failures.saturating_add(1);
+                Some(wire::backoff(failures - 1, jitter(&mut seed)))
+            }
+        };
+        let backoff = async {
+            match retry {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.draining() => return Ended::Draining,
-            // Liveness first: a flood of messages must never delay the heartbeat past
-            // node_timeout, or the other nodes would sweep this live one.
-            _ = tick.tick() => {
-                match tokio::time::timeout(IO_TIMEOUT, heartbeat(s, &mut conn)).await {
-                    Ok(Ok(false)) => {}
-                    Ok(Ok(true)) => {
-                        warn!(instance = %s.instance, "this node's liveness key had expired (late heartbeat); writing its presence and names again");
-                        if let Err(e) = reclaim_names(s, hub, &mut conn).await {
-                            return lost(e);
-                        }
-                        crate::hub::lock(&s.dirty).extend(hub.room_names());
+            _ = tasks.join_next() => return Ended::Lost("subscriber connection closed".into()),
+            _ = s.wake.notified(), if retry.is_none() => {}
+            _ = backoff => {}
+            _ = tick.tick() => {}
+        }
+        if s.liveness_lost.swap(false, Ordering::Relaxed) {
+            return Ended::Lost("heartbeats did not reach redis for node_timeout".into());
+        }
+    }
+}
+
+/// The worker's view of one session: its subscriptions and what is left to do.
+struct Sync<'a> {
+    s: &'a Arc<Shared>,
+    hub: &'a Hub,
+    sink: PubSubSink,
+    conn: ConnectionManager,
+    receipts: SharedReceipts,
+    subscribed: HashSet<Arc<str>>,
+    /// Subscribed rooms whose history read failed: read at the next turn.
+    unreplayed: Vec<Arc<str>>,
+}
+
+impl Sync<'_> {
+    /// One turn: names, subscriptions, history, presence. Stops at the first failure, keeping
+    /// what was done.
+    async fn turn(&mut self, reconcile: &mut bool) -> RedisResult<()> {
+        let (s, hub) = (self.s, self.hub);
+        if *reconcile {
+            timed(names::reconcile(s, hub, &mut self.conn)).await?;
+            *reconcile = false;
+        }
+        if !lock(&s.releases).is_idle() {
+            timed(names::release_pending(s, hub, &mut self.conn)).await?;
+        }
+        let unreplayed = std::mem::take(&mut self.unreplayed);
+        self.replay(unreplayed).await?;
+        // Rooms open or close only with a join or leave, and those mark a room dirty: with nothing
+        // dirty, the subscriptions are in step.
+        if !lock(&s.dirty).is_empty() {
+            let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
+            self.subscribe(&wanted).await?;
+            self.unsubscribe(&wanted).await?;
+            self.write_presence(&wanted).await?;
+        }
+        self.read_stale().await
+    }
+
+    /// Subscribes to the rooms opened here, [`SYNC_BATCH`] channels per command, each batch
+    /// followed by its history read (subscribed first: a live message is in the replay or after).
+    async fn subscribe(&mut self, wanted: &HashSet<Arc<str>>) -> RedisResult<()> {
+        let s = self.s;
+        let opening: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
+        let settings = self.hub.settings();
+        for chunk in opening.chunks(SYNC_BATCH) {
+            // Rooms with history (their own `relay.history`) hold their live messages until
+            // their replay is seeded.
+            let kept: Vec<Arc<str>> = chunk
+                .iter()
+                .filter(|r| settings.for_room(r).history > 0)
+                .cloned()
+                .collect();
+            lock(&self.receipts).start_replay(&kept);
+            let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
+            if let Err(e) = timed(self.sink.subscribe(&channels)).await {
+                let mut r = lock(&self.receipts);
+                chunk.iter().for_each(|room| r.forget(room));
+                return Err(e);
+            }
+            self.subscribed.extend(chunk.iter().cloned());
+            // What the others have: read after subscribing, so no notice falls in between.
+            lock(&self.receipts).mark_stale(chunk.iter().cloned());
+            lock(&s.dirty).extend(chunk.iter().cloned());
+            if !kept.is_empty() {
+                self.replay(kept).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the history of subscribed rooms, a pipeline per [`SYNC_BATCH`] rooms; the rooms of a
+    /// failed read wait for the next turn.
+    async fn replay(&mut self, rooms: Vec<Arc<str>>) -> RedisResult<()> {
+        let rooms: Vec<Arc<str>> = rooms
+            .into_iter()
+            .filter(|r| self.subscribed.contains(r))
+            .collect();
+        for (i, chunk) in rooms.chunks(SYNC_BATCH).enumerate() {
+            match timed(replay_history(self.s, self.hub, &mut self.conn, chunk)).await {
+                Ok(lasts) => {
+                    let mut r = lock(&self.receipts);
+                    for (room, last) in chunk.iter().zip(lasts) {
+                        r.finish_replay(self.s, self.hub, room, last);
                     }
-                    Ok(Err(e)) => return lost(e),
-                    Err(_) => return Ended::Lost("redis did not answer in time".into()),
+                }
+                Err(e) => {
+                    self.unreplayed
+                        .extend(rooms[i * SYNC_BATCH..].iter().cloned());
+                    return Err(e);
                 }
             }
-            _ = s.wake.notified() => {}
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return Ended::Lost("subscriber connection closed".into());
-                };
-                receive(s, hub, msg, &mut stale, &mut seen);
-                for _ in 0..RECEIVE_BATCH {
-                    match stream.next().now_or_never() {
-                        Some(Some(msg)) => receive(s, hub, msg, &mut stale, &mut seen),
-                        Some(None) => return Ended::Lost("subscriber connection closed".into()),
-                        None => break,
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from the rooms closed here, [`SYNC_BATCH`] channels per command.
+    async fn unsubscribe(&mut self, wanted: &HashSet<Arc<str>>) -> RedisResult<()> {
+        let s = self.s;
+        let closing: Vec<Arc<str>> = self.subscribed.difference(wanted).cloned().collect();
+        for chunk in closing.chunks(SYNC_BATCH) {
+            let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
+            timed(self.sink.unsubscribe(&channels)).await?;
+            let mut r = lock(&self.receipts);
+            for room in chunk {
+                self.subscribed.remove(room);
+                r.forget(room);
+            }
+            drop(r);
+            lock(&s.dirty).extend(chunk.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// Writes this node's presence entries of the changed rooms, a pipeline per [`SYNC_BATCH`]
+    /// rooms; the rooms of a failed write stay changed.
+    async fn write_presence(&mut self, wanted: &HashSet<Arc<str>>) -> RedisResult<()> {
+        let (s, hub) = (self.s, self.hub);
+        let ready: Vec<Arc<str>> = {
+            // Taken out first: `local_presence` locks rooms, and a leave takes `dirty` under its
+            // room's lock, so `dirty` is never held while a room is locked.
+            let pending = std::mem::take(&mut *lock(&s.dirty));
+            // A room joined since `wanted` was taken waits for its subscription (next turn).
+            let (ready, waiting): (Vec<Arc<str>>, Vec<Arc<str>>) =
+                pending.into_iter().partition(|r| {
+                    self.subscribed.contains(r)
+                        || !wanted.contains(r) && hub.local_presence(r).is_none()
+                });
+            if !waiting.is_empty() {
+                lock(&s.dirty).extend(waiting);
+                s.wake.notify_one();
+            }
+            ready
+        };
+        let ttl = ttl_ms(s.history_ttl);
+        let notice = wire::encode(&s.instance, &Payload::Presence);
+        let index = s.keys.node_rooms(&s.instance);
+        for (i, chunk) in ready.chunks(SYNC_BATCH).enumerate() {
+            let mut ops = Vec::with_capacity(chunk.len() * 4 + 2);
+            for room in chunk {
+                let presence = s.keys.presence(room);
+                match hub.local_presence(room) {
+                    Some((count, names)) if count > 0 => {
+                        let mut hset = redis::cmd("HSET");
+                        hset.arg(&presence)
+                            .arg(&s.instance)
+                            .arg(wire::entry(count, &names));
+                        let mut sadd = redis::cmd("SADD");
+                        sadd.arg(&index).arg(&**room);
+                        let mut persist = redis::cmd("PERSIST");
+                        persist.arg(s.keys.history(room));
+                        ops.extend([Op::Cmd(hset), Op::Cmd(sadd), Op::Cmd(persist)]);
                     }
+                    _ => ops.push(Op::Call(Call::new(
+                        &scripts::CLOSE,
+                        (&presence, &index, s.keys.history(room)),
+                        (&s.instance, &**room, ttl),
+                    ))),
                 }
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(s.keys.channel(room)).arg(&notice[..]);
+                ops.push(Op::Cmd(publish));
+            }
+            let mut total = redis::cmd("HSET");
+            total.arg(s.keys.total()).arg(&s.instance).arg(hub.total());
+            let mut nodes = redis::cmd("SADD");
+            nodes.arg(s.keys.nodes()).arg(&s.instance);
+            ops.extend([Op::Cmd(total), Op::Cmd(nodes)]);
+            if let Err(e) = timed(scripts::run_all(&mut self.conn, ops)).await {
+                lock(&s.dirty).extend(ready[i * SYNC_BATCH..].iter().cloned());
+                return Err(e);
             }
         }
+        Ok(())
     }
-}
 
-/// One pub/sub message: a relayed message for local members, or a notice to re-read presence.
-fn receive(
-    s: &Shared,
-    hub: &Hub,
-    msg: redis::Msg,
-    stale: &mut HashSet<Arc<str>>,
-    seen: &mut HashMap<Arc<str>, wire::StreamId>,
-) {
-    let channel = msg.get_channel_name();
-    let Some(room) = s.keys.room_of(channel) else {
-        return;
-    };
-    let raw = bytes::Bytes::copy_from_slice(msg.get_payload_bytes());
-    let (id, from, payload) = match wire::decode_stamped(raw) {
-        Ok(decoded) => decoded,
-        Err(e) => return debug!(channel, error = %e, "ignored a message not in wsline's envelope"),
-    };
-    if let Some(id) = id
-        && let Some(last) = seen.get_mut(room)
-    {
-        // Already in the replay this node read after subscribing.
-        if id <= *last {
-            return;
-        }
-        *last = id;
-    }
-    if &from[..] == s.instance.as_bytes() {
-        return;
-    }
-    match payload {
-        Payload::Message(m) => {
-            s.received.fetch_add(1, Ordering::Relaxed);
-            hub.deliver_remote(room, m);
-        }
-        Payload::Presence => {
-            stale.insert(room.into());
-        }
-    }
-}
-
-/// Subscriptions follow the local rooms; changed entries are written; announced rooms re-read.
-async fn sync(
-    s: &Shared,
-    hub: &Hub,
-    sink: &mut PubSubSink,
-    conn: &mut ConnectionManager,
-    subscribed: &mut HashSet<Arc<str>>,
-    stale: &mut HashSet<Arc<str>>,
-    seen: &mut HashMap<Arc<str>, wire::StreamId>,
-) -> RedisResult<()> {
-    // Rooms open or close only with a join or leave, and those mark a room dirty: with nothing
-    // dirty, the subscriptions are in step and a turn after a received message costs nothing.
-    if crate::hub::lock(&s.dirty).is_empty() {
-        return read_stale(s, hub, conn, subscribed, stale).await;
-    }
-    let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
-    for room in wanted.difference(subscribed).cloned().collect::<Vec<_>>() {
-        sink.subscribe(s.keys.channel(&room)).await?;
-        subscribed.insert(room.clone());
-        // Subscribed first, then the replay: a live message is either in it or after it.
-        let last = replay_history(s, hub, conn, &room).await?;
-        seen.insert(room.clone(), last);
-        // What the others have: read after subscribing, so no notice falls in between.
-        stale.insert(room.clone());
-        crate::hub::lock(&s.dirty).insert(room);
-    }
-    for room in subscribed.difference(&wanted).cloned().collect::<Vec<_>>() {
-        sink.unsubscribe(s.keys.channel(&room)).await?;
-        subscribed.remove(&room);
-        seen.remove(&room);
-        crate::hub::lock(&s.dirty).insert(room);
-    }
-    let dirty: Vec<Arc<str>> = {
-        // Taken out first: `local_presence` locks rooms, and a leave takes `dirty` under its
-        // room's lock, so `dirty` is never held while a room is locked.
-        let pending = std::mem::take(&mut *crate::hub::lock(&s.dirty));
-        // A room joined since `wanted` was taken waits for its subscription (next turn).
-        let (ready, waiting): (Vec<Arc<str>>, Vec<Arc<str>>) = pending.into_iter().partition(|r| {
-            subscribed.contains(r) || !wanted.contains(r) && hub.local_presence(r).is_none()
-        });
-        if !waiting.is_empty() {
-            crate::hub::lock(&s.dirty).extend(waiting);
-            s.wake.notify_one();
-        }
-        ready
-    };
-    if !dirty.is_empty() {
-        let mut pipe = redis::pipe();
-        for room in &dirty {
-            let presence = s.keys.presence(room);
-            let index = s.keys.node_rooms(&s.instance);
-            match hub.local_presence(room) {
-                Some((count, names)) if count > 0 => {
-                    pipe.hset(&presence, &s.instance, wire::entry(count, &names))
-                        .ignore()
-                        .sadd(&index, &**room)
-                        .ignore();
-                }
-                _ => {
-                    pipe.hdel(&presence, &s.instance)
-                        .ignore()
-                        .srem(&index, &**room)
-                        .ignore();
-                }
+    /// Re-reads the presence of the rooms another node announced a change in (or this node just
+    /// opened), a pipeline per [`SYNC_BATCH`] rooms.
+    async fn read_stale(&mut self) -> RedisResult<()> {
+        let (s, hub) = (self.s, self.hub);
+        let stale: Vec<Arc<str>> = lock(&self.receipts)
+            .take_stale()
+            .into_iter()
+            .filter(|r| self.subscribed.contains(r))
+            .collect();
+        for (i, chunk) in stale.chunks(SYNC_BATCH).enumerate() {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.hgetall(s.keys.presence(room));
             }
-            pipe.publish(
-                s.keys.channel(room),
-                &wire::encode(&s.instance, &Payload::Presence)[..],
-            )
-            .ignore();
+            // The totals in the same round trip, stored before the rooms are scheduled, so the
+            // presence messages these reads cause carry a `total` as fresh as their `count`.
+            pipe.hgetall(s.keys.total());
+            let read: RedisResult<Vec<Vec<(String, String)>>> =
+                timed(pipe.query_async(&mut self.conn)).await;
+            let mut entries = match read {
+                Ok(entries) => entries,
+                Err(e) => {
+                    lock(&self.receipts).mark_stale(stale[i * SYNC_BATCH..].iter().cloned());
+                    return Err(e);
+                }
+            };
+            store_remote_total(s, &entries.pop().unwrap_or_default());
+            for (room, entries) in chunk.iter().zip(entries) {
+                let (count, names) = wire::remote(
+                    &s.instance,
+                    entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                hub.set_remote(room, count, names);
+            }
         }
-        pipe.hset(s.keys.total(), &s.instance, hub.total()).ignore();
-        pipe.sadd(s.keys.nodes(), &s.instance).ignore();
-        pipe.query_async::<()>(conn).await?;
+        Ok(())
     }
-    read_stale(s, hub, conn, subscribed, stale).await
 }
 
-/// Re-reads the presence of the rooms another node announced a change in.
-async fn read_stale(
-    s: &Shared,
-    hub: &Hub,
-    conn: &mut ConnectionManager,
-    subscribed: &HashSet<Arc<str>>,
-    stale: &mut HashSet<Arc<str>>,
-) -> RedisResult<()> {
-    let stale_rooms: Vec<Arc<str>> = stale.drain().filter(|r| subscribed.contains(r)).collect();
-    if !stale_rooms.is_empty() {
-        let mut pipe = redis::pipe();
-        for room in &stale_rooms {
-            pipe.hgetall(s.keys.presence(room));
-        }
-        // The totals in the same round trip, stored before the rooms are scheduled, so the
-        // presence messages these reads cause carry a `total` as fresh as their `count`.
-        pipe.hgetall(s.keys.total());
-        let mut entries: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
-        store_remote_total(s, &entries.pop().unwrap_or_default());
-        for (room, entries) in stale_rooms.iter().zip(entries) {
-            let (count, names) = wire::remote(
-                &s.instance,
-                entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            );
-            hub.set_remote(room, count, names);
-        }
-    }
-    Ok(())
-}
-
-/// Sends queued messages and name releases to Redis in order, in pipelines of at most
-/// [`PUBLISH_BATCH`]; what fails is dropped (counted), never retried later.
+/// Sends queued messages to Redis in order, in pipelines of at most [`PUBLISH_BATCH`]; what
+/// fails is dropped (counted), never retried later.
 async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shutdown: Shutdown) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
-        let first = tokio::select! {
+        let received = tokio::select! {
             _ = shutdown.draining() => return,
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => return,
-            },
+            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
         };
-        batch.push(first);
-        while batch.len() < PUBLISH_BATCH {
-            match rx.try_recv() {
-                Ok(out) => batch.push(out),
-                Err(_) => break,
-            }
+        if received == 0 {
+            return;
         }
-        let (mut messages, mut bytes) = (0u64, 0usize);
-        for out in &batch {
-            if let Out::Publish { data, .. } = out {
-                messages += 1;
-                bytes += data.len();
-            }
-        }
+        let messages = batch.len() as u64;
+        let bytes: usize = batch.iter().map(|out: &Out| out.data.len()).sum();
         s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let Some(conn) = s.commands.load_full() else {
             s.dropped.fetch_add(messages, Ordering::Relaxed);
@@ -420,46 +489,31 @@ async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shu
             continue;
         };
         let mut conn = (*conn).clone();
-        let mut pipe = redis::pipe();
-        for out in batch.drain(..) {
-            match out {
-                Out::Publish {
-                    room,
-                    data,
-                    history: 0,
-                } => {
-                    pipe.publish(s.keys.channel(&room), &data[..]).ignore();
+        let ttl = ttl_ms(s.history_ttl);
+        let ops: Vec<Op> = batch
+            .drain(..)
+            .map(|out| match out.history {
+                0 => {
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(s.keys.channel(&out.room)).arg(&out.data[..]);
+                    Op::Cmd(publish)
                 }
-                Out::Publish {
-                    room,
-                    data,
-                    history,
-                } => {
-                    pipe.cmd("EVAL")
-                        .arg(PUBLISH_KEPT)
-                        .arg(2)
-                        .arg(s.keys.history(&room))
-                        .arg(s.keys.channel(&room))
-                        .arg(history)
-                        .arg(&data[..])
-                        .ignore();
-                }
-                Out::Release { room, key } => {
-                    pipe.cmd("EVAL")
-                        .arg(RELEASE)
-                        .arg(2)
-                        .arg(s.keys.names(&room))
-                        .arg(s.keys.node_names(&s.instance))
-                        .arg(&*key)
-                        .arg(&s.instance)
-                        .arg(format!("{room}\n{key}"))
-                        .ignore();
-                }
-            }
-        }
-        match tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {
-                s.published.fetch_add(messages, Ordering::Relaxed);
+                history => Op::Call(Call::new(
+                    &scripts::PUBLISH_KEPT,
+                    (
+                        s.keys.history(&out.room),
+                        s.keys.channel(&out.room),
+                        s.keys.presence(&out.room),
+                    ),
+                    (history, &out.data[..], ttl),
+                )),
+            })
+            .collect();
+        match tokio::time::timeout(IO_TIMEOUT, scripts::run(&mut conn, ops)).await {
+            Ok(Ok(results)) => {
+                let sent = results.iter().filter(|r| r.is_ok()).count() as u64;
+                s.published.fetch_add(sent, Ordering::Relaxed);
+                s.dropped.fetch_add(messages - sent, Ordering::Relaxed);
             }
             failed => {
                 s.dropped.fetch_add(messages, Ordering::Relaxed);

@@ -1,5 +1,7 @@
 //! A real `redis-server` for the cluster tests: on a free loopback port, with its own throwaway
-//! configuration (no snapshots, no append-only file), stopped when dropped.
+//! configuration (no snapshots, no append-only file), stopped when dropped; and a
+//! `redis-sentinel` watching one for the failover test. Each test file uses part of it.
+#![allow(dead_code)]
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -144,5 +146,86 @@ impl Redis {
         let mut buf = vec![0u8; 64 * 1024];
         let n = within("a redis reply", tcp.read(&mut buf)).await.unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+const SENTINELS: [&str; 2] = ["/usr/bin/redis-sentinel", "/usr/local/bin/redis-sentinel"];
+
+/// A real `redis-sentinel` watching one primary as `master`, with short failure detection
+/// (1 s) so a test's failover takes seconds; stopped when dropped.
+pub struct Sentinel {
+    _child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub async fn start(master: &str, primary: &Redis) -> Sentinel {
+        let binary = SENTINELS
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("redis-sentinel is required for the failover test: install it with `apt-get install redis-sentinel` (scripts/test does)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        // Sentinel rewrites its configuration file, so it lives in the test's own folder.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {master} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 10000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir = dir.path().display(),
+                primary = primary.port,
+            ),
+        )
+        .unwrap();
+        let child = Command::new(binary)
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-sentinel");
+        let sentinel = Sentinel {
+            _child: child,
+            port,
+            _dir: dir,
+        };
+        within("redis-sentinel to answer PING", async {
+            while !sentinel.command(&["PING"]).await.starts_with("+PONG") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        sentinel
+    }
+
+    /// One command over RESP (an empty reply if the sentinel is not answering yet).
+    pub async fn command(&self, args: &[&str]) -> String {
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return String::new();
+        };
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        if tcp.write_all(req.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = within("a sentinel reply", tcp.read(&mut buf))
+            .await
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Redis {
+    /// A replica of `primary` (its data follows the primary's).
+    pub async fn start_replica(primary: &Redis) -> Redis {
+        Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await
     }
 }
