@@ -1,7 +1,9 @@
 //! The cluster's Lua scripts, sent by their SHA1 (`EVALSHA`), so a script's text crosses the
 //! network once per Redis rather than once per message; a Redis that does not know a script
 //! (it restarted, or its script cache was flushed) answers `NOSCRIPT`, and exactly those calls are
-//! sent again with the script's text (`EVAL`, which also caches it), in their order.
+//! sent again with the script's text (`EVAL`, which also caches it), in their order. A pipeline
+//! that mixes calls with other commands loads its scripts at its head, so a resend never puts a
+//! call behind the commands that followed it (one room's messages stay in order).
 //!
 //! Calls go in pipelines with other commands ([`run`]): `redis::Script` does the same fallback for
 //! one call at a time, but not inside a pipeline.
@@ -105,6 +107,14 @@ pub async fn run<C: ConnectionLike + Send>(
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
+    // A call resent after `NOSCRIPT` would run after the commands behind it in the pipeline, and
+    // those may be the same room's next messages. So a pipeline that mixes a call with anything
+    // else loads its scripts first (idempotent, once per pipeline, not once per call): every op
+    // then runs in order, and a resend can only follow a cache flush in the middle of it.
+    let scripts = loaded_first(&ops);
+    for lua in &scripts {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(lua.source);
+    }
     for op in &ops {
         match op {
             Op::Cmd(cmd) => pipe.add_command(cmd.clone()),
@@ -112,6 +122,7 @@ pub async fn run<C: ConnectionLike + Send>(
         };
     }
     let mut results: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
+    results.drain(..scripts.len());
     let missing: Vec<usize> = (0..results.len())
         .filter(|&i| no_script(&results[i]))
         .collect();
@@ -129,6 +140,27 @@ pub async fn run<C: ConnectionLike + Send>(
         }
     }
     Ok(results)
+}
+
+/// The scripts to load at the head of a pipeline of `ops`: none when its calls are all of one
+/// script and nothing else (a resend of all of them keeps their order), else every script called.
+fn loaded_first(ops: &[Op]) -> Vec<&'static Lua> {
+    let mut scripts: Vec<&'static Lua> = Vec::new();
+    let mut commands = false;
+    for op in ops {
+        match op {
+            Op::Cmd(_) => commands = true,
+            Op::Call(call) => {
+                if !scripts.iter().any(|l| std::ptr::eq(*l, call.lua)) {
+                    scripts.push(call.lua);
+                }
+            }
+        }
+    }
+    match (commands, scripts.len()) {
+        (false, 0 | 1) | (true, 0) => Vec::new(),
+        _ => scripts,
+    }
 }
 
 /// Like [`run`], failing with the first command's error.
