@@ -58,6 +58,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub web: Web,
     pub cluster: Cluster,
+    pub api: Api,
     /// `[[rooms]]`: per-room settings, the first entry whose `match` fits a room wins.
     pub rooms: Vec<RoomRule>,
     /// The configuration each `rooms` entry makes, built once on first use ([`Config::for_room`]),
@@ -303,6 +304,40 @@ impl Default for Metrics {
             enabled: true,
             allow: loopback(),
         }
+    }
+}
+
+/// `[api]`: the backend API under `/api/` ([`crate::api`]); off while `keys` is empty.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// Bearer keys, several so they can be rotated; secrets (never in `Debug`, logs or errors).
+    pub keys: Vec<String>,
+    /// Who may call `/api/`, by real client address.
+    #[serde(deserialize_with = "cidrs")]
+    pub allow: Vec<IpNet>,
+    /// Requests a second the whole API answers (a token bucket of as many); beyond: `429`.
+    pub requests_per_second: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            keys: Vec::new(),
+            allow: loopback(),
+            requests_per_second: 1000,
+        }
+    }
+}
+
+/// Written by hand so that a `{:?}` of the configuration never shows a key.
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .field("allow", &self.allow)
+            .field("requests_per_second", &self.requests_per_second)
+            .finish()
     }
 }
 
@@ -749,6 +784,17 @@ impl Config {
             &self.relay,
             &self.heartbeat,
             &self.limits,
+        );
+
+        check(
+            self.api.keys.iter().all(|k| k.len() >= 16),
+            "api.keys",
+            "each key must be at least 16 characters (a random secret)".into(),
+        );
+        check(
+            self.api.requests_per_second >= 1,
+            "api.requests_per_second",
+            "must be at least 1".into(),
         );
 
         check(

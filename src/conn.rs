@@ -195,6 +195,8 @@ impl Conn {
                 End::Close(1001, "server shutting down")
             } else if outbox.replaced() {
                 End::Close(crate::hub::REPLACED.0, crate::hub::REPLACED.1)
+            } else if outbox.kicked() {
+                End::Close(crate::hub::KICKED.0, crate::hub::KICKED.1)
             } else {
                 End::Evicted
             },

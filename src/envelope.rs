@@ -48,6 +48,18 @@ impl Envelope {
         Some(Envelope { prefix })
     }
 
+    /// The envelope of a message the backend API publishes into `room`:
+    /// `{"type":"message","room":R,"from":null,"source":"api","data":TEXT}`. No member's message
+    /// can carry `source`: a member's prefix is fixed at admission and its text is escaped into
+    /// `data`.
+    pub fn api(room: &str) -> Envelope {
+        let mut prefix = String::with_capacity(80 + room.len());
+        prefix.push_str(r#"{"type":"message","room":"#);
+        escape_into(&mut prefix, room);
+        prefix.push_str(r#","from":null,"source":"api","data":"#);
+        Envelope { prefix }
+    }
+
     /// `text` wrapped for relay.
     pub fn wrap(&self, text: &str) -> Utf8Bytes {
         let mut out = String::with_capacity(self.prefix.len() + text.len() + text.len() / 8 + 3);

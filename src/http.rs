@@ -87,6 +87,9 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &Arc<State>) -> 
     if is_upgrade(req.headers()) {
         return upgrade(req, peer, state).await;
     }
+    if crate::api::serves(req.uri().path()) {
+        return crate::api::respond(req, peer, state).await;
+    }
     let draining = state.shutdown.is_draining();
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") if draining => {

@@ -30,7 +30,7 @@
 //! connection ([`Hub::join`]): the old member leaves the room at once, without a presence change
 //! (the name never left), and its connection is closed with [`REPLACED`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -60,6 +60,10 @@ pub enum JoinError {
 /// The close code and reason of a connection whose name was taken over by a reconnect of the
 /// same client (same name, same `?session=`).
 pub const REPLACED: (u16, &str) = (4001, "replaced by a new connection");
+
+/// The close code and reason of a connection whose member the backend API kicked
+/// (`POST /api/rooms/ROOM/kick?name=NAME`).
+pub const KICKED: (u16, &str) = (4003, "kicked");
 
 /// The settings every room follows, taken from the configuration in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,8 +129,9 @@ pub struct Hub {
 }
 
 struct HubShared {
-    /// Room name -> room. Locked alone and briefly: never while waiting for a room.
-    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    /// Room name -> room. Locked alone and briefly: never while waiting for a room. Sorted, so
+    /// the backend API pages through rooms by name with bounded work ([`Hub::rooms_after`]).
+    rooms: Mutex<BTreeMap<Arc<str>, Arc<Room>>>,
     /// The room settings in force; swapped by [`Hub::configure`] on reload.
     settings: ArcSwap<RoomSettings>,
     /// Rooms whose presence changed and are not yet in the ticker's schedule. Pushed by joins and
@@ -250,7 +255,7 @@ impl Hub {
     ) -> Hub {
         Hub {
             shared: Arc::new(HubShared {
-                rooms: Mutex::new(HashMap::new()),
+                rooms: Mutex::new(BTreeMap::new()),
                 settings: ArcSwap::from_pointee(settings),
                 changed: Mutex::new(Vec::new()),
                 wake: Notify::new(),
@@ -696,6 +701,110 @@ impl Hub {
                 .presence_out
                 .fetch_add(sent, Ordering::Relaxed);
         }
+    }
+
+    /// A message from the backend API into `room`: to every local member, into the room's
+    /// history and to the other nodes, under the room lock like a member's message (so members see
+    /// it in order with the others' messages). A room with no member here is still published to
+    /// the other nodes. Returns how many local members it was queued to.
+    pub fn publish_api(&self, room: &str, msg: Message) -> usize {
+        let (history, history_bytes) = self.shared.settings.load().history_for(room);
+        let cluster = self.shared.cluster.as_ref();
+        let encoded = cluster.and_then(|c| c.encode(&msg));
+        let local = lock(&self.shared.rooms).get(room).cloned();
+        let Some(local) = local else {
+            if let (Some(cluster), Some(data)) = (cluster, encoded) {
+                cluster.publish(&Arc::from(room), data, history);
+            }
+            return 0;
+        };
+        let mut state = local.lock();
+        let mut delivered = 0;
+        for m in &state.members {
+            if m.outbox.push(msg.clone()) {
+                delivered += 1;
+            }
+        }
+        state.live = true;
+        if let (Some(cluster), Some(data)) = (cluster, encoded) {
+            cluster.publish(&local.name, data, history);
+        }
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
+        }
+        drop(state);
+        let stats = &self.shared.stats;
+        stats
+            .messages_out
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        delivered
+    }
+
+    /// The presence of `room` as this node knows it: the count on every node, and up to
+    /// `max_names` names (sorted) with how many more there are. `None` without a local member.
+    pub fn room_presence(&self, room: &str) -> Option<(usize, Vec<String>, usize)> {
+        let max_names = self.shared.settings.load().for_room(room).max_names;
+        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let state = room.lock();
+        if state.closed {
+            return None;
+        }
+        let names: Vec<String> = state
+            .roster
+            .listed(max_names)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let more = state.roster.len().saturating_sub(names.len());
+        Some((state.members.len() + state.remote_count, names, more))
+    }
+
+    /// Up to `limit` rooms named after `after` (all from the first when `None`), sorted, with
+    /// their counts on every node, and whether more follow. The work is bounded by `limit`,
+    /// whatever the number of rooms.
+    pub fn rooms_after(&self, after: Option<&str>, limit: usize) -> (Vec<(Arc<str>, usize)>, bool) {
+        use std::ops::Bound;
+        let page: Vec<Arc<Room>> = {
+            let rooms = lock(&self.shared.rooms);
+            let from = match after {
+                Some(name) => Bound::Excluded(name),
+                None => Bound::Unbounded,
+            };
+            rooms
+                .range::<str, _>((from, Bound::Unbounded))
+                .take(limit.saturating_add(1))
+                .map(|(_, room)| room.clone())
+                .collect()
+        };
+        let more = page.len() > limit;
+        let listed = page
+            .iter()
+            .take(limit)
+            .filter_map(|room| {
+                let state = room.lock();
+                (!state.closed)
+                    .then(|| (room.name.clone(), state.members.len() + state.remote_count))
+            })
+            .collect();
+        (listed, more)
+    }
+
+    /// Closes the connections of this node's members of `room` named `name` (by its uniqueness
+    /// key) with [`KICKED`]; they leave the room as their connections end. Returns how many.
+    pub fn kick(&self, room: &str, name: &str) -> usize {
+        let key = name_key(name);
+        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+            return 0;
+        };
+        let state = room.lock();
+        let mut kicked = 0;
+        for m in &state.members {
+            if m.name.as_ref().is_some_and(|(_, k)| **k == *key) {
+                m.outbox.kick();
+                kicked += 1;
+            }
+        }
+        kicked
     }
 
     /// Test hook: holds `room`'s lock from another thread until the returned guard drops, so a

@@ -8,6 +8,7 @@
 //! - [`tls`]: PEM files (or a self-signed certificate) to a rustls acceptor whose certificate can swap.
 //! - [`server`]: binding, accept loops, TLS under the handshake deadline, the drain.
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and the answer to a refused upgrade.
+//! - [`api`]: the backend API under `/api/`: publish, presence, room pages, kick.
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
 //! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`request`]: the room, name, session and token of an upgrade request (pure, fuzzable).
@@ -29,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod conn;
@@ -71,6 +73,8 @@ pub struct State {
     pub shutdown: Shutdown,
     /// The TLS acceptor and its swappable certificate; `None` when `tls.enabled = false`.
     pub tls: Option<tls::Tls>,
+    /// The backend API's request budget (`api.requests_per_second`).
+    pub api: api::Budget,
 }
 
 /// Makes aws-lc-rs the process's rustls crypto provider; call once before any TLS.

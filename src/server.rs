@@ -106,6 +106,7 @@ impl Server {
             stats,
             shutdown: Shutdown::default(),
             tls,
+            api: Default::default(),
         });
         Ok(Server { state, descriptors })
     }

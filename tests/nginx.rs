@@ -324,6 +324,35 @@ async fn stats_and_the_demo_page_work_under_the_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_api_is_not_reachable_through_nginx() {
+    let key = "nginx-test-api-key-0123456789";
+    let daemon = Daemon::start(&format!("[api]\nkeys = [\"{key}\"]\n"), &[]).await;
+    let nginx = Nginx::start(daemon.addr).await;
+    // Directly, from loopback with the key, the API answers.
+    let (status, _, _) = daemon
+        .http(&format!(
+            "GET /api/rooms HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    // Through nginx (whose own address is in api.allow) it is a 404, key or not.
+    for path in ["/wsline/api/rooms", "/wsline/api/rooms/r/messages"] {
+        let mut tcp = nginx.tcp("127.0.0.1").await;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        within("nginx response", tcp.read_to_string(&mut raw))
+            .await
+            .unwrap();
+        assert!(raw.starts_with("HTTP/1.1 404"), "{path}: {raw}");
+    }
+    // The rest of the prefix is still proxied.
+    assert_eq!(nginx.get("127.0.0.1", "/wsline/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_behind_nginx_is_1001_then_502_then_back() {
     let mut daemon = Daemon::start("", &[]).await;
     let addr = daemon.addr;
