@@ -40,6 +40,7 @@ const MAX_PING_INTERVAL: Duration = HOUR;
 const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const MAX_NODE_TIMEOUT: Duration = HOUR;
+const MAX_JWT_LEEWAY: Duration = HOUR;
 /// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
 const MAX_BACKLOG: u32 = 65_535;
 
@@ -253,6 +254,69 @@ pub struct Security {
     pub trusted_proxies: Vec<IpNet>,
     /// When set, `?token=` or `Authorization: Bearer` must carry it.
     pub token: String,
+    /// `[security.jwt]`: signed per-user tokens ([`crate::jwt`]).
+    pub jwt: Jwt,
+}
+
+/// `[security.jwt]`: off while both `secret` and `public_key` are empty.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Jwt {
+    /// HS256 secret (never in `Debug`, logs or errors) ...
+    pub secret: String,
+    /// ... or a PEM public key file: Ed25519 (EdDSA), P-256 (ES256) or RSA (RS256).
+    pub public_key: PathBuf,
+    /// The claim that becomes the member's checked name.
+    pub name_claim: String,
+    /// The claim listing the rooms (names, `prefix*`) a token may join; absent = any.
+    pub rooms_claim: String,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Jwt {
+            secret: String::new(),
+            public_key: PathBuf::new(),
+            name_claim: "sub".into(),
+            rooms_claim: "rooms".into(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Jwt {
+    /// Whether signed tokens are on.
+    pub fn enabled(&self) -> bool {
+        !self.secret.is_empty() || !self.public_key.as_os_str().is_empty()
+    }
+}
+
+/// Written by hand so that a `{:?}` of the configuration never shows the secret.
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "redacted"
+                },
+            )
+            .field("public_key", &self.public_key)
+            .field("name_claim", &self.name_claim)
+            .field("rooms_claim", &self.rooms_claim)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
 }
 
 impl Default for Security {
@@ -261,6 +325,7 @@ impl Default for Security {
             allowed_origins: Vec::new(),
             trusted_proxies: loopback(),
             token: String::new(),
+            jwt: Jwt::default(),
         }
     }
 }
@@ -612,7 +677,12 @@ impl Config {
         })?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
-        for file in [&mut config.tls.cert, &mut config.tls.key] {
+        let files = [
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.security.jwt.public_key,
+        ];
+        for file in files {
             if !file.as_os_str().is_empty() && file.is_relative() {
                 *file = dir.join(&*file);
             }
@@ -784,6 +854,28 @@ impl Config {
             &self.relay,
             &self.heartbeat,
             &self.limits,
+        );
+
+        let jwt = &self.security.jwt;
+        check(
+            jwt.secret.is_empty() || jwt.public_key.as_os_str().is_empty(),
+            "security.jwt",
+            "set secret (HS256) or public_key (EdDSA, ES256, RS256), not both".into(),
+        );
+        check(
+            !jwt.name_claim.is_empty() && !jwt.rooms_claim.is_empty(),
+            "security.jwt",
+            "name_claim and rooms_claim must not be empty".into(),
+        );
+        check(
+            jwt.leeway <= MAX_JWT_LEEWAY,
+            "security.jwt",
+            "leeway must be at most 1h".into(),
+        );
+        check(
+            jwt.secret.is_empty() || jwt.secret.len() >= 32,
+            "security.jwt",
+            "secret must be at least 32 bytes (HS256 needs a long random secret)".into(),
         );
 
         check(

@@ -99,6 +99,8 @@ pub struct Conn {
     pub admission: Admission,
     /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
     pub envelope: Option<Envelope>,
+    /// When the member's signed token expires: the connection closes then with `jwt::EXPIRED`.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// What to do with an upgraded stream.
@@ -185,8 +187,21 @@ impl Conn {
             outbox,
             admission,
             envelope,
+            expires,
             ..
         } = self;
+        // A wall-clock instant turned into a timer now; far in the future when there is none.
+        let expired = async move {
+            match expires {
+                Some(at) => {
+                    let left = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let seen = Seen::since(opened);
         let closing = outbox.closing();
         let end = tokio::select! {
@@ -206,6 +221,7 @@ impl Conn {
                 WriteEnd::Stalled => End::Evicted,
             },
             end = heartbeat(&outbox, &seen, &config) => end,
+            () = expired => End::Close(crate::jwt::EXPIRED.0, crate::jwt::EXPIRED.1),
         };
         if matches!(end, End::Evicted) {
             state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

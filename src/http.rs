@@ -210,6 +210,7 @@ async fn upgrade(
         admission,
         membership,
         outbox,
+        expires,
     } = admitted;
     if membership.is_none() {
         // Upgraded only to be closed, as the contract answers a taken name.
@@ -243,6 +244,7 @@ async fn upgrade(
                 outbox,
                 admission,
                 envelope,
+                expires,
             }),
             None => conn::Next::Refuse(1008, "name taken", outbox),
         };

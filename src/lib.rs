@@ -12,6 +12,7 @@
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
 //! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`request`]: the room, name, session and token of an upgrade request (pure, fuzzable).
+//! - [`jwt`]: `[security.jwt]`: signed per-user tokens verified before the upgrade.
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
 //! - [`frame`]: RFC 6455 frame headers, written and checked (pure).
@@ -39,6 +40,7 @@ pub mod frame;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jwt;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
@@ -75,6 +77,8 @@ pub struct State {
     pub tls: Option<tls::Tls>,
     /// The backend API's request budget (`api.requests_per_second`).
     pub api: api::Budget,
+    /// The signed-token verifier of `[security.jwt]` (`None`: off); rebuilt on SIGHUP.
+    pub jwt: arc_swap::ArcSwapOption<jwt::Verifier>,
 }
 
 /// Makes aws-lc-rs the process's rustls crypto provider; call once before any TLS.

@@ -19,7 +19,12 @@ use super::{
 
 /// Keys whose values are secrets (a token, a URL with a password): an error about them says what
 /// is wrong without showing the value, because errors reach the journal on every SIGHUP.
-pub(super) const SECRET_KEYS: [&str; 3] = ["security.token", "cluster.redis", "api.keys"];
+pub(super) const SECRET_KEYS: [&str; 4] = [
+    "security.token",
+    "security.jwt",
+    "cluster.redis",
+    "api.keys",
+];
 
 /// The names of a section's keys.
 type Fields = fn() -> &'static [&'static str];
