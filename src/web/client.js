@@ -25,7 +25,9 @@
 //   minutes).
 // - Reconnects with jittered exponential backoff (0.5 s doubling to 30 s, each delay 50-100 %
 //   of the step); stops on close 1008 (name taken, rate limit), on 4001 (this session was taken
-//   over by another tab) and after close(), and always says why in a `status` event.
+//   over by another tab), on 4003 (kicked by the backend) and after close(), and always says why
+//   in a `status` event. Close 4002 (signed token expired) reconnects with a fresh token when
+//   `token` is a function.
 // - Sends the app ping (heartbeat.app_ping) every `pingEvery` ms when one is configured, and
 //   treats a connection that answered nothing for two periods as dead.
 // - Presence in every format becomes a `presence` event with the current member list.
@@ -35,6 +37,7 @@ export const settings = /*wsline:settings*/ {} /*end*/;
 
 const CLOSE_POLICY = 1008;
 const CLOSE_REPLACED = 4001;
+const CLOSE_KICKED = 4003;
 const STABLE_AFTER_MS = 5000;
 const SESSION_KEY = "wsline-session";
 
@@ -42,7 +45,9 @@ const SESSION_KEY = "wsline-session";
  * Connects to a room. Options (all optional):
  *   room       room name; "" or absent = the default room
  *   name       presence name (?name=), unique in the room
- *   token      security.token, when the server requires one (?token=)
+ *   token      the token sent as ?token=: security.token, or a signed token ([security.jwt]);
+ *              a string, or a function returning a Promise of one, called before every
+ *              (re)connect so each socket gets a fresh token (e.g. after close 4002, expired)
  *   session    the id sent as ?session= (default: a random one kept per tab in sessionStorage;
  *              false: none, so a reconnect after a drop may meet "name taken" until the ghost
  *              connection times out)
@@ -59,7 +64,7 @@ const SESSION_KEY = "wsline-session";
  *             name list (null with plain counts); `joined`/`left` the change since the last
  *             event; `initial` is true for the first state after each (re)connect
  *   status    {state, code, reason, attempt, delay}: state is "connecting", "open",
- *             "reconnecting" (with the delay in ms), "refused" (1008, or a room name or name
+ *             "reconnecting" (with the delay in ms), "refused" (1008, 4003 kicked, or a room name or name
  *             the server would refuse, with `reason`: will not reconnect), "replaced" (4001:
  *             another tab with this session took the name over; will not reconnect) or
  *             "closed" (after close())
@@ -84,8 +89,10 @@ export class Room extends EventTarget {
     this.maxDelay = o.maxDelay || 30000;
     this.echo = o.echo !== false;
     this.session = o.session === false ? "" : o.session || tabSession();
-    this.url = socketUrl(o.url || new URL(".", import.meta.url), this.room, this.name, o.token,
-      this.session);
+    this.base = o.url || new URL(".", import.meta.url);
+    this.token = o.token;
+    this.url = socketUrl(this.base, this.room, this.name,
+      typeof o.token === "function" ? "" : o.token, this.session);
     this.members = new Set();
     this.attempt = 0;
     this.socket = null;
@@ -149,9 +156,41 @@ export class Room extends EventTarget {
 
   open() {
     this.timer = null;
-    if (this.stopped || this.socket) return;
+    if (this.stopped || this.socket || this.fetching) return;
     this.status("connecting");
-    const ws = new WebSocket(this.url);
+    if (typeof this.token !== "function") {
+      this.dial(this.url);
+      return;
+    }
+    // A fresh token for every socket: the last one may have expired (close 4002).
+    this.fetching = true;
+    Promise.resolve()
+      .then(() => this.token())
+      .then(
+        (token) => {
+          this.fetching = false;
+          if (this.stopped || this.socket) return;
+          this.dial(socketUrl(this.base, this.room, this.name, token, this.session));
+        },
+        (e) => {
+          this.fetching = false;
+          if (this.stopped) return;
+          this.retry({ code: undefined, reason: `no token: ${e}` });
+        },
+      );
+  }
+
+  /** Reconnects after a jittered, growing delay. */
+  retry(c) {
+    const step = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
+    const delay = Math.round(step * (0.5 + Math.random() / 2));
+    this.attempt += 1;
+    this.status("reconnecting", c, delay);
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  dial(url) {
+    const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.socket = ws;
     let initial = true;
@@ -208,18 +247,14 @@ export class Room extends EventTarget {
       this.socket = null;
       if (this.stopped) {
         this.status("closed", c);
-      } else if (c.code === CLOSE_POLICY) {
+      } else if (c.code === CLOSE_POLICY || c.code === CLOSE_KICKED) {
         this.stopped = true;
         this.status("refused", c);
       } else if (c.code === CLOSE_REPLACED) {
         this.stopped = true;
         this.status("replaced", c);
       } else {
-        const step = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
-        const delay = Math.round(step * (0.5 + Math.random() / 2));
-        this.attempt += 1;
-        this.status("reconnecting", c, delay);
-        this.timer = setTimeout(() => this.open(), delay);
+        this.retry(c);
       }
     };
     ws.onclose = ended;
