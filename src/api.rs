@@ -64,9 +64,10 @@ impl Budget {
     }
 }
 
-/// Whether `path` is the API's.
+/// Whether `path` is the API's. `/api` alone is not: it is the page of room `api`, and no room
+/// name contains a `/`.
 pub fn serves(path: &str) -> bool {
-    path == "/api" || path.starts_with(PREFIX)
+    path.starts_with(PREFIX)
 }
 
 /// Answers one request to a path under `/api/`.
@@ -394,6 +395,12 @@ mod tests {
             !format!("{ok:?}").contains("0123456789abcdef"),
             "Debug shows no key"
         );
+    }
+
+    #[test]
+    fn only_paths_under_the_prefix_are_the_apis() {
+        assert!(serves("/api/rooms") && serves("/api/"));
+        assert!(!serves("/api") && !serves("/apiary") && !serves("/"));
     }
 
     #[test]

@@ -995,5 +995,6 @@ async fn a_token_function_is_asked_again_for_every_reconnect() {
     assert_eq!(asked, 2, "one fresh token per socket");
     assert_eq!(page.eval("window.codes").await, serde_json::json!([4002]));
     // The banner page has no favicon: Chromium's request for one is the only 404.
-    page.assert_no_errors(|e| e.contains("404 (Not Found)")).await;
+    page.assert_no_errors(|e| e.contains("404 (Not Found)"))
+        .await;
 }
