@@ -503,6 +503,35 @@ async fn a_publish_on_one_node_reaches_members_on_both_once_in_order() {
     })
     .await;
 
+    // A room with members here: its presence and count include the other node's members.
+    let (status, _, body) = call_on(
+        a.tls().await,
+        "GET",
+        "/api/rooms/r",
+        Some(KEY),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"room":"r","count":2,"names":["ann","bob"]})
+    );
+    let (_, _, body) = call_on(
+        b.tls().await,
+        "GET",
+        "/api/rooms",
+        Some(KEY),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"rooms":[{"room":"r","count":2}],"next":null})
+    );
+
     // Ann (on a) sends while the backend publishes through a.
     let sender = tokio::spawn(async move {
         for i in 0..50 {
