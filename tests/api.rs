@@ -301,19 +301,20 @@ async fn every_refusal_has_its_documented_status() {
     let (status, _, _) = call(&off, "GET", "/api/rooms", Some(KEY), "").await;
     assert_eq!(status, 404);
 
-    // 429 past api.requests_per_second, with Retry-After.
-    let slow = api_server(|c| c.api.requests_per_second = 2).await;
+    // 429 past api.requests_per_second, with Retry-After: one a second, so of five requests in a
+    // row (each well under a second, even on a busy machine) the first passes and some do not.
+    let slow = api_server(|c| c.api.requests_per_second = 1).await;
     let mut statuses = Vec::new();
     let mut retry = String::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let (status, head, _) = call(&slow, "GET", "/api/rooms", Some(KEY), "").await;
         if status == 429 {
             retry = head;
         }
         statuses.push(status);
     }
-    assert_eq!(&statuses[..2], [200, 200]);
-    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses[1..].contains(&429), "{statuses:?}");
     assert!(
         retry.to_ascii_lowercase().contains("retry-after: 1"),
         "{retry}"
