@@ -218,9 +218,13 @@ pub async fn admit<B>(
     };
     let joined = match &claim {
         Some((_, _, Claim::Taken)) => Err(JoinError::NameTaken),
-        _ => state
-            .hub
-            .join_session(&target.room, target.name.as_deref(), session, outbox),
+        _ => state.hub.join_since(
+            &target.room,
+            target.name.as_deref(),
+            session,
+            target.since.as_ref().map(|(e, n)| (e.as_str(), *n)),
+            outbox,
+        ),
     };
     if let Some((cluster, key, Claim::Won)) = &claim
         && joined.is_err()

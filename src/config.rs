@@ -1121,7 +1121,7 @@ impl Config {
             "limits.queue_bytes",
             format!(
                 "must hold one wrapped message with relay.envelope = \"json\" ({wrapped} bytes: \
-                 6 x relay.max_message_size + 704 for the envelope)"
+                 6 x relay.max_message_size + 736 for the envelope)"
             ),
         );
         // Presence state and history replay vs the outbound queue (rooms own these rules).

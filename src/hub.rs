@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::Cluster;
-use crate::config::{Config, PresenceFormat, RoomRule};
+use crate::config::{Config, Envelope, PresenceFormat, RoomRule};
 use crate::history::History;
 use crate::outbox::Outbox;
 use crate::presence::{self, Changes, Kind, Pending, Roster};
@@ -75,6 +75,8 @@ pub struct RoomSettings {
     pub max_names: usize,
     pub history: usize,
     pub history_bytes: usize,
+    /// `relay.envelope`: with history, messages carry a sequence number ([`crate::recovery`]).
+    pub envelope: Envelope,
     /// `[[rooms]]`: overrides for the rooms they match ([`RoomSettings::for_room`]).
     pub rules: Arc<[RoomRule]>,
 }
@@ -89,6 +91,7 @@ impl RoomSettings {
             max_names: config.presence.max_names,
             history: config.relay.history,
             history_bytes: usize::try_from(config.relay.history_bytes).unwrap_or(usize::MAX),
+            envelope: config.relay.envelope,
             rules: config.rooms.clone().into(),
         }
     }
@@ -105,6 +108,20 @@ impl RoomSettings {
         }
     }
 
+    /// Whether `room`'s messages are numbered for recovery: history kept and the JSON envelope
+    /// (which can carry the number). Without rules, no copy of the settings.
+    pub fn numbered(&self, room: &str) -> bool {
+        let own;
+        let s = match self.rules.iter().any(|r| r.matches(room)) {
+            false => self,
+            true => {
+                own = self.for_room(room);
+                &own
+            }
+        };
+        s.history > 0 && s.envelope == Envelope::Json
+    }
+
     /// The settings of `room`: these with the first matching `[[rooms]]` entry's overrides.
     pub fn for_room(&self, room: &str) -> RoomSettings {
         let mut own = self.clone();
@@ -114,6 +131,7 @@ impl RoomSettings {
             own.presence = p.format.unwrap_or(own.presence);
             own.max_names = p.max_names.unwrap_or(own.max_names);
             own.history = r.history.unwrap_or(own.history);
+            own.envelope = r.envelope.unwrap_or(own.envelope);
             if let Some(bytes) = r.history_bytes {
                 own.history_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
             }
@@ -145,6 +163,8 @@ struct HubShared {
     stats: Arc<Stats>,
     /// The other nodes, through Redis; `None` on a single node (one branch per message).
     cluster: Option<Cluster>,
+    /// This hub's start, in hex: with a room's creation number, the room's epoch.
+    epoch_base: String,
 }
 
 /// One room: its members, its recent history and its pending presence.
@@ -176,6 +196,10 @@ struct RoomState {
     /// in `roster` too, so uniqueness and presence messages see the whole cluster.
     remote_count: usize,
     remote_names: Vec<Arc<str>>,
+    /// The sequence number of the room's last numbered message (0: none yet), and the epoch that
+    /// names this run of numbers: a room made anew starts over under a new epoch.
+    seq: u64,
+    epoch: Arc<str>,
     /// A message has been relayed here, or the history read from Redis, since the room was
     /// created (cluster history: a replay from Redis goes to the first members only while nothing
     /// live has reached them, and only once).
@@ -208,7 +232,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Room {
-    fn new(name: &str) -> Room {
+    fn new(name: &str, epoch: Arc<str>) -> Room {
         Room {
             name: name.into(),
             state: Mutex::new(RoomState {
@@ -223,6 +247,8 @@ impl Room {
                 last_sent: None,
                 remote_count: 0,
                 remote_names: Vec::new(),
+                seq: 0,
+                epoch,
                 live: false,
             }),
             contended: AtomicU64::new(0),
@@ -263,6 +289,12 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 stats,
                 cluster,
+                epoch_base: format!(
+                    "{:x}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis())
+                ),
             }),
         }
     }
@@ -461,6 +493,21 @@ impl Hub {
         session: Option<&str>,
         outbox: Outbox,
     ) -> Result<Membership, JoinError> {
+        self.join_since(room, name, session, None, outbox)
+    }
+
+    /// [`Hub::join_session`] for a client that names the last message it saw (`?since=`): it
+    /// gets exactly the messages after it, or, when history no longer reaches back that far or
+    /// the room's epoch changed, a gap notice first and then what history has
+    /// ([`crate::recovery`]).
+    pub fn join_since(
+        &self,
+        room: &str,
+        name: Option<&str>,
+        session: Option<&str>,
+        since: Option<(&str, u64)>,
+        outbox: Outbox,
+    ) -> Result<Membership, JoinError> {
         let settings = self.shared.settings.load().for_room(room);
         let name = name.map(|n| (Arc::<str>::from(n), name_key(n).into_boxed_str()));
         // Each retry needs another member to have joined the fresh room and left it meanwhile.
@@ -495,8 +542,29 @@ impl Hub {
             }
             // The bounds in force, even if a reload's trim has not reached this room yet.
             state.history.trim(settings.history, settings.history_bytes);
+            let numbered = self.shared.cluster.is_none()
+                && settings.history > 0
+                && settings.envelope == Envelope::Json;
+            let from = match since {
+                None => 0,
+                Some(since) => {
+                    let plan = crate::recovery::plan(
+                        &room.name,
+                        numbered.then_some(&*state.epoch),
+                        state.seq,
+                        state.history.iter(),
+                        since,
+                    );
+                    if let Some(notice) = plan.notice {
+                        outbox.push(Message::text(notice));
+                    }
+                    plan.after
+                }
+            };
             for msg in state.history.iter() {
-                outbox.push(msg.clone());
+                if from == 0 || crate::recovery::seq_of(msg).is_none_or(|seq| seq > from) {
+                    outbox.push(msg.clone());
+                }
             }
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
             state.members.push(Member {
@@ -531,7 +599,9 @@ impl Hub {
         if rooms.len() >= max_rooms {
             return Err(JoinError::TooManyRooms);
         }
-        let room = Arc::new(Room::new(name));
+        let number = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let epoch = format!("{}-{number:x}", self.shared.epoch_base);
+        let room = Arc::new(Room::new(name, epoch.into()));
         rooms.insert(room.name.clone(), room.clone());
         Ok(room)
     }
@@ -589,6 +659,21 @@ impl Hub {
             return;
         }
         self.schedule(room, &mut state);
+    }
+
+    /// `msg` numbered for recovery when `room` numbers its messages (single node only: a
+    /// cluster-wide counter would live in Redis), else unchanged. Under the room lock.
+    fn number(&self, room: &str, state: &mut RoomState, msg: Message) -> Message {
+        if self.shared.cluster.is_some() || !self.shared.settings.load().numbered(room) {
+            return msg;
+        }
+        match msg {
+            Message::Text(text) => {
+                state.seq += 1;
+                Message::Text(crate::recovery::with_seq(&text, state.seq))
+            }
+            other => other,
+        }
     }
 
     /// Puts a changed room in the presence ticker's schedule, once.
@@ -665,6 +750,7 @@ impl Hub {
             return;
         }
         let total = self.cluster_total();
+        let numbered = self.shared.cluster.is_none() && settings.numbered(&room.name);
         let (mut full, mut change, mut plain) = (None, None, None);
         let mut sent = 0u64;
         let state = &mut *state;
@@ -674,14 +760,18 @@ impl Hub {
             let text = match kind {
                 None => continue,
                 Some(Kind::State) => full.get_or_insert_with(|| {
-                    presence::state_json(
+                    let json = presence::state_json(
                         &room.name,
                         count,
                         total,
                         &state.roster,
                         settings.max_names,
                         state.resync || !state.changes.is_empty(),
-                    )
+                    );
+                    match numbered {
+                        true => crate::recovery::with_epoch(&json, &state.epoch),
+                        false => json,
+                    }
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
                     presence::change_json(&room.name, count, total, &state.changes, &state.roster)
@@ -719,6 +809,7 @@ impl Hub {
             return 0;
         };
         let mut state = local.lock();
+        let msg = self.number(&local.name, &mut state, msg);
         let mut delivered = 0;
         for m in &state.members {
             if m.outbox.push(msg.clone()) {
@@ -868,6 +959,7 @@ impl Membership {
         let cluster = self.hub.shared.cluster.as_ref();
         let encoded = cluster.and_then(|c| c.encode(&msg));
         let mut state = self.room.lock();
+        let msg = self.hub.number(&self.room.name, &mut state, msg);
         let mut delivered = 0u64;
         for m in &state.members {
             if (echo || m.id != self.id) && m.outbox.push(msg.clone()) {

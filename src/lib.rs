@@ -21,6 +21,7 @@
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
 //! - [`nginx`]: `--check-config`'s nginx advice: the matching location block, heartbeat warning.
+//! - [`recovery`]: `?since=EPOCH:SEQ`: message numbers, epochs and the gap notice (pure).
 //! - [`presence`]: presence as state + changes: pure rules for rosters, messages, windows, sizes.
 //! - [`shutdown`]: the drain trigger and the tracked connection tasks.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reloads the configuration and certificate.
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod outbox;
 pub mod presence;
+pub mod recovery;
 pub mod request;
 pub mod server;
 pub mod shutdown;
