@@ -998,3 +998,48 @@ async fn a_token_function_is_asked_again_for_every_reconnect() {
     page.assert_no_errors(|e| e.contains("404 (Not Found)"))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_cut_while_fifty_messages_are_sent_shows_each_once_in_order_after_reconnecting() {
+    let config = "[web]\nenabled = true\n[relay]\nenvelope = \"json\"\nhistory = 100\n\
+                  [heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'\n";
+    let daemon = Daemon::start(config, &[]).await;
+    let proxy = Proxy::start(daemon.addr).await;
+    let s = Session::new("recovery");
+    let sam = open(
+        &s,
+        "sam",
+        &format!("https://127.0.0.1:{}/r?name=sam&ping_ms=500", proxy.port),
+    )
+    .await;
+    connected(&sam).await;
+    let mut bot = daemon.connect("/r?name=bot").await;
+    bot.send_text("before the cut").await;
+    sam.wait_text("#log .msg", "before the cut").await;
+
+    let (made, _, _) = sam.sockets().await;
+    proxy.cut();
+    for i in 0..50 {
+        bot.send_text(&format!("missed {i:02}")).await;
+    }
+    // client.js notices the missing pongs and reconnects with ?since=: the 50 are replayed.
+    sam.wait(
+        "a new socket after the cut",
+        &format!("window.__sockets.made > {made}"),
+    )
+    .await;
+    sam.wait_text("#log .sys", "reconnected, 50 missed messages recovered")
+        .await;
+    bot.send_text("after").await;
+    sam.wait_text("#log .msg", "after").await;
+    let shown = sam
+        .eval(
+            "[...document.querySelectorAll('#log .msg')].map(e => e.textContent)\
+             .filter(t => t.includes('missed ') || t.includes('before the cut'))",
+        )
+        .await;
+    let mut expected = vec!["bot: before the cut".to_owned()];
+    expected.extend((0..50).map(|i| format!("bot: missed {i:02}")));
+    assert_eq!(shown, serde_json::json!(expected), "each once, in order");
+    sam.assert_no_errors(|_| false).await;
+}

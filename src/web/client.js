@@ -31,6 +31,10 @@
 // - Sends the app ping (heartbeat.app_ping) every `pingEvery` ms when one is configured, and
 //   treats a connection that answered nothing for two periods as dead.
 // - Presence in every format becomes a `presence` event with the current member list.
+// - Recovery: in a room that numbers its messages (history with the JSON envelope), remembers the
+//   room's epoch and the last number seen, reconnects with ?since=EPOCH:SEQ, never emits a
+//   message twice, and after each reconnect emits `recovered` {count, gap}: how many missed
+//   messages were replayed, and the server's gap notice when not all of them could be.
 
 /** What the wsline that served this file is configured to do (empty in a copy). */
 export const settings = /*wsline:settings*/ {} /*end*/;
@@ -63,6 +67,8 @@ const SESSION_KEY = "wsline-session";
  *   presence  {count, total, members, more, joined, left, initial}: `members` is the sorted
  *             name list (null with plain counts); `joined`/`left` the change since the last
  *             event; `initial` is true for the first state after each (re)connect
+ *   recovered {count, gap}: after a reconnect, the missed messages replayed (`gap`: the server's
+ *             notice {reason, ...} when history could not reach back far enough, else null)
  *   status    {state, code, reason, attempt, delay}: state is "connecting", "open",
  *             "reconnecting" (with the delay in ms), "refused" (1008, 4003 kicked, or a room name or name
  *             the server would refuse, with `reason`: will not reconnect), "replaced" (4001:
@@ -94,6 +100,9 @@ export class Room extends EventTarget {
     this.url = socketUrl(this.base, this.room, this.name,
       typeof o.token === "function" ? "" : o.token, this.session);
     this.members = new Set();
+    // Recovery: the room's epoch (from its presence state) and the last message number seen.
+    this.epoch = "";
+    this.seq = 0;
     this.attempt = 0;
     this.socket = null;
     this.timer = null;
@@ -159,7 +168,7 @@ export class Room extends EventTarget {
     if (this.stopped || this.socket || this.fetching) return;
     this.status("connecting");
     if (typeof this.token !== "function") {
-      this.dial(this.url);
+      this.dial(this.socketUrl(this.token));
       return;
     }
     // A fresh token for every socket: the last one may have expired (close 4002).
@@ -170,7 +179,7 @@ export class Room extends EventTarget {
         (token) => {
           this.fetching = false;
           if (this.stopped || this.socket) return;
-          this.dial(socketUrl(this.base, this.room, this.name, token, this.session));
+          this.dial(this.socketUrl(token));
         },
         (e) => {
           this.fetching = false;
@@ -178,6 +187,12 @@ export class Room extends EventTarget {
           this.retry({ code: undefined, reason: `no token: ${e}` });
         },
       );
+  }
+
+  /** This socket's URL: with ?since= once a numbered message of this room's epoch was seen. */
+  socketUrl(token) {
+    const since = this.epoch && this.seq ? `${this.epoch}:${this.seq}` : "";
+    return socketUrl(this.base, this.room, this.name, token, this.session, since);
   }
 
   /** Reconnects after a jittered, growing delay. */
@@ -194,6 +209,10 @@ export class Room extends EventTarget {
     ws.binaryType = "arraybuffer";
     this.socket = ws;
     let initial = true;
+    // Until the first presence state: what this socket replayed (numbered messages, a gap).
+    const reconnect = this.seq > 0;
+    let replayed = 0;
+    let gap = null;
     let heard = Date.now();
     let stable = null;
     let ping = null;
@@ -226,14 +245,36 @@ export class Room extends EventTarget {
       if (this.appPong && text === this.appPong) return;
       const presence = this.parsePresence(text);
       if (presence) {
+        if (initial && presence.epoch !== undefined) {
+          if (this.epoch && presence.epoch !== this.epoch && !gap) this.seq = 0;
+          this.epoch = presence.epoch;
+        }
+        if (initial && reconnect) this.emit("recovered", { count: replayed, gap });
         this.applyPresence(presence, initial);
         initial = false;
         return;
       }
+      if (initial && text.startsWith('{"type":"gap"')) {
+        try {
+          gap = JSON.parse(text);
+          // The room started over: its numbers did too.
+          if (gap.reason !== "history") this.seq = 0;
+          return;
+        } catch (_) { /* not a notice after all */ }
+      }
       if (this.envelope === "json" && text.startsWith('{"type":"message"')) {
         try {
           const e = JSON.parse(text);
-          this.emit("message", { data: e.data, from: e.from, room: e.room, verified: true });
+          if (typeof e.seq === "number") {
+            // Never shown twice: a number at or below the last one seen was shown already.
+            if (e.seq <= this.seq) return;
+            this.seq = e.seq;
+            if (initial && reconnect) replayed += 1;
+          }
+          this.emit("message", {
+            data: e.data, from: e.from, room: e.room, verified: true, seq: e.seq,
+            source: e.source,
+          });
           return;
         } catch (_) { /* not an envelope after all: a raw line */ }
       }
@@ -354,13 +395,14 @@ function tabSession() {
 }
 
 /** ws(s)://BASE/ROOM?name=..&token=..&session=.. from an http(s) or ws(s) base URL. */
-export function socketUrl(base, room = "", name = "", token = "", session = "") {
+export function socketUrl(base, room = "", name = "", token = "", session = "", since = "") {
   const url = new URL(room ? encodeURIComponent(room) : "./", new URL(base, location.href));
   url.protocol = url.protocol === "https:" || url.protocol === "wss:" ? "wss:" : "ws:";
   const query = new URLSearchParams();
   if (name) query.set("name", name);
   if (token) query.set("token", token);
   if (session && name) query.set("session", session);
+  if (since) query.set("since", since);
   url.search = query.toString();
   url.hash = "";
   return url.href;
