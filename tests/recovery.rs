@@ -140,3 +140,28 @@ async fn a_bad_since_is_a_400() {
     // The server goes on serving, numbering from 1.
     let (_ann, _) = ann_says(&server, "r", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_of_the_node_a_since_gets_the_epoch_gap() {
+    let extra = "[relay]\nenvelope = \"json\"\nhistory = 20\n";
+    let mut first = common::daemon::Daemon::start(extra, &[]).await;
+    let mut ann = first.connect("/r?name=ann").await;
+    let e = epoch(&mut ann).await;
+    ann.send_text("before").await;
+    assert_eq!(next(&mut ann).await["seq"], 1);
+    first.child.kill().await.unwrap();
+    let second = common::daemon::Daemon::start(extra, &[]).await;
+    let mut back = second.connect(&format!("/r?name=ann&since={e}:1")).await;
+    let notice = next(&mut back).await;
+    assert_eq!(
+        (notice["type"].clone(), notice["reason"].clone()),
+        (json!("gap"), json!("epoch"))
+    );
+    let now = epoch(&mut back).await;
+    assert_ne!(
+        now, e,
+        "a restarted node starts its rooms over under new epochs"
+    );
+    back.send_text("after").await;
+    assert_eq!(next(&mut back).await["seq"], 1);
+}
