@@ -880,17 +880,26 @@ impl Hub {
         (listed, more)
     }
 
-    /// Closes the connections of this node's members of `room` named `name` (by its uniqueness
-    /// key) with [`KICKED`]; they leave the room as their connections end. Returns how many.
+    /// Closes the connections of the members of `room` named `name` (by its uniqueness key) with
+    /// [`KICKED`], on this node and (through the cluster) on the others; they leave the room as
+    /// their connections end. Returns how many were closed on this node.
     pub fn kick(&self, room: &str, name: &str) -> usize {
         let key = name_key(name);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.kick(room, &key);
+        }
+        self.kick_key(room, &key)
+    }
+
+    /// [`Hub::kick`] on this node only, by the name's key (what another node asks for).
+    pub fn kick_key(&self, room: &str, key: &str) -> usize {
         let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
             return 0;
         };
         let state = room.lock();
         let mut kicked = 0;
         for m in &state.members {
-            if m.name.as_ref().is_some_and(|(_, k)| **k == *key) {
+            if m.name.as_ref().is_some_and(|(_, k)| &**k == key) {
                 m.outbox.kick();
                 kicked += 1;
             }

@@ -595,4 +595,29 @@ async fn a_publish_on_one_node_reaches_members_on_both_once_in_order() {
     }
     on_a.send_text("end").await;
     assert_eq!(on_b.recv_relayed().await, Message::text("end"));
+
+    // A kick through node a closes bob on node b with 4003.
+    let (status, _, body) = call_on(
+        a.tls().await,
+        "POST",
+        "/api/rooms/r/kick?name=BOB",
+        Some(KEY),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({"closed":0})),
+        "none on a"
+    );
+    let frame = on_b.closed().await;
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (4003, "kicked")
+    );
+    within("ann to see bob go", async {
+        while on_a.recv_presence().await["count"] != 1 {}
+    })
+    .await;
 }

@@ -276,6 +276,9 @@ fn receive(
         Payload::Presence => {
             stale.insert(room.into());
         }
+        Payload::Kick(key) => {
+            hub.kick_key(room, &key);
+        }
     }
 }
 
