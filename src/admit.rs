@@ -43,6 +43,8 @@ pub enum Why {
     UnknownClient,
     Origin,
     Token,
+    /// A valid signed token whose `rooms` claim does not include the room.
+    TokenRoom,
     ServerFull,
     AddressFull,
     TooManyRooms,
@@ -68,7 +70,7 @@ impl Why {
             | Why::NameRequired
             | Why::UnknownClient => StatusCode::BAD_REQUEST,
             Why::Version => StatusCode::UPGRADE_REQUIRED,
-            Why::Origin => StatusCode::FORBIDDEN,
+            Why::Origin | Why::TokenRoom => StatusCode::FORBIDDEN,
             Why::Token => StatusCode::UNAUTHORIZED,
             Why::Draining | Why::ServerFull | Why::TooManyRooms => StatusCode::SERVICE_UNAVAILABLE,
             Why::AddressFull => StatusCode::TOO_MANY_REQUESTS,
@@ -88,6 +90,7 @@ impl Why {
             Why::UnknownClient => "client address unknown: unparsable X-Forwarded-For or X-Real-IP",
             Why::Origin => "origin not allowed",
             Why::Token => "token required",
+            Why::TokenRoom => "token does not allow this room",
             Why::ServerFull => "server full",
             Why::AddressFull => "too many connections from your address",
             Why::TooManyRooms => "too many rooms",
@@ -119,6 +122,8 @@ pub struct Admitted {
     /// The room membership; `None` when the name is taken (closed with `1008` after the upgrade).
     pub membership: Option<Membership>,
     pub outbox: OutboxRx,
+    /// When the signed token expires (the connection closes then with `jwt::EXPIRED`).
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// Decides an upgrade request (its `Upgrade: websocket` already seen) and joins its room.
@@ -151,18 +156,34 @@ pub async fn admit<B>(
         &config.relay.default_room,
     )
     .map_err(|bad| refuse(Why::Target(bad), claimed, None))?;
+    let mut target = target;
+    let signed = authenticate(headers, target.token.as_deref(), config, state);
+    if let Ok(Some(claims)) = &signed
+        && let Some(name) = &claims.name
+    {
+        // The token's name is the checked name, whatever ?name= says, and its session: a
+        // reconnect with a token for the same name takes that name over.
+        target.session = Some(format!("jwt:{}", crate::request::name_key(name)));
+        target.name = Some(name.clone());
+    }
+    let target = target;
     let room = Some(target.room.as_str());
     let room_config = config.for_room(&target.room);
-    if room_config.presence.require_name && target.name.is_none() {
+    // With a bad token, the 401 below comes first.
+    if signed.is_ok() && room_config.presence.require_name && target.name.is_none() {
         return Err(refuse(Why::NameRequired, claimed, room));
     }
     let client = claimed.ok_or_else(|| refuse(Why::UnknownClient, None, room))?;
     if !origin_allowed(headers, config) {
         return Err(refuse(Why::Origin, Some(client), room));
     }
-    if !token_ok(headers, target.token.as_deref(), &config.security.token) {
-        return Err(refuse(Why::Token, Some(client), room));
-    }
+    let expires = match signed {
+        Err(()) => return Err(refuse(Why::Token, Some(client), room)),
+        Ok(Some(claims)) if !claims.may_join(&target.room) => {
+            return Err(refuse(Why::TokenRoom, Some(client), room));
+        }
+        Ok(claims) => claims.map(|c| c.expires),
+    };
     // The socket holds its slot since accept(); one that came through a trusted proxy was counted
     // in the total only, and its upgrade now counts under the real client's address.
     let behind_proxy = limits::is_trusted(peer, &config.security.trusted_proxies);
@@ -215,9 +236,13 @@ pub async fn admit<B>(
     let ((), claim) = tokio::join!(first_read, claim);
     let joined = match &claim {
         Some((_, _, Claim::Taken)) => Err(JoinError::NameTaken),
-        _ => state
-            .hub
-            .join_session(&target.room, target.name.as_deref(), session, outbox),
+        _ => state.hub.join_since(
+            &target.room,
+            target.name.as_deref(),
+            session,
+            target.since.as_ref().map(|(e, n)| (e.as_str(), *n)),
+            outbox,
+        ),
     };
     if let Some((cluster, key, Claim::Won)) = &claim
         && joined.is_err()
@@ -238,7 +263,42 @@ pub async fn admit<B>(
         admission,
         membership,
         outbox: outbox_rx,
+        expires,
     })
+}
+
+/// Who the request says it is: `Ok(None)` when no token is needed or the shared
+/// `security.token` was given, `Ok(Some(claims))` for a valid signed token, `Err` otherwise. With
+/// both configured either passes; a signed token's name is then the checked name.
+fn authenticate(
+    headers: &HeaderMap,
+    from_query: Option<&str>,
+    config: &Config,
+    state: &State,
+) -> Result<Option<crate::jwt::Claims>, ()> {
+    let verifier = state.jwt.load();
+    let Some(verifier) = verifier.as_ref() else {
+        return token_ok(headers, from_query, &config.security.token)
+            .then_some(None)
+            .ok_or(());
+    };
+    if !config.security.token.is_empty() && token_ok(headers, from_query, &config.security.token) {
+        return Ok(None);
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let claims = from_query
+        .or(bearer)
+        .and_then(|t| verifier.verify(t))
+        .ok_or(())?;
+    // A name the relay could not show is no name to join with.
+    match &claims.name {
+        Some(name) if crate::request::presence_name(name).as_deref() != Ok(name) => Err(()),
+        _ => Ok(Some(claims)),
+    }
 }
 
 /// RFC 6455's request checks; the key when they pass.

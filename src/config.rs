@@ -46,6 +46,7 @@ const MAX_PREFIX_BYTES: usize = 64;
 const MAX_NODE_TIMEOUT: Duration = HOUR;
 /// Longest `cluster.history_ttl`: a month.
 const MAX_HISTORY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_JWT_LEEWAY: Duration = HOUR;
 /// `server.backlog` above this is cut by the kernel (`net.core.somaxconn`) anyway.
 const MAX_BACKLOG: u32 = 65_535;
 
@@ -64,6 +65,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub web: Web,
     pub cluster: Cluster,
+    pub api: Api,
     /// `[[rooms]]`: per-room settings, the first entry whose `match` fits a room wins.
     pub rooms: Vec<RoomRule>,
     /// The configuration each `rooms` entry makes, built once on first use ([`Config::for_room`]),
@@ -266,6 +268,69 @@ pub struct Security {
     pub trusted_proxies: Vec<IpNet>,
     /// When set, `?token=` or `Authorization: Bearer` must carry it.
     pub token: String,
+    /// `[security.jwt]`: signed per-user tokens ([`crate::jwt`]).
+    pub jwt: Jwt,
+}
+
+/// `[security.jwt]`: off while both `secret` and `public_key` are empty.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Jwt {
+    /// HS256 secret (never in `Debug`, logs or errors) ...
+    pub secret: String,
+    /// ... or a PEM public key file: Ed25519 (EdDSA), P-256 (ES256) or RSA (RS256).
+    pub public_key: PathBuf,
+    /// The claim that becomes the member's checked name.
+    pub name_claim: String,
+    /// The claim listing the rooms (names, `prefix*`) a token may join; absent = any.
+    pub rooms_claim: String,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(deserialize_with = "duration")]
+    pub leeway: Duration,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Jwt {
+            secret: String::new(),
+            public_key: PathBuf::new(),
+            name_claim: "sub".into(),
+            rooms_claim: "rooms".into(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Jwt {
+    /// Whether signed tokens are on.
+    pub fn enabled(&self) -> bool {
+        !self.secret.is_empty() || !self.public_key.as_os_str().is_empty()
+    }
+}
+
+/// Written by hand so that a `{:?}` of the configuration never shows the secret.
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "redacted"
+                },
+            )
+            .field("public_key", &self.public_key)
+            .field("name_claim", &self.name_claim)
+            .field("rooms_claim", &self.rooms_claim)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
 }
 
 impl Default for Security {
@@ -274,6 +339,7 @@ impl Default for Security {
             allowed_origins: Vec::new(),
             trusted_proxies: loopback(),
             token: String::new(),
+            jwt: Jwt::default(),
         }
     }
 }
@@ -317,6 +383,40 @@ impl Default for Metrics {
             enabled: true,
             allow: loopback(),
         }
+    }
+}
+
+/// `[api]`: the backend API under `/api/` ([`crate::api`]); off while `keys` is empty.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// Bearer keys, several so they can be rotated; secrets (never in `Debug`, logs or errors).
+    pub keys: Vec<String>,
+    /// Who may call `/api/`, by real client address.
+    #[serde(deserialize_with = "cidrs")]
+    pub allow: Vec<IpNet>,
+    /// Requests a second the whole API answers (a token bucket of as many); beyond: `429`.
+    pub requests_per_second: u32,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            keys: Vec::new(),
+            allow: loopback(),
+            requests_per_second: 1000,
+        }
+    }
+}
+
+/// Written by hand so that a `{:?}` of the configuration never shows a key.
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .field("allow", &self.allow)
+            .field("requests_per_second", &self.requests_per_second)
+            .finish()
     }
 }
 
@@ -630,7 +730,12 @@ impl Config {
         })?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
-        for file in [&mut config.tls.cert, &mut config.tls.key] {
+        let files = [
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.security.jwt.public_key,
+        ];
+        for file in files {
             if !file.as_os_str().is_empty() && file.is_relative() {
                 *file = dir.join(&*file);
             }
@@ -802,6 +907,39 @@ impl Config {
             &self.relay,
             &self.heartbeat,
             &self.limits,
+        );
+
+        let jwt = &self.security.jwt;
+        check(
+            jwt.secret.is_empty() || jwt.public_key.as_os_str().is_empty(),
+            "security.jwt",
+            "set secret (HS256) or public_key (EdDSA, ES256, RS256), not both".into(),
+        );
+        check(
+            !jwt.name_claim.is_empty() && !jwt.rooms_claim.is_empty(),
+            "security.jwt",
+            "name_claim and rooms_claim must not be empty".into(),
+        );
+        check(
+            jwt.leeway <= MAX_JWT_LEEWAY,
+            "security.jwt",
+            "leeway must be at most 1h".into(),
+        );
+        check(
+            jwt.secret.is_empty() || jwt.secret.len() >= 32,
+            "security.jwt",
+            "secret must be at least 32 bytes (HS256 needs a long random secret)".into(),
+        );
+
+        check(
+            self.api.keys.iter().all(|k| k.len() >= 16),
+            "api.keys",
+            "each key must be at least 16 characters (a random secret)".into(),
+        );
+        check(
+            self.api.requests_per_second >= 1,
+            "api.requests_per_second",
+            "must be at least 1".into(),
         );
 
         check(
@@ -1081,7 +1219,7 @@ impl Config {
             "limits.queue_bytes",
             format!(
                 "must hold one wrapped message with relay.envelope = \"json\" ({wrapped} bytes: \
-                 6 x relay.max_message_size + 704 for the envelope)"
+                 6 x relay.max_message_size + 736 for the envelope)"
             ),
         );
         // Presence state and history replay vs the outbound queue (rooms own these rules).

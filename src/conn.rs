@@ -106,6 +106,8 @@ pub struct Conn {
     pub admission: Option<Admission>,
     /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
     pub envelope: Option<Envelope>,
+    /// When the member's signed token expires: the connection closes then with `jwt::EXPIRED`.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// What to do with an upgraded stream.
@@ -192,8 +194,21 @@ impl Conn {
             outbox,
             admission,
             envelope,
+            expires,
             ..
         } = self;
+        // A wall-clock instant turned into a timer now; far in the future when there is none.
+        let expired = async move {
+            match expires {
+                Some(at) => {
+                    let left = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         let seen = Seen::since(opened);
         let closing = outbox.closing();
         let end = tokio::select! {
@@ -202,6 +217,8 @@ impl Conn {
                 End::Close(1001, "server shutting down")
             } else if outbox.replaced() {
                 End::Close(crate::hub::REPLACED.0, crate::hub::REPLACED.1)
+            } else if outbox.kicked() {
+                End::Close(crate::hub::KICKED.0, crate::hub::KICKED.1)
             } else {
                 End::Evicted
             },
@@ -211,6 +228,7 @@ impl Conn {
                 WriteEnd::Stalled => End::Evicted,
             },
             end = heartbeat(&outbox, &seen, &config) => end,
+            () = expired => End::Close(crate::jwt::EXPIRED.0, crate::jwt::EXPIRED.1),
         };
         if matches!(end, End::Evicted) {
             state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

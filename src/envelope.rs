@@ -13,10 +13,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::config::{Config, Envelope as Mode};
 
-/// The most the fixed part of a wrapped message can take: the keys, a room of at most 64
-/// characters of at most 4 bytes each (letters need no escaping), and a name of at most 64
-/// characters of at most 6 bytes each once escaped.
-const MAX_OVERHEAD_BYTES: usize = 64 + 64 * 4 + 64 * 6;
+/// The most the fixed part of a wrapped message can take: the keys and a message number of up to
+/// 20 digits (`"seq"`, see `crate::recovery`), a room of at most 64 characters of at most 4 bytes
+/// each (letters need no escaping), and a name of at most 64 characters of at most 6 bytes each
+/// once escaped.
+const MAX_OVERHEAD_BYTES: usize = 96 + 64 * 4 + 64 * 6;
 /// JSON escaping turns one byte into at most six (`\u001f`).
 const MAX_ESCAPE_GROWTH: usize = 6;
 
@@ -46,6 +47,18 @@ impl Envelope {
         }
         prefix.push_str(r#","data":"#);
         Some(Envelope { prefix })
+    }
+
+    /// The envelope of a message the backend API publishes into `room`:
+    /// `{"type":"message","room":R,"from":null,"source":"api","data":TEXT}`. No member's message
+    /// can carry `source`: a member's prefix is fixed at admission and its text is escaped into
+    /// `data`.
+    pub fn api(room: &str) -> Envelope {
+        let mut prefix = String::with_capacity(80 + room.len());
+        prefix.push_str(r#"{"type":"message","room":"#);
+        escape_into(&mut prefix, room);
+        prefix.push_str(r#","from":null,"source":"api","data":"#);
+        Envelope { prefix }
     }
 
     /// `text` wrapped for relay.

@@ -112,6 +112,9 @@ async fn route(
     if is_upgrade(req.headers()) {
         return upgrade(req, peer, state, slot).await;
     }
+    if crate::api::serves(req.uri().path()) {
+        return crate::api::respond(req, peer, state).await;
+    }
     let draining = state.shutdown.is_draining();
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") if draining => {
@@ -233,6 +236,7 @@ async fn upgrade(
         admission,
         membership,
         outbox,
+        expires,
     } = admitted;
     if membership.is_none() {
         // Upgraded only to be closed, as the contract answers a taken name.
@@ -269,6 +273,7 @@ async fn upgrade(
                 outbox,
                 admission,
                 envelope,
+                expires,
             }),
             None => conn::Next::Refuse(1008, "name taken", outbox),
         };

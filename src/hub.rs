@@ -30,7 +30,7 @@
 //! connection ([`Hub::join`]): the old member leaves the room at once, without a presence change
 //! (the name never left), and its connection is closed with [`REPLACED`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cluster::Cluster;
-use crate::config::{Config, PresenceFormat, RoomRule};
+use crate::config::{Config, Envelope, PresenceFormat, RoomRule};
 use crate::history::History;
 use crate::outbox::Outbox;
 use crate::presence::{self, Changes, Kind, Pending, Roster};
@@ -61,6 +61,10 @@ pub enum JoinError {
 /// same client (same name, same `?session=`).
 pub const REPLACED: (u16, &str) = (4001, "replaced by a new connection");
 
+/// The close code and reason of a connection whose member the backend API kicked
+/// (`POST /api/rooms/ROOM/kick?name=NAME`).
+pub const KICKED: (u16, &str) = (4003, "kicked");
+
 /// The settings every room follows, taken from the configuration in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomSettings {
@@ -71,6 +75,8 @@ pub struct RoomSettings {
     pub max_names: usize,
     pub history: usize,
     pub history_bytes: usize,
+    /// `relay.envelope`: with history, messages carry a sequence number ([`crate::recovery`]).
+    pub envelope: Envelope,
     /// `[[rooms]]`: overrides for the rooms they match ([`RoomSettings::for_room`]).
     pub rules: Arc<[RoomRule]>,
 }
@@ -85,6 +91,7 @@ impl RoomSettings {
             max_names: config.presence.max_names,
             history: config.relay.history,
             history_bytes: usize::try_from(config.relay.history_bytes).unwrap_or(usize::MAX),
+            envelope: config.relay.envelope,
             rules: config.rooms.clone().into(),
         }
     }
@@ -101,6 +108,20 @@ impl RoomSettings {
         }
     }
 
+    /// Whether `room`'s messages are numbered for recovery: history kept and the JSON envelope
+    /// (which can carry the number). Without rules, no copy of the settings.
+    pub fn numbered(&self, room: &str) -> bool {
+        let own;
+        let s = match self.rules.iter().any(|r| r.matches(room)) {
+            false => self,
+            true => {
+                own = self.for_room(room);
+                &own
+            }
+        };
+        s.history > 0 && s.envelope == Envelope::Json
+    }
+
     /// The settings of `room`: these with the first matching `[[rooms]]` entry's overrides.
     pub fn for_room(&self, room: &str) -> RoomSettings {
         let mut own = self.clone();
@@ -110,6 +131,7 @@ impl RoomSettings {
             own.presence = p.format.unwrap_or(own.presence);
             own.max_names = p.max_names.unwrap_or(own.max_names);
             own.history = r.history.unwrap_or(own.history);
+            own.envelope = r.envelope.unwrap_or(own.envelope);
             if let Some(bytes) = r.history_bytes {
                 own.history_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
             }
@@ -125,8 +147,9 @@ pub struct Hub {
 }
 
 struct HubShared {
-    /// Room name -> room. Locked alone and briefly: never while waiting for a room.
-    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    /// Room name -> room. Locked alone and briefly: never while waiting for a room. Sorted, so
+    /// the backend API pages through rooms by name with bounded work ([`Hub::rooms_after`]).
+    rooms: Mutex<BTreeMap<Arc<str>, Arc<Room>>>,
     /// The room settings in force; swapped by [`Hub::configure`] on reload.
     settings: ArcSwap<RoomSettings>,
     /// Rooms whose presence changed and are not yet in the ticker's schedule. Pushed by joins and
@@ -140,6 +163,8 @@ struct HubShared {
     stats: Arc<Stats>,
     /// The other nodes, through Redis; `None` on a single node (one branch per message).
     cluster: Option<Cluster>,
+    /// This hub's start, in hex: with a room's creation number, the room's epoch.
+    epoch_base: String,
 }
 
 /// One room: its members, its recent history and its pending presence.
@@ -171,6 +196,10 @@ struct RoomState {
     /// in `roster` too, so uniqueness and presence messages see the whole cluster.
     remote_count: usize,
     remote_names: Vec<Arc<str>>,
+    /// The sequence number of the room's last numbered message (0: none yet), and the epoch that
+    /// names this run of numbers: a room made anew starts over under a new epoch.
+    seq: u64,
+    epoch: Arc<str>,
     /// A message has been relayed here, or the history read from Redis, since the room was
     /// created (cluster history: a replay from Redis goes to the first members only while nothing
     /// live has reached them, and only once).
@@ -221,7 +250,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Room {
-    fn new(name: &str) -> Room {
+    fn new(name: &str, epoch: Arc<str>) -> Room {
         Room {
             name: name.into(),
             state: Mutex::new(RoomState {
@@ -236,6 +265,8 @@ impl Room {
                 last_sent: None,
                 remote_count: 0,
                 remote_names: Vec::new(),
+                seq: 0,
+                epoch,
                 live: false,
             }),
             contended: AtomicU64::new(0),
@@ -268,7 +299,7 @@ impl Hub {
     ) -> Hub {
         Hub {
             shared: Arc::new(HubShared {
-                rooms: Mutex::new(HashMap::new()),
+                rooms: Mutex::new(BTreeMap::new()),
                 settings: ArcSwap::from_pointee(settings),
                 changed: Mutex::new(Vec::new()),
                 wake: Notify::new(),
@@ -276,6 +307,12 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 stats,
                 cluster,
+                epoch_base: format!(
+                    "{:x}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis())
+                ),
             }),
         }
     }
@@ -462,6 +499,21 @@ impl Hub {
         session: Option<&str>,
         outbox: Outbox,
     ) -> Result<Membership, JoinError> {
+        self.join_since(room, name, session, None, outbox)
+    }
+
+    /// [`Hub::join_session`] for a client that names the last message it saw (`?since=`): it
+    /// gets exactly the messages after it, or, when history no longer reaches back that far or
+    /// the room's epoch changed, a gap notice first and then what history has
+    /// ([`crate::recovery`]).
+    pub fn join_since(
+        &self,
+        room: &str,
+        name: Option<&str>,
+        session: Option<&str>,
+        since: Option<(&str, u64)>,
+        outbox: Outbox,
+    ) -> Result<Membership, JoinError> {
         let settings = self.shared.settings.load().for_room(room);
         let name = name.map(|n| (Arc::<str>::from(n), name_key(n).into_boxed_str()));
         // Each retry needs another member to have joined the fresh room and left it meanwhile.
@@ -511,8 +563,29 @@ impl Hub {
             }
             // The bounds in force, even if a reload's trim has not reached this room yet.
             state.history.trim(settings.history, settings.history_bytes);
+            let numbered = self.shared.cluster.is_none()
+                && settings.history > 0
+                && settings.envelope == Envelope::Json;
+            let from = match since {
+                None => 0,
+                Some(since) => {
+                    let plan = crate::recovery::plan(
+                        &room.name,
+                        numbered.then_some(&*state.epoch),
+                        state.seq,
+                        state.history.iter(),
+                        since,
+                    );
+                    if let Some(notice) = plan.notice {
+                        outbox.push(Message::text(notice));
+                    }
+                    plan.after
+                }
+            };
             for msg in state.history.iter() {
-                outbox.push(msg.clone());
+                if from == 0 || crate::recovery::seq_of(msg).is_none_or(|seq| seq > from) {
+                    outbox.push(msg.clone());
+                }
             }
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
             state.members.push(Member {
@@ -547,7 +620,9 @@ impl Hub {
         if rooms.len() >= max_rooms {
             return Err(JoinError::TooManyRooms);
         }
-        let room = Arc::new(Room::new(name));
+        let number = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let epoch = format!("{}-{number:x}", self.shared.epoch_base);
+        let room = Arc::new(Room::new(name, epoch.into()));
         rooms.insert(room.name.clone(), room.clone());
         Ok(room)
     }
@@ -605,6 +680,21 @@ impl Hub {
             return;
         }
         self.schedule(room, &mut state);
+    }
+
+    /// `msg` numbered for recovery when `room` numbers its messages (single node only: a
+    /// cluster-wide counter would live in Redis), else unchanged. Under the room lock.
+    fn number(&self, room: &str, state: &mut RoomState, msg: Message) -> Message {
+        if self.shared.cluster.is_some() || !self.shared.settings.load().numbered(room) {
+            return msg;
+        }
+        match msg {
+            Message::Text(text) => {
+                state.seq += 1;
+                Message::Text(crate::recovery::with_seq(&text, state.seq))
+            }
+            other => other,
+        }
     }
 
     /// Puts a changed room in the presence ticker's schedule, once.
@@ -681,6 +771,7 @@ impl Hub {
             return;
         }
         let total = self.cluster_total();
+        let numbered = self.shared.cluster.is_none() && settings.numbered(&room.name);
         let (mut full, mut change, mut plain) = (None, None, None);
         let mut sent = 0u64;
         let state = &mut *state;
@@ -690,14 +781,20 @@ impl Hub {
             let text = match kind {
                 None => continue,
                 Some(Kind::State) => full.get_or_insert_with(|| {
-                    Utf8Bytes::from(presence::state_json(
-                        &room.name,
-                        count,
-                        total,
-                        &state.roster,
-                        settings.max_names,
-                        state.resync || !state.changes.is_empty(),
-                    ))
+                    Utf8Bytes::from({
+                        let json = presence::state_json(
+                            &room.name,
+                            count,
+                            total,
+                            &state.roster,
+                            settings.max_names,
+                            state.resync || !state.changes.is_empty(),
+                        );
+                        match numbered {
+                            true => crate::recovery::with_epoch(&json, &state.epoch),
+                            false => json,
+                        }
+                    })
                 }),
                 Some(Kind::Change) => change.get_or_insert_with(|| {
                     Utf8Bytes::from(presence::change_json(
@@ -726,6 +823,120 @@ impl Hub {
                 .presence_out
                 .fetch_add(sent, Ordering::Relaxed);
         }
+    }
+
+    /// A message from the backend API into `room`: to every local member, into the room's
+    /// history and to the other nodes, under the room lock like a member's message (so members see
+    /// it in order with the others' messages). A room with no member here is still published to
+    /// the other nodes. Returns how many local members it was queued to.
+    pub fn publish_api(&self, room: &str, msg: Message) -> usize {
+        let (history, history_bytes) = self.shared.settings.load().history_for(room);
+        let cluster = self.shared.cluster.as_ref();
+        let encoded = cluster.and_then(|c| c.encode(&msg));
+        let local = lock(&self.shared.rooms).get(room).cloned();
+        let Some(local) = local else {
+            if let (Some(cluster), Some(data)) = (cluster, encoded) {
+                cluster.publish(&Arc::from(room), data, history);
+            }
+            return 0;
+        };
+        let mut state = local.lock();
+        let msg = self.number(&local.name, &mut state, msg);
+        let mut delivered = 0;
+        for m in &state.members {
+            if m.outbox.push(msg.clone()) {
+                delivered += 1;
+            }
+        }
+        state.live = true;
+        if let (Some(cluster), Some(data)) = (cluster, encoded) {
+            cluster.publish(&local.name, data, history);
+        }
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
+        }
+        drop(state);
+        let stats = &self.shared.stats;
+        stats
+            .messages_out
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        delivered
+    }
+
+    /// The presence of `room` as this node knows it: the count on every node, and up to
+    /// `max_names` names (sorted) with how many more there are. `None` without a local member.
+    pub fn room_presence(&self, room: &str) -> Option<(usize, Vec<String>, usize)> {
+        let max_names = self.shared.settings.load().for_room(room).max_names;
+        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let state = room.lock();
+        if state.closed {
+            return None;
+        }
+        let names: Vec<String> = state
+            .roster
+            .listed(max_names)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let more = state.roster.len().saturating_sub(names.len());
+        Some((state.members.len() + state.remote_count, names, more))
+    }
+
+    /// Up to `limit` rooms named after `after` (all from the first when `None`), sorted, with
+    /// their counts on every node, and whether more follow. The work is bounded by `limit`,
+    /// whatever the number of rooms.
+    pub fn rooms_after(&self, after: Option<&str>, limit: usize) -> (Vec<(Arc<str>, usize)>, bool) {
+        use std::ops::Bound;
+        let page: Vec<Arc<Room>> = {
+            let rooms = lock(&self.shared.rooms);
+            let from = match after {
+                Some(name) => Bound::Excluded(name),
+                None => Bound::Unbounded,
+            };
+            rooms
+                .range::<str, _>((from, Bound::Unbounded))
+                .take(limit.saturating_add(1))
+                .map(|(_, room)| room.clone())
+                .collect()
+        };
+        let more = page.len() > limit;
+        let listed = page
+            .iter()
+            .take(limit)
+            .filter_map(|room| {
+                let state = room.lock();
+                (!state.closed)
+                    .then(|| (room.name.clone(), state.members.len() + state.remote_count))
+            })
+            .collect();
+        (listed, more)
+    }
+
+    /// Closes the connections of the members of `room` named `name` (by its uniqueness key) with
+    /// [`KICKED`], on this node and (through the cluster) on the others; they leave the room as
+    /// their connections end. Returns how many were closed on this node.
+    pub fn kick(&self, room: &str, name: &str) -> usize {
+        let key = name_key(name);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.kick(room, &key);
+        }
+        self.kick_key(room, &key)
+    }
+
+    /// [`Hub::kick`] on this node only, by the name's key (what another node asks for).
+    pub fn kick_key(&self, room: &str, key: &str) -> usize {
+        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+            return 0;
+        };
+        let state = room.lock();
+        let mut kicked = 0;
+        for m in &state.members {
+            if m.name.as_ref().is_some_and(|(_, k)| &**k == key) {
+                m.outbox.kick();
+                kicked += 1;
+            }
+        }
+        kicked
     }
 
     /// Test hook: holds `room`'s lock from another thread until the returned guard drops, so a
@@ -789,6 +1000,7 @@ impl Membership {
         let cluster = self.hub.shared.cluster.as_ref();
         let encoded = cluster.and_then(|c| c.encode(&msg));
         let mut state = self.room.lock();
+        let msg = self.hub.number(&self.room.name, &mut state, msg);
         let mut delivered = 0u64;
         for m in &state.members {
             if (echo || m.id != self.id) && m.outbox.push(msg.clone()) {

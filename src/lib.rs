@@ -8,9 +8,11 @@
 //! - [`tls`]: PEM files (or a self-signed certificate) to a rustls acceptor whose certificate can swap.
 //! - [`server`]: binding, accept loops, TLS under the handshake deadline, the drain.
 //! - [`http`]: routing of `/healthz`, `/stats`, `/`, and the answer to a refused upgrade.
+//! - [`api`]: the backend API under `/api/`: publish, presence, room pages, kick.
 //! - [`admit`]: every reason an upgrade is refused, decided in one place, and the room join.
 //! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`request`]: the room, name, session and token of an upgrade request (pure, fuzzable).
+//! - [`jwt`]: `[security.jwt]`: signed per-user tokens verified before the upgrade.
 //! - [`conn`]: one WebSocket connection: read, write, ping, idle, close codes.
 //! - [`envelope`]: `relay.envelope = "json"`: text wrapped with the sender's checked name.
 //! - [`frame`]: RFC 6455 frame headers, written and checked (pure).
@@ -19,6 +21,7 @@
 //! - [`outbox`]: the bounded per-connection outbound queue and its eviction rule.
 //! - [`limits`]: connection counts per server and client address, message rate, real client address.
 //! - [`nginx`]: `--check-config`'s nginx advice: the matching location block, heartbeat warning.
+//! - [`recovery`]: `?since=EPOCH:SEQ`: message numbers, epochs and the gap notice (pure).
 //! - [`presence`]: presence as state + changes: pure rules for rosters, messages, windows, sizes.
 //! - [`shutdown`]: the drain trigger and the tracked connection tasks.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reloads the configuration and certificate.
@@ -29,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admit;
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod conn;
@@ -37,12 +41,14 @@ pub mod frame;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jwt;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod nginx;
 pub mod outbox;
 pub mod presence;
+pub mod recovery;
 pub mod request;
 pub mod server;
 pub mod shutdown;
@@ -71,6 +77,10 @@ pub struct State {
     pub shutdown: Shutdown,
     /// The TLS acceptor and its swappable certificate; `None` when `tls.enabled = false`.
     pub tls: Option<tls::Tls>,
+    /// The backend API's request budget (`api.requests_per_second`).
+    pub api: api::Budget,
+    /// The signed-token verifier of `[security.jwt]` (`None`: off); rebuilt on SIGHUP.
+    pub jwt: arc_swap::ArcSwapOption<jwt::Verifier>,
 }
 
 /// Makes aws-lc-rs the process's rustls crypto provider; call once before any TLS.

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
     });
     let mut room_notes = wsline::hub::check_notes(&config);
     room_notes.extend(wsline::cluster::check_note(&config.cluster));
+    room_notes.extend(wsline::jwt::check_note(&config.security.jwt));
     // A quiet check says nothing but problems: not even the start-up log lines of Server::new.
     if !args.quiet {
         wsline::logging::init(&config.log);

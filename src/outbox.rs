@@ -56,6 +56,9 @@ struct OutboxShared {
     /// Set (before `close` is cancelled) when a reconnect of the same client took this member's
     /// place: the connection closes with `hub::REPLACED`, not as a slow consumer.
     replaced: std::sync::atomic::AtomicBool,
+    /// Set (before `close` is cancelled) when the backend API kicked this member: the connection
+    /// closes with `hub::KICKED`.
+    kicked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -91,6 +94,7 @@ pub fn outbox(
         max_bytes,
         close,
         replaced: std::sync::atomic::AtomicBool::new(false),
+        kicked: std::sync::atomic::AtomicBool::new(false),
     });
     (
         Outbox {
@@ -135,7 +139,23 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Closes the connection because the backend API kicked its member.
+    pub fn kick(&self) {
+        use std::sync::atomic::Ordering;
+        self.shared.kicked.store(true, Ordering::Release);
+        self.shared.close.cancel();
+    }
+}
+
 impl OutboxRx {
+    /// Whether the connection was closed by [`Outbox::kick`].
+    pub fn kicked(&self) -> bool {
+        self.shared
+            .kicked
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether the connection was closed by [`Outbox::replace`].
     pub fn replaced(&self) -> bool {
         self.shared

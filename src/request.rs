@@ -36,6 +36,8 @@ pub struct Target {
     /// `?session=`: the client's own id, which lets it take over its name from a dead connection.
     pub session: Option<String>,
     pub token: Option<String>,
+    /// `?since=EPOCH:SEQ`: the last message this client saw in the room ([`parse_since`]).
+    pub since: Option<(String, u64)>,
 }
 
 /// Why a target was refused; the text is sent to the client with status 400.
@@ -49,6 +51,8 @@ pub enum BadTarget {
     Session,
     #[error("bad query string")]
     Query,
+    #[error("bad since: use EPOCH:SEQ as the room's presence state and messages give them, once")]
+    Since,
 }
 
 /// Why a presence name was refused (the text after "bad name: " in the `400`).
@@ -170,6 +174,20 @@ fn fold(s: &str) -> String {
     folded.nfkc().collect()
 }
 
+/// `EPOCH:SEQ` of `?since=`: an epoch of 1-32 ASCII letters, digits and `-` (what the hub makes),
+/// and a decimal sequence number.
+pub fn parse_since(value: &str) -> Option<(String, u64)> {
+    let (epoch, seq) = value.split_once(':')?;
+    let epoch_ok = (1..=32).contains(&epoch.len())
+        && epoch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let seq = (!seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| seq.parse().ok())
+        .flatten()?;
+    epoch_ok.then(|| (epoch.to_owned(), seq))
+}
+
 /// Parses `path` and `query` of an upgrade request. `/` is `default_room`, `/abc` is room `abc`,
 /// `/%E6%88%91` is room `我`. `?username=` is taken as `?name=` (what the classic tutorials send),
 /// so such a client is never silently anonymous; giving both is a `400` like giving one twice.
@@ -188,6 +206,7 @@ pub fn parse_target(
         name: None,
         session: None,
         token: None,
+        since: None,
     };
     let query = query.unwrap_or("");
     // form_urlencoded never fails; a lone '%' passes through, which the name check then judges.
@@ -211,6 +230,12 @@ pub fn parse_target(
                 }
                 target.token = Some(value.into_owned());
             }
+            "since" => {
+                if target.since.is_some() {
+                    return Err(BadTarget::Since);
+                }
+                target.since = Some(parse_since(&value).ok_or(BadTarget::Since)?);
+            }
             // Other parameters are the client's business (cache busters, app state).
             _ => {}
         }
@@ -221,6 +246,28 @@ pub fn parse_target(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_an_epoch_and_a_number_given_once() {
+        assert_eq!(parse_since("a1-b2:17"), Some(("a1-b2".into(), 17)));
+        for bad in [
+            "",
+            ":1",
+            "e:",
+            "e:-1",
+            "e:1x",
+            "e\":1",
+            &format!("{}:1", "e".repeat(33)),
+        ] {
+            assert_eq!(parse_since(bad), None, "{bad}");
+        }
+        let t = parse_target("/r", Some("since=e1:5"), "lobby").unwrap();
+        assert_eq!(t.since, Some(("e1".into(), 5)));
+        assert_eq!(
+            parse_target("/r", Some("since=e1:5&since=e1:6"), "lobby").err(),
+            Some(BadTarget::Since)
+        );
+    }
 
     #[test]
     fn root_is_the_default_room() {

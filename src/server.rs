@@ -60,6 +60,7 @@ impl Server {
     /// open-files limit to the hard one and caps connections below it (logged once).
     pub fn new(config: Config) -> Result<Server, TlsError> {
         let tls = Tls::from_config(&config.tls)?;
+        let jwt = crate::jwt::Verifier::new(&config.security.jwt)?;
         let descriptors = match limits::raise_descriptor_limit() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -110,6 +111,8 @@ impl Server {
             stats,
             shutdown: Shutdown::default(),
             tls,
+            api: Default::default(),
+            jwt: arc_swap::ArcSwapOption::from(jwt.map(Arc::new)),
         });
         Ok(Server { state, descriptors })
     }
@@ -380,6 +383,8 @@ impl Handle {
                 old.cluster.node_timeout != new.cluster.node_timeout,
             ),
         ];
+        // The token key file is read again (a rotated key); a broken one changes nothing.
+        let jwt = crate::jwt::Verifier::new(&new.security.jwt)?;
         let tls_waits =
             old.tls.enabled != new.tls.enabled || old.tls.self_signed != new.tls.self_signed;
         if let Some(tls) = &self.state.tls
@@ -415,6 +420,7 @@ impl Handle {
         }
         crate::logging::set_level(&new.log.level);
         self.state.hub.configure(RoomSettings::new(&new));
+        self.state.jwt.store(jwt.map(Arc::new));
         self.state.config.store(Arc::new(new));
         info!("configuration reloaded");
         Ok(())

@@ -47,6 +47,9 @@ pub enum TlsError {
     },
     #[error("cannot make a self-signed certificate: {0}")]
     SelfSigned(String),
+    /// Not TLS, but loaded with the certificate (at start and on SIGHUP): the token key file.
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::KeyError),
 }
 
 impl TlsError {
@@ -58,6 +61,7 @@ impl TlsError {
                 "tls.key"
             }
             TlsError::SelfSigned(_) => "tls.self_signed",
+            TlsError::Jwt(_) => "security.jwt",
         }
     }
 }

@@ -941,3 +941,105 @@ async fn a_tab_whose_session_is_taken_over_says_so_and_stops() {
         page.assert_no_errors(|_| false).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_function_is_asked_again_for_every_reconnect() {
+    const SECRET: &str = "a-browser-test-secret-of-32-bytes-or-more";
+    let daemon = Daemon::start(&format!("[security.jwt]\nsecret = \"{SECRET}\"\n"), &[]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |name: &str, exp: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": name, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    // The first token expires in 2 s: the server closes with 4002 and the client asks again.
+    let tokens = [sign("first", now + 2), sign("second", now + 600)];
+    let s = Session::new("token-function");
+    let page = open(&s, "p", &url(&daemon, "/")).await;
+    page.eval(&format!(
+        "import('/client.js').then((m) => {{
+           const tokens = {tokens};
+           window.asked = 0;
+           window.codes = [];
+           const room = m.connect({{ room: 'r', minDelay: 50, token: async () => tokens[Math.min(window.asked++, 1)] }});
+           room.addEventListener('status', (e) => {{ if (e.detail.code) window.codes.push(e.detail.code); }});
+           room.addEventListener('presence', (e) => {{ window.members = e.detail.members; }});
+           return true;
+         }})",
+        tokens = serde_json::to_string(&tokens).unwrap()
+    ))
+    .await;
+    page.wait(
+        "the first token's name",
+        "window.members && window.members.join() === 'first'",
+    )
+    .await;
+    let asked = within("the reconnect with the second token", async {
+        loop {
+            let v = page
+                .eval("window.members && window.members.join() === 'second' ? window.asked : 0")
+                .await;
+            if v.as_u64().unwrap_or(0) > 0 {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(asked, 2, "one fresh token per socket");
+    assert_eq!(page.eval("window.codes").await, serde_json::json!([4002]));
+    // The banner page has no favicon: Chromium's request for one is the only 404.
+    page.assert_no_errors(|e| e.contains("404 (Not Found)"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_cut_while_fifty_messages_are_sent_shows_each_once_in_order_after_reconnecting() {
+    let config = "[web]\nenabled = true\n[relay]\nenvelope = \"json\"\nhistory = 100\n\
+                  [heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'\n";
+    let daemon = Daemon::start(config, &[]).await;
+    let proxy = Proxy::start(daemon.addr).await;
+    let s = Session::new("recovery");
+    let sam = open(
+        &s,
+        "sam",
+        &format!("https://127.0.0.1:{}/r?name=sam&ping_ms=500", proxy.port),
+    )
+    .await;
+    connected(&sam).await;
+    let mut bot = daemon.connect("/r?name=bot").await;
+    bot.send_text("before the cut").await;
+    sam.wait_text("#log .msg", "before the cut").await;
+
+    let (made, _, _) = sam.sockets().await;
+    proxy.cut();
+    for i in 0..50 {
+        bot.send_text(&format!("missed {i:02}")).await;
+    }
+    // client.js notices the missing pongs and reconnects with ?since=: the 50 are replayed.
+    sam.wait(
+        "a new socket after the cut",
+        &format!("window.__sockets.made > {made}"),
+    )
+    .await;
+    sam.wait_text("#log .sys", "reconnected, 50 missed messages recovered")
+        .await;
+    bot.send_text("after").await;
+    sam.wait_text("#log .msg", "after").await;
+    let shown = sam
+        .eval(
+            "[...document.querySelectorAll('#log .msg')].map(e => e.textContent)\
+             .filter(t => t.includes('missed ') || t.includes('before the cut'))",
+        )
+        .await;
+    let mut expected = vec!["bot: before the cut".to_owned()];
+    expected.extend((0..50).map(|i| format!("bot: missed {i:02}")));
+    assert_eq!(shown, serde_json::json!(expected), "each once, in order");
+    sam.assert_no_errors(|_| false).await;
+}

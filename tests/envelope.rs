@@ -70,7 +70,8 @@ async fn history_replays_the_wrapped_form_and_the_app_ping_is_answered_unwrapped
     let mut late = server.connect("/h?name=late").await;
     assert_eq!(
         next_json(&mut late).await,
-        json!({"type": "message", "room": "h", "from": "first", "data": "kept"})
+        json!({"type": "message", "room": "h", "from": "first", "data": "kept", "seq": 1}),
+        "with history, messages are numbered for recovery"
     );
 }
 

@@ -63,6 +63,7 @@ impl Nginx {
                upstream wsline {{ server {upstream}; }}\n\
                server {{\n\
                  listen 127.0.0.1:{port};\n\
+                 access_log {d}/noquery.log wsline_noquery;\n\
                  include {location};\n\
                }}\n\
              }}\n",
@@ -159,6 +160,11 @@ impl Nginx {
             Err(tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
             Err(e) => panic!("websocket through nginx: {e}"),
         }
+    }
+
+    /// The server block's access log, in the shipped `wsline_noquery` format.
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("noquery.log")).unwrap_or_default()
     }
 
     fn error_log(&self) -> String {
@@ -321,6 +327,65 @@ async fn stats_and_the_demo_page_work_under_the_prefix() {
     // /metrics is for metrics.allow only: through nginx the client is judged, not nginx.
     assert_eq!(nginx.get("127.0.0.3", "/wsline/metrics").await.0, 403);
     assert_eq!(nginx.get("127.0.0.2", "/wsline/metrics").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_api_is_not_reachable_through_nginx() {
+    let key = "nginx-test-api-key-0123456789";
+    let daemon = Daemon::start(&format!("[api]\nkeys = [\"{key}\"]\n"), &[]).await;
+    let nginx = Nginx::start(daemon.addr).await;
+    // Directly, from loopback with the key, the API answers.
+    let (status, _, _) = daemon
+        .http(&format!(
+            "GET /api/rooms HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    // Through nginx (whose own address is in api.allow) it is a 404, key or not.
+    for path in ["/wsline/api/rooms", "/wsline/api/rooms/r/messages"] {
+        let mut tcp = nginx.tcp("127.0.0.1").await;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        within("nginx response", tcp.read_to_string(&mut raw))
+            .await
+            .unwrap();
+        assert!(raw.starts_with("HTTP/1.1 404"), "{path}: {raw}");
+    }
+    // The rest of the prefix is still proxied.
+    assert_eq!(nginx.get("127.0.0.1", "/wsline/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_log_format_keeps_tokens_out_of_the_access_log() {
+    let daemon = Daemon::start("[security]\ntoken = \"secret-in-the-query\"\n", &[]).await;
+    let nginx = Nginx::start(daemon.addr).await;
+    let ws = nginx
+        .ws("127.0.0.1", "/wsline/room7?token=secret-in-the-query")
+        .await
+        .expect("upgrade with the token");
+    drop(ws);
+    assert_eq!(
+        nginx
+            .get("127.0.0.1", "/wsline/healthz?token=secret-in-the-query")
+            .await
+            .0,
+        200
+    );
+    // nginx writes a request's line when it ends: the health check's comes last.
+    let log = within("the access log lines", async {
+        loop {
+            let log = nginx.access_log();
+            if log.contains("/wsline/healthz") && log.contains("/wsline/room7") {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(!log.contains("secret-in-the-query"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,6 +250,18 @@ impl Cluster {
         }
     }
 
+    /// Asks the other nodes to kick the members of `room` whose name has `key` (the backend API):
+    /// sent on the room's channel, so only nodes with members there hear it, and never kept in
+    /// its history. Dropped, like a message, while Redis is down.
+    pub fn kick(&self, room: &str, key: &str) {
+        if !self.is_up() {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let data = wire::encode(&self.shared.instance, &Payload::Kick(key.into()));
+        self.publish(&Arc::from(room), data, 0);
+    }
+
     /// Marks a room's local presence as changed (a join or a leave).
     pub fn touch(&self, room: &Arc<str>) {
         crate::hub::lock(&self.shared.dirty).insert(room.clone());

@@ -91,6 +91,9 @@ impl Receipts {
                     s.wake.notify_one();
                 }
             }
+            Payload::Kick(key) => {
+                hub.kick_key(&room, &key);
+            }
         }
     }
 

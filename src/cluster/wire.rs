@@ -94,6 +94,8 @@ pub enum Payload {
     Message(Message),
     /// The sender's presence entry for the channel's room changed.
     Presence,
+    /// The backend API kicked the member whose name has this key (`request::name_key`).
+    Kick(Box<str>),
 }
 
 /// Wraps a relayed message (or a presence notice) with the sending instance.
@@ -103,6 +105,7 @@ pub fn encode(instance: &str, payload: &Payload) -> Bytes {
         Payload::Message(Message::Text(t)) => (b'T', t.as_bytes()),
         // Pings, pongs, closes and raw frames are never relayed.
         Payload::Message(_) | Payload::Presence => (b'P', &[]),
+        Payload::Kick(key) => (b'K', key.as_bytes()),
     };
     let id = &instance.as_bytes()[..instance.len().min(255)];
     let mut out = BytesMut::with_capacity(3 + id.len() + data.len());
@@ -174,6 +177,11 @@ pub fn decode(raw: Bytes) -> Result<(Bytes, Payload), BadEnvelope> {
             Payload::Message(Message::Text(text))
         }
         b'P' => Payload::Presence,
+        b'K' => Payload::Kick(
+            std::str::from_utf8(&data)
+                .map_err(|_| BadEnvelope::NotUtf8)?
+                .into(),
+        ),
         _ => return Err(BadEnvelope::Unknown),
     };
     Ok((instance, payload))
@@ -298,6 +306,8 @@ mod tests {
             assert_eq!(&from[..], b"n1:42");
             assert_eq!(payload, Payload::Message(msg));
         }
+        let kick = Payload::Kick("bob".into());
+        assert_eq!(decode(encode("x", &kick)).unwrap().1, kick);
         let (from, p) = decode(encode("x", &Payload::Presence)).unwrap();
         assert_eq!((&from[..], p), (&b"x"[..], Payload::Presence));
     }

@@ -13,13 +13,18 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 
 use super::{
-    Cluster, Heartbeat, HeartbeatOverride, Limits, Log, Metrics, Presence, PresenceOverride,
+    Api, Cluster, Heartbeat, HeartbeatOverride, Limits, Log, Metrics, Presence, PresenceOverride,
     Problem, Relay, RelayOverride, RoomRule, Security, Server, Tls, Web, line_column,
 };
 
 /// Keys whose values are secrets (a token, a URL with a password): an error about them says what
 /// is wrong without showing the value, because errors reach the journal on every SIGHUP.
-pub(super) const SECRET_KEYS: [&str; 2] = ["security.token", "cluster.redis"];
+pub(super) const SECRET_KEYS: [&str; 4] = [
+    "security.token",
+    "security.jwt",
+    "cluster.redis",
+    "api.keys",
+];
 
 /// The names of a section's keys.
 type Fields = fn() -> &'static [&'static str];
@@ -27,7 +32,7 @@ type Fields = fn() -> &'static [&'static str];
 type Leaf = for<'i> fn(&Spanned<DeString<'i>>, &Spanned<DeValue<'i>>) -> Result<(), String>;
 
 /// Every section of the file: its name, its keys and the check of one of its values.
-const SECTIONS: [(&str, Fields, Leaf); 11] = [
+const SECTIONS: [(&str, Fields, Leaf); 12] = [
     ("server", fields::<Server>, leaf::<Server>),
     ("tls", fields::<Tls>, leaf::<Tls>),
     ("relay", fields::<Relay>, leaf::<Relay>),
@@ -39,6 +44,7 @@ const SECTIONS: [(&str, Fields, Leaf); 11] = [
     ("metrics", fields::<Metrics>, leaf::<Metrics>),
     ("web", fields::<Web>, leaf::<Web>),
     ("cluster", fields::<Cluster>, leaf::<Cluster>),
+    ("api", fields::<Api>, leaf::<Api>),
 ];
 
 /// The sections a `[[rooms]]` entry may override: their names, keys and the check of one value.

@@ -25,16 +25,23 @@
 //   minutes).
 // - Reconnects with jittered exponential backoff (0.5 s doubling to 30 s, each delay 50-100 %
 //   of the step); stops on close 1008 (name taken, rate limit), on 4001 (this session was taken
-//   over by another tab) and after close(), and always says why in a `status` event.
+//   over by another tab), on 4003 (kicked by the backend) and after close(), and always says why
+//   in a `status` event. Close 4002 (signed token expired) reconnects with a fresh token when
+//   `token` is a function.
 // - Sends the app ping (heartbeat.app_ping) every `pingEvery` ms when one is configured, and
 //   treats a connection that answered nothing for two periods as dead.
 // - Presence in every format becomes a `presence` event with the current member list.
+// - Recovery: in a room that numbers its messages (history with the JSON envelope), remembers the
+//   room's epoch and the last number seen, reconnects with ?since=EPOCH:SEQ, never emits a
+//   message twice, and after each reconnect emits `recovered` {count, gap}: how many missed
+//   messages were replayed, and the server's gap notice when not all of them could be.
 
 /** What the wsline that served this file is configured to do (empty in a copy). */
 export const settings = /*wsline:settings*/ {} /*end*/;
 
 const CLOSE_POLICY = 1008;
 const CLOSE_REPLACED = 4001;
+const CLOSE_KICKED = 4003;
 const STABLE_AFTER_MS = 5000;
 const SESSION_KEY = "wsline-session";
 
@@ -42,7 +49,9 @@ const SESSION_KEY = "wsline-session";
  * Connects to a room. Options (all optional):
  *   room       room name; "" or absent = the default room
  *   name       presence name (?name=), unique in the room
- *   token      security.token, when the server requires one (?token=)
+ *   token      the token sent as ?token=: security.token, or a signed token ([security.jwt]);
+ *              a string, or a function returning a Promise of one, called before every
+ *              (re)connect so each socket gets a fresh token (e.g. after close 4002, expired)
  *   session    the id sent as ?session= (default: a random one kept per tab in sessionStorage;
  *              false: none, so a reconnect after a drop may meet "name taken" until the ghost
  *              connection times out)
@@ -58,8 +67,10 @@ const SESSION_KEY = "wsline-session";
  *   presence  {count, total, members, more, joined, left, initial}: `members` is the sorted
  *             name list (null with plain counts); `joined`/`left` the change since the last
  *             event; `initial` is true for the first state after each (re)connect
+ *   recovered {count, gap}: after a reconnect, the missed messages replayed (`gap`: the server's
+ *             notice {reason, ...} when history could not reach back far enough, else null)
  *   status    {state, code, reason, attempt, delay}: state is "connecting", "open",
- *             "reconnecting" (with the delay in ms), "refused" (1008, or a room name or name
+ *             "reconnecting" (with the delay in ms), "refused" (1008, 4003 kicked, or a room name or name
  *             the server would refuse, with `reason`: will not reconnect), "replaced" (4001:
  *             another tab with this session took the name over; will not reconnect) or
  *             "closed" (after close())
@@ -84,9 +95,14 @@ export class Room extends EventTarget {
     this.maxDelay = o.maxDelay || 30000;
     this.echo = o.echo !== false;
     this.session = o.session === false ? "" : o.session || tabSession();
-    this.url = socketUrl(o.url || new URL(".", import.meta.url), this.room, this.name, o.token,
-      this.session);
+    this.base = o.url || new URL(".", import.meta.url);
+    this.token = o.token;
+    this.url = socketUrl(this.base, this.room, this.name,
+      typeof o.token === "function" ? "" : o.token, this.session);
     this.members = new Set();
+    // Recovery: the room's epoch (from its presence state) and the last message number seen.
+    this.epoch = "";
+    this.seq = 0;
     this.attempt = 0;
     this.socket = null;
     this.timer = null;
@@ -149,12 +165,54 @@ export class Room extends EventTarget {
 
   open() {
     this.timer = null;
-    if (this.stopped || this.socket) return;
+    if (this.stopped || this.socket || this.fetching) return;
     this.status("connecting");
-    const ws = new WebSocket(this.url);
+    if (typeof this.token !== "function") {
+      this.dial(this.socketUrl(this.token));
+      return;
+    }
+    // A fresh token for every socket: the last one may have expired (close 4002).
+    this.fetching = true;
+    Promise.resolve()
+      .then(() => this.token())
+      .then(
+        (token) => {
+          this.fetching = false;
+          if (this.stopped || this.socket) return;
+          this.dial(this.socketUrl(token));
+        },
+        (e) => {
+          this.fetching = false;
+          if (this.stopped) return;
+          this.retry({ code: undefined, reason: `no token: ${e}` });
+        },
+      );
+  }
+
+  /** This socket's URL: with ?since= once a numbered message of this room's epoch was seen. */
+  socketUrl(token) {
+    const since = this.epoch && this.seq ? `${this.epoch}:${this.seq}` : "";
+    return socketUrl(this.base, this.room, this.name, token, this.session, since);
+  }
+
+  /** Reconnects after a jittered, growing delay. */
+  retry(c) {
+    const step = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
+    const delay = Math.round(step * (0.5 + Math.random() / 2));
+    this.attempt += 1;
+    this.status("reconnecting", c, delay);
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+
+  dial(url) {
+    const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.socket = ws;
     let initial = true;
+    // Until the first presence state: what this socket replayed (numbered messages, a gap).
+    const reconnect = this.seq > 0;
+    let replayed = 0;
+    let gap = null;
     let heard = Date.now();
     let stable = null;
     let ping = null;
@@ -187,14 +245,36 @@ export class Room extends EventTarget {
       if (this.appPong && text === this.appPong) return;
       const presence = this.parsePresence(text);
       if (presence) {
+        if (initial && presence.epoch !== undefined) {
+          if (this.epoch && presence.epoch !== this.epoch && !gap) this.seq = 0;
+          this.epoch = presence.epoch;
+        }
+        if (initial && reconnect) this.emit("recovered", { count: replayed, gap });
         this.applyPresence(presence, initial);
         initial = false;
         return;
       }
+      if (initial && text.startsWith('{"type":"gap"')) {
+        try {
+          gap = JSON.parse(text);
+          // The room started over: its numbers did too.
+          if (gap.reason !== "history") this.seq = 0;
+          return;
+        } catch (_) { /* not a notice after all */ }
+      }
       if (this.envelope === "json" && text.startsWith('{"type":"message"')) {
         try {
           const e = JSON.parse(text);
-          this.emit("message", { data: e.data, from: e.from, room: e.room, verified: true });
+          if (typeof e.seq === "number") {
+            // Never shown twice: a number at or below the last one seen was shown already.
+            if (e.seq <= this.seq) return;
+            this.seq = e.seq;
+            if (initial && reconnect) replayed += 1;
+          }
+          this.emit("message", {
+            data: e.data, from: e.from, room: e.room, verified: true, seq: e.seq,
+            source: e.source,
+          });
           return;
         } catch (_) { /* not an envelope after all: a raw line */ }
       }
@@ -208,18 +288,14 @@ export class Room extends EventTarget {
       this.socket = null;
       if (this.stopped) {
         this.status("closed", c);
-      } else if (c.code === CLOSE_POLICY) {
+      } else if (c.code === CLOSE_POLICY || c.code === CLOSE_KICKED) {
         this.stopped = true;
         this.status("refused", c);
       } else if (c.code === CLOSE_REPLACED) {
         this.stopped = true;
         this.status("replaced", c);
       } else {
-        const step = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
-        const delay = Math.round(step * (0.5 + Math.random() / 2));
-        this.attempt += 1;
-        this.status("reconnecting", c, delay);
-        this.timer = setTimeout(() => this.open(), delay);
+        this.retry(c);
       }
     };
     ws.onclose = ended;
@@ -319,13 +395,14 @@ function tabSession() {
 }
 
 /** ws(s)://BASE/ROOM?name=..&token=..&session=.. from an http(s) or ws(s) base URL. */
-export function socketUrl(base, room = "", name = "", token = "", session = "") {
+export function socketUrl(base, room = "", name = "", token = "", session = "", since = "") {
   const url = new URL(room ? encodeURIComponent(room) : "./", new URL(base, location.href));
   url.protocol = url.protocol === "https:" || url.protocol === "wss:" ? "wss:" : "ws:";
   const query = new URLSearchParams();
   if (name) query.set("name", name);
   if (token) query.set("token", token);
   if (session && name) query.set("session", session);
+  if (since) query.set("since", since);
   url.search = query.toString();
   url.hash = "";
   return url.href;

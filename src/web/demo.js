@@ -145,6 +145,16 @@ async function join(roomName, name) {
   r.addEventListener("message", (e) => r === room && showMessage(e.detail));
   r.addEventListener("presence", (e) => r === room && showPresence(e.detail));
   r.addEventListener("status", (e) => r === room && showStatus(e.detail));
+  r.addEventListener("recovered", (e) => r === room && showRecovered(e.detail));
+}
+
+function showRecovered({ count, gap }) {
+  if (gap) {
+    const why = gap.reason === "epoch" ? "the room started over" : "history does not reach back that far";
+    line("sys", `reconnected; some messages may be missing (${why}); ${count} recovered`);
+  } else {
+    line("sys", `reconnected, ${count} missed messages recovered`);
+  }
 }
 
 function leave(closeSocket = true) {

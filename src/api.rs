@@ -1,0 +1,414 @@
+//! The backend API under `/api/` on the relay's port: a backend publishes into rooms, reads their
+//! presence, pages through them and kicks members.
+//!
+//! Off (every `/api/` path is `404`) while `api.keys` is empty. Each request is judged in this
+//! order, each refusal a small plain-text body:
+//! - the real client address (behind a trusted proxy, the forwarded one) must be in `api.allow`,
+//!   else `403`: a key that leaked is still useless from elsewhere;
+//! - `Authorization: Bearer KEY` must carry one of `api.keys` (compared in constant time; several
+//!   keys so that one can be rotated without downtime), else `401` with `WWW-Authenticate: Bearer`;
+//! - the whole API answers at most `api.requests_per_second` (a token bucket of as many), else
+//!   `429` with `Retry-After: 1`;
+//! - then the route: an unknown path is `404`, a known path with another method `405` (`Allow`),
+//!   an invalid room name `400`, a body over `relay.max_message_size` `413`, a content type that
+//!   is neither `text/plain` nor `application/octet-stream` `415`.
+//!
+//! Keys are secrets: they are never logged, and no answer repeats what the client sent in its
+//! `Authorization` header.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::{debug, info};
+
+use crate::State;
+use crate::config::{Config, Envelope as Mode};
+use crate::envelope::Envelope;
+use crate::hub::lock;
+use crate::limits::{TokenBucket, client_ip};
+use crate::request::{presence_name, room_from_path};
+
+type Body = Full<Bytes>;
+
+/// The prefix of every API path.
+pub const PREFIX: &str = "/api/";
+/// `GET /api/rooms` lists this many rooms unless `?limit=` asks for fewer or more ...
+const DEFAULT_PAGE: usize = 100;
+/// ... and never more than this, so one call's work is bounded whatever the number of rooms.
+const MAX_PAGE: usize = 1000;
+
+/// The API's request budget (`api.requests_per_second`), shared by every caller.
+#[derive(Default)]
+pub struct Budget {
+    /// The rate the bucket was made for, and the bucket; remade when a reload changes the rate.
+    bucket: Mutex<Option<(u32, TokenBucket)>>,
+}
+
+impl Budget {
+    /// Takes one request from the budget; `false` when it is spent.
+    fn take(&self, rate: u32) -> bool {
+        let mut bucket = lock(&self.bucket);
+        if bucket.as_ref().is_none_or(|(r, _)| *r != rate) {
+            *bucket = Some((rate, TokenBucket::new(rate, rate)));
+        }
+        bucket.as_mut().is_some_and(|(_, b)| b.take(Instant::now()))
+    }
+}
+
+/// Whether `path` is the API's. `/api` alone is not: it is the page of room `api`, and no room
+/// name contains a `/`.
+pub fn serves(path: &str) -> bool {
+    path.starts_with(PREFIX)
+}
+
+/// Answers one request to a path under `/api/`.
+pub async fn respond(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<State>,
+) -> Response<Body> {
+    let config = state.config.load_full();
+    let api = &config.api;
+    if api.keys.is_empty() {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let client = client_ip(peer, req.headers(), &config.security.trusted_proxies);
+    if !client.is_some_and(|c| api.allow.iter().any(|net| net.contains(&c))) {
+        info!(status = 403, client = ?client, %peer, "api request refused: address not in api.allow");
+        return text(StatusCode::FORBIDDEN, "the api is not for your address\n");
+    }
+    if !key_ok(&req, &api.keys) {
+        info!(status = 401, client = ?client, %peer, "api request refused: no valid key");
+        let mut r = text(StatusCode::UNAUTHORIZED, "api key required\n");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    if !state.api.take(api.requests_per_second) {
+        debug!(status = 429, client = ?client, "api request refused: api.requests_per_second");
+        let mut r = text(StatusCode::TOO_MANY_REQUESTS, "too many api requests\n");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches(PREFIX).split('/').collect();
+    let method = req.method().clone();
+    match segments.as_slice() {
+        ["rooms"] => match method {
+            Method::GET => list(&req, state),
+            _ => not_allowed("GET"),
+        },
+        ["rooms", room] => match method {
+            Method::GET => with_room(room, |room| one(room, state)),
+            _ => not_allowed("GET"),
+        },
+        ["rooms", room, "messages"] => match method {
+            Method::POST => match room_from_path(room) {
+                Some(room) => publish(req, room, state, &config).await,
+                None => bad_room(),
+            },
+            _ => not_allowed("POST"),
+        },
+        ["rooms", room, "kick"] => match method {
+            Method::POST => with_room(room, |room| kick(&req, room, state)),
+            _ => not_allowed("POST"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// One of `keys` in `Authorization: Bearer`, each compared in constant time.
+fn key_ok(req: &Request<Incoming>, keys: &[String]) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    // Every key is compared, so the time taken does not tell which one matched.
+    keys.iter().fold(false, |found, key| {
+        found | bool::from(given.as_bytes().ct_eq(key.as_bytes()))
+    })
+}
+
+fn with_room(segment: &str, f: impl FnOnce(String) -> Response<Body>) -> Response<Body> {
+    match room_from_path(segment) {
+        Some(room) => f(room),
+        None => bad_room(),
+    }
+}
+
+fn bad_room() -> Response<Body> {
+    text(StatusCode::BAD_REQUEST, "invalid room name\n")
+}
+
+#[derive(Serialize)]
+struct Published<'a> {
+    room: &'a str,
+    queued: usize,
+}
+
+/// `POST /api/rooms/ROOM/messages`: the body is the message, relayed like a member's.
+async fn publish(
+    req: Request<Incoming>,
+    room: String,
+    state: &Arc<State>,
+    config: &Arc<Config>,
+) -> Response<Body> {
+    let own = config.for_room(&room);
+    let max = own.relay.max_message_size;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let charset_ok = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.trim().strip_prefix("charset="))
+        .all(|c| c.trim_matches('"').eq_ignore_ascii_case("utf-8"));
+    let binary = match mime.as_str() {
+        "text/plain" if charset_ok => false,
+        "application/octet-stream" => true,
+        _ => {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send text/plain; charset=utf-8 or application/octet-stream\n",
+            );
+        }
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return too_large();
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            debug!(error = %e, "api body not read");
+            return text(StatusCode::BAD_REQUEST, "body not read\n");
+        }
+    };
+    let envelope = (own.relay.envelope == Mode::Json).then(|| Envelope::api(&room));
+    let msg = match (binary, envelope) {
+        (true, None) => Message::Binary(body),
+        (true, Some(_)) => {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "binary messages are not relayed with relay.envelope = \"json\"\n",
+            );
+        }
+        (false, envelope) => {
+            let Ok(text_body) = Utf8Bytes::try_from(body) else {
+                return text(StatusCode::BAD_REQUEST, "the body is not valid UTF-8\n");
+            };
+            match envelope {
+                Some(envelope) => Message::Text(envelope.wrap(&text_body)),
+                None => Message::Text(text_body),
+            }
+        }
+    };
+    let queued = state.hub.publish_api(&room, msg);
+    json(&Published {
+        room: &room,
+        queued,
+    })
+}
+
+fn too_large() -> Response<Body> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "message larger than relay.max_message_size\n",
+    )
+}
+
+#[derive(Serialize)]
+struct Presence<'a> {
+    room: &'a str,
+    count: usize,
+    names: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    more: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// `GET /api/rooms/ROOM`: the room's presence (count and names); an empty room is count 0.
+fn one(room: String, state: &State) -> Response<Body> {
+    let (count, names, more) = state.hub.room_presence(&room).unwrap_or_default();
+    json(&Presence {
+        room: &room,
+        count,
+        names,
+        more,
+    })
+}
+
+#[derive(Serialize)]
+struct Page {
+    rooms: Vec<RoomCount>,
+    next: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RoomCount {
+    room: String,
+    count: usize,
+}
+
+/// `GET /api/rooms?after=NAME&limit=N`: rooms sorted by name, a page at a time.
+fn list(req: &Request<Incoming>, state: &State) -> Response<Body> {
+    let (mut after, mut limit) = (None, DEFAULT_PAGE);
+    for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match &*key {
+            "after" if !value.is_empty() => after = Some(value.into_owned()),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+                _ => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit must be between 1 and {MAX_PAGE}\n"),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let (rooms, more) = state.hub.rooms_after(after.as_deref(), limit);
+    let next = more
+        .then(|| rooms.last().map(|(r, _)| r.to_string()))
+        .flatten();
+    let rooms = rooms
+        .into_iter()
+        .map(|(room, count)| RoomCount {
+            room: room.to_string(),
+            count,
+        })
+        .collect();
+    json(&Page { rooms, next })
+}
+
+#[derive(Serialize)]
+struct Kicked {
+    closed: usize,
+}
+
+/// `POST /api/rooms/ROOM/kick?name=NAME`: closes that member's connections with `hub::KICKED`.
+fn kick(req: &Request<Incoming>, room: String, state: &State) -> Response<Body> {
+    let name = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.into_owned());
+    let Some(Ok(name)) = name.as_deref().map(presence_name) else {
+        return text(StatusCode::BAD_REQUEST, "?name= must be a valid name\n");
+    };
+    let closed = state.hub.kick(&room, &name);
+    info!(%room, closed, "api kick");
+    json(&Kicked { closed })
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(value: &impl Serialize) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            debug!(error = %e, "api answer did not serialize");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "answer unavailable\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_checked_without_showing_them() {
+        let problems =
+            |text: &str| match Config::from_toml(&format!("[tls]\nenabled = false\n{text}")) {
+                Ok(_) => Vec::new(),
+                Err(p) => p.into_iter().map(|p| p.message).collect::<Vec<_>>(),
+            };
+        let short = problems("[api]\nkeys = [\"hunter2\"]\n");
+        assert!(short[0].starts_with("api.keys: "), "{short:?}");
+        let typed = problems("[api]\nkeys = \"hunter2-but-not-a-list\"\n");
+        assert!(typed[0].contains("api.keys"), "{typed:?}");
+        for p in short.iter().chain(&typed) {
+            assert!(!p.contains("hunter2"), "{p}");
+        }
+        assert!(
+            problems("[api]\nrequests_per_second = 0\n")[0].starts_with("api.requests_per_second")
+        );
+        let ok =
+            Config::from_toml("[tls]\nenabled = false\n[api]\nkeys = [\"0123456789abcdef\"]\n")
+                .unwrap();
+        assert!(
+            !format!("{ok:?}").contains("0123456789abcdef"),
+            "Debug shows no key"
+        );
+    }
+
+    #[test]
+    fn only_paths_under_the_prefix_are_the_apis() {
+        assert!(serves("/api/rooms") && serves("/api/"));
+        assert!(!serves("/api") && !serves("/apiary") && !serves("/"));
+    }
+
+    #[test]
+    fn the_budget_refuses_past_its_rate_and_follows_a_new_one() {
+        let budget = Budget::default();
+        assert!(budget.take(2));
+        assert!(budget.take(2));
+        assert!(!budget.take(2), "two a second, both spent");
+        assert!(budget.take(5), "a new rate starts a full bucket");
+    }
+}
