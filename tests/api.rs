@@ -3,7 +3,6 @@
 //! of the log of the real binary.
 
 mod common;
-#[allow(dead_code)]
 #[path = "common/redis.rs"]
 mod redis_server;
 
