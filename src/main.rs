@@ -58,16 +58,16 @@ fn main() -> ExitCode {
     // --check-config's nginx advice, worked out before the server takes the configuration.
     let nginx_advice = args.check_config.then(|| {
         (
-            wsline::nginx::warnings(&config),
-            wsline::nginx::snippet(&config),
+            wsline::config::nginx::warnings(&config),
+            wsline::config::nginx::snippet(&config),
         )
     });
-    let mut room_notes = wsline::hub::check_notes(&config);
+    let mut room_notes = wsline::relay::hub::check_notes(&config);
     room_notes.extend(wsline::cluster::check_note(&config.cluster));
-    room_notes.extend(wsline::jwt::check_note(&config.security.jwt));
+    room_notes.extend(wsline::net::jwt::check_note(&config.security.jwt));
     // A quiet check says nothing but problems: not even the start-up log lines of Server::new.
     if !args.quiet {
-        wsline::logging::init(&config.log);
+        wsline::runtime::logging::init(&config.log);
     }
     let (listen, backlog) = (config.server.listen.clone(), config.server.backlog);
     let origin = config.origin.clone();
@@ -107,14 +107,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listeners = match wsline::server::bind_with_backlog(&listen, backlog) {
+        let listeners = match wsline::runtime::server::bind_with_backlog(&listen, backlog) {
             Ok(l) => l,
             Err(e) => {
                 report(format_args!("{}: {e}", args.config.display()));
                 return ExitCode::FAILURE;
             }
         };
-        if let Err(e) = wsline::signals::spawn(server.handle(), args.config.clone()) {
+        if let Err(e) = wsline::runtime::signals::spawn(server.handle(), args.config.clone()) {
             report(format_args!("cannot install signal handlers: {e}"));
             return ExitCode::FAILURE;
         }

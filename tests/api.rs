@@ -382,7 +382,7 @@ async fn ten_thousand_rooms_page_correctly_a_bounded_page_at_a_time() {
     let hub = handle.hub();
     let mut held = Vec::new();
     for i in 0..9_999 {
-        let (tx, rx) = wsline::outbox::outbox(16, 1 << 16, Default::default());
+        let (tx, rx) = wsline::relay::outbox::outbox(16, 1 << 16, Default::default());
         held.push((hub.join(&format!("room{i:05}"), None, tx).unwrap(), rx));
     }
     let _real = server.connect("/room09999").await;

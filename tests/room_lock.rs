@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use common::{WAIT, start_with_handle, within};
 use tokio_tungstenite::tungstenite::Message;
-use wsline::hub::Hub;
-use wsline::outbox::Outbox;
+use wsline::relay::hub::Hub;
+use wsline::relay::outbox::Outbox;
 
 fn outbox() -> Outbox {
-    wsline::outbox::outbox(16, 1 << 20, tokio_util::sync::CancellationToken::new()).0
+    wsline::relay::outbox::outbox(16, 1 << 20, tokio_util::sync::CancellationToken::new()).0
 }
 
 /// Joins `room` and leaves it again on a thread of its own (not a runtime worker, so a join that

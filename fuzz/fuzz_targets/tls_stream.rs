@@ -18,7 +18,7 @@ use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wsline::tls::MAX_INCOMING;
+use wsline::net::tls::MAX_INCOMING;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -78,7 +78,7 @@ fn world() -> &'static World {
 
 /// The server side: accept, then read until the stream ends, checking the buffers' ceilings.
 async fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>) {
-    let Ok(mut stream) = wsline::tls::accept(config, tcp).await else {
+    let Ok(mut stream) = wsline::net::tls::accept(config, tcp).await else {
         return;
     };
     let mut buf = vec![0u8; 4096];

@@ -13,7 +13,7 @@ use redis::RedisResult;
 
 use super::Shared;
 use super::wire::{self, Payload};
-use crate::hub::Hub;
+use crate::relay::hub::Hub;
 
 /// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
 /// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.

@@ -22,7 +22,7 @@ use super::Shared;
 use super::presence::heartbeat;
 use super::source::Source;
 use super::wire;
-use crate::shutdown::Shutdown;
+use crate::runtime::shutdown::Shutdown;
 
 /// The longest wait between two heartbeats.
 const EVERY_MAX: Duration = Duration::from_millis(500);

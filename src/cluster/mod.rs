@@ -264,7 +264,7 @@ impl Cluster {
 
     /// Marks a room's local presence as changed (a join or a leave).
     pub fn touch(&self, room: &Arc<str>) {
-        crate::hub::lock(&self.shared.dirty).insert(room.clone());
+        crate::relay::hub::lock(&self.shared.dirty).insert(room.clone());
         self.shared.wake.notify_one();
     }
 
@@ -319,7 +319,7 @@ impl Cluster {
         };
         let read = presence::read_room(&self.shared, (*conn).clone(), room);
         if let Ok(Ok((count, names))) = tokio::time::timeout(CLAIM_TIMEOUT, read).await {
-            let mut reads = crate::hub::lock(&self.shared.first_reads);
+            let mut reads = crate::relay::hub::lock(&self.shared.first_reads);
             if reads.len() >= FIRST_READS {
                 reads.clear();
             }
@@ -331,7 +331,7 @@ impl Cluster {
     /// The read [`Cluster::first_read`] made for `room`, taken by the join that opens the room
     /// (a read older than [`CLAIM_TIMEOUT`], left by a join that never came, is not used).
     pub fn take_first_read(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
-        let read = crate::hub::lock(&self.shared.first_reads).remove(room)?;
+        let read = crate::relay::hub::lock(&self.shared.first_reads).remove(room)?;
         (read.at.elapsed() < CLAIM_TIMEOUT).then_some((read.count, read.names))
     }
 

@@ -24,8 +24,8 @@ use redis::aio::ConnectionLike;
 
 use super::Shared;
 use super::scripts::{self, Call, Op};
-use crate::hub::{Hub, lock};
-use crate::request::name_key;
+use crate::net::request::name_key;
+use crate::relay::hub::{Hub, lock};
 
 /// Pending releases kept at most (about 100 bytes each).
 pub const PENDING_RELEASES: usize = 65_536;

@@ -12,8 +12,8 @@ use tracing::info;
 use super::Shared;
 use super::scripts::{self, Call, Op};
 use super::wire::{self, Payload};
-use crate::hub::Hub;
-use crate::request::name_key;
+use crate::net::request::name_key;
+use crate::relay::hub::Hub;
 
 /// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it
 /// was pending: `names`); records it under the instance for the sweep. 1 = won.

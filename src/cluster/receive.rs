@@ -25,7 +25,7 @@ use tracing::debug;
 
 use super::Shared;
 use super::wire::{self, Payload};
-use crate::hub::{Hub, lock};
+use crate::relay::hub::{Hub, lock};
 
 /// Messages from Redis waiting for delivery, at most.
 pub const RECEIVE_QUEUE: usize = 16_384;

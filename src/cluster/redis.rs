@@ -37,8 +37,8 @@ use super::scripts::{self, Call, Op};
 use super::source::Source;
 use super::wire::{self, Payload};
 use super::{Cluster, Out, Shared, liveness, names};
-use crate::hub::{Hub, lock};
-use crate::shutdown::Shutdown;
+use crate::relay::hub::{Hub, lock};
+use crate::runtime::shutdown::Shutdown;
 
 /// How long one connection attempt or one round of commands may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);

@@ -204,7 +204,7 @@ pub fn parse_entry(s: &str) -> (usize, Vec<Arc<str>>) {
     let count = lines.next().and_then(|c| c.parse().ok()).unwrap_or(0);
     // Only names this node would accept itself: presence's size bound relies on them.
     let names = lines
-        .filter(|n| crate::request::is_presence_name(n))
+        .filter(|n| crate::net::request::is_presence_name(n))
         .map(Arc::from)
         .collect();
     (count, names)

@@ -1,6 +1,6 @@
 //! One WebSocket connection, from the upgraded stream to the close frame.
 //!
-//! wsline owns both directions of the protocol (RFC 6455 framing is in [`crate::frame`]): the
+//! wsline owns both directions of the protocol (RFC 6455 framing is in [`crate::ws::frame`]): the
 //! [`read`] half turns client frames into whole messages under the size limit, the [`write`](mod@write) half
 //! writes queued messages as a header plus the shared payload straight into TLS. The task runs
 //! three loops at once and ends with the first to finish: the reader (client messages -> the
@@ -32,10 +32,10 @@ use tracing::{debug, info};
 
 use crate::State;
 use crate::config::Config;
-use crate::envelope::{self, Envelope};
-use crate::hub::Membership;
-use crate::limits::{Admission, TokenBucket};
-use crate::outbox::OutboxRx;
+use crate::net::limits::{Admission, TokenBucket};
+use crate::relay::envelope::{self, Envelope};
+use crate::relay::hub::Membership;
+use crate::relay::outbox::OutboxRx;
 use read::{Incoming, ReadEnd, Reader};
 use write::{WriteEnd, Writer};
 
@@ -102,7 +102,7 @@ pub struct Conn {
     pub membership: Membership,
     pub outbox: OutboxRx,
     /// The real client's slot under its address behind a trusted proxy (see
-    /// [`crate::admit::Admitted::admission`]), freed when the task ends.
+    /// [`crate::net::admit::Admitted::admission`]), freed when the task ends.
     pub admission: Option<Admission>,
     /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
     pub envelope: Option<Envelope>,
@@ -118,7 +118,7 @@ pub enum Next {
     Refuse(u16, &'static str, OutboxRx),
 }
 
-type TlsIo = crate::tls::TlsStream;
+type TlsIo = crate::net::tls::TlsStream;
 
 /// The two halves of an upgraded stream, by the stream's type.
 enum Halves {
@@ -216,9 +216,9 @@ impl Conn {
             _ = closing.cancelled() => if state.shutdown.is_draining() {
                 End::Close(1001, "server shutting down")
             } else if outbox.replaced() {
-                End::Close(crate::hub::REPLACED.0, crate::hub::REPLACED.1)
+                End::Close(crate::relay::hub::REPLACED.0, crate::relay::hub::REPLACED.1)
             } else if outbox.kicked() {
-                End::Close(crate::hub::KICKED.0, crate::hub::KICKED.1)
+                End::Close(crate::relay::hub::KICKED.0, crate::relay::hub::KICKED.1)
             } else {
                 End::Evicted
             },
@@ -228,7 +228,7 @@ impl Conn {
                 WriteEnd::Stalled => End::Evicted,
             },
             end = heartbeat(&outbox, &seen, &config) => end,
-            () = expired => End::Close(crate::jwt::EXPIRED.0, crate::jwt::EXPIRED.1),
+            () = expired => End::Close(crate::net::jwt::EXPIRED.0, crate::net::jwt::EXPIRED.1),
         };
         if matches!(end, End::Evicted) {
             state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);

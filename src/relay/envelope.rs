@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::config::{Config, Envelope as Mode};
 
 /// The most the fixed part of a wrapped message can take: the keys and a message number of up to
-/// 20 digits (`"seq"`, see `crate::recovery`), a room of at most 64 characters of at most 4 bytes
+/// 20 digits (`"seq"`, see `crate::relay::recovery`), a room of at most 64 characters of at most 4 bytes
 /// each (letters need no escaping), and a name of at most 64 characters of at most 6 bytes each
 /// once escaped.
 const MAX_OVERHEAD_BYTES: usize = 96 + 64 * 4 + 64 * 6;

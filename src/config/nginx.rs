@@ -10,7 +10,7 @@ use crate::config::Config;
 /// nginx's default `proxy_read_timeout`.
 const NGINX_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// The shipped location snippet, the same bytes as `nginx/wsline-location.conf`.
-const LOCATION: &str = include_str!("../nginx/wsline-location.conf");
+const LOCATION: &str = include_str!("../../nginx/wsline-location.conf");
 
 /// Warnings for a configuration that passed validation but would misbehave behind nginx.
 pub fn warnings(config: &Config) -> Vec<String> {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+pub mod nginx;
 mod schema;
 
 /// Where the daemon looks when `--config` is not given.
@@ -268,7 +269,7 @@ pub struct Security {
     pub trusted_proxies: Vec<IpNet>,
     /// When set, `?token=` or `Authorization: Bearer` must carry it.
     pub token: String,
-    /// `[security.jwt]`: signed per-user tokens ([`crate::jwt`]).
+    /// `[security.jwt]`: signed per-user tokens ([`crate::net::jwt`]).
     pub jwt: Jwt,
 }
 
@@ -386,7 +387,7 @@ impl Default for Metrics {
     }
 }
 
-/// `[api]`: the backend API under `/api/` ([`crate::api`]); off while `keys` is empty.
+/// `[api]`: the backend API under `/api/` ([`crate::net::api`]); off while `keys` is empty.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Api {
@@ -559,9 +560,9 @@ impl RoomRule {
             // A prefix is a room name cut short: check it with a letter standing for the rest.
             Some("") => true,
             Some(prefix) => {
-                crate::request::is_room_name(&format!("{prefix}a")) && !prefix.contains('*')
+                crate::net::request::is_room_name(&format!("{prefix}a")) && !prefix.contains('*')
             }
-            None => crate::request::is_room_name(&self.pattern),
+            None => crate::net::request::is_room_name(&self.pattern),
         }
     }
 
@@ -1051,7 +1052,7 @@ impl Config {
         }
 
         check(
-            crate::request::is_room_name(&relay.default_room),
+            crate::net::request::is_room_name(&relay.default_room),
             "relay.default_room",
             format!(
                 "{:?} is not a room name (1-64 letters or digits of any script and . _ -, in NFC)",
@@ -1213,7 +1214,7 @@ impl Config {
             "must be a redis://, rediss:// or redis+sentinel:// URL (the value is secret and not shown)".into(),
         );
         // The JSON envelope makes a message larger than what was sent (escaping, at most 6x).
-        let wrapped = crate::envelope::max_relayed_bytes(self);
+        let wrapped = crate::relay::envelope::max_relayed_bytes(self);
         check(
             relay.envelope == Envelope::None || limits.queue_bytes >= wrapped,
             "limits.queue_bytes",
@@ -1223,7 +1224,7 @@ impl Config {
             ),
         );
         // Presence state and history replay vs the outbound queue (rooms own these rules).
-        problems.extend(crate::hub::check_config(self));
+        problems.extend(crate::relay::hub::check_config(self));
         problems
     }
 }
@@ -1556,7 +1557,7 @@ mod tests {
     /// sample file, so that it runs with every `cargo test`.
     #[test]
     fn hostile_edits_of_the_sample_are_problems_not_panics() {
-        let sample = include_str!("../config/wsline.toml");
+        let sample = include_str!("../../config/wsline.toml");
         let inserts = [
             "\"",
             "'",

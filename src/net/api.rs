@@ -32,10 +32,10 @@ use tracing::{debug, info};
 
 use crate::State;
 use crate::config::{Config, Envelope as Mode};
-use crate::envelope::Envelope;
-use crate::hub::lock;
-use crate::limits::{TokenBucket, client_ip};
-use crate::request::{presence_name, room_from_path};
+use crate::net::limits::{TokenBucket, client_ip};
+use crate::net::request::{presence_name, room_from_path};
+use crate::relay::envelope::Envelope;
+use crate::relay::hub::lock;
 
 type Body = Full<Bytes>;
 

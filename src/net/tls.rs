@@ -49,7 +49,7 @@ pub enum TlsError {
     SelfSigned(String),
     /// Not TLS, but loaded with the certificate (at start and on SIGHUP): the token key file.
     #[error(transparent)]
-    Jwt(#[from] crate::jwt::KeyError),
+    Jwt(#[from] crate::net::jwt::KeyError),
 }
 
 impl TlsError {

@@ -11,7 +11,7 @@
 //! `Connection: close`, and the one log line. A name already taken is not a refusal here: the
 //! contract answers it after the upgrade with close `1008`, so [`Admitted::membership`] is `None`.
 //! A name held by this client's own earlier connection (same `?session=`) is not taken: the join
-//! replaces that connection ([`crate::hub::Hub::join_session`]).
+//! replaces that connection ([`crate::relay::hub::Hub::join_session`]).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -24,10 +24,10 @@ use subtle::ConstantTimeEq;
 use crate::State;
 use crate::cluster::Claim;
 use crate::config::Config;
-use crate::hub::{JoinError, Membership};
-use crate::limits::{self, Admission};
-use crate::outbox::OutboxRx;
-use crate::request::{BadTarget, parse_target};
+use crate::net::limits::{self, Admission};
+use crate::net::request::{BadTarget, parse_target};
+use crate::relay::hub::{JoinError, Membership};
+use crate::relay::outbox::OutboxRx;
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +163,7 @@ pub async fn admit<B>(
     {
         // The token's name is the checked name, whatever ?name= says, and its session: a
         // reconnect with a token for the same name takes that name over.
-        target.session = Some(format!("jwt:{}", crate::request::name_key(name)));
+        target.session = Some(format!("jwt:{}", crate::net::request::name_key(name)));
         target.name = Some(name.clone());
     }
     let target = target;
@@ -203,7 +203,7 @@ pub async fn admit<B>(
         ),
     };
 
-    let (outbox, outbox_rx) = crate::outbox::outbox(
+    let (outbox, outbox_rx) = crate::relay::outbox::outbox(
         config.limits.queue_messages,
         config.limits.queue_bytes as usize,
         state.shutdown.connection_token(),
@@ -220,7 +220,7 @@ pub async fn admit<B>(
     let claim = async {
         match (state.hub.cluster(), &target.name) {
             (Some(cluster), Some(name)) if room_config.presence.unique_names => {
-                let key = crate::request::name_key(name);
+                let key = crate::net::request::name_key(name);
                 // Taking over its own name: this node already holds the claim.
                 let own = session.is_some_and(|s| state.hub.holds_session(&target.room, &key, s));
                 if own {
@@ -275,7 +275,7 @@ fn authenticate(
     from_query: Option<&str>,
     config: &Config,
     state: &State,
-) -> Result<Option<crate::jwt::Claims>, ()> {
+) -> Result<Option<crate::net::jwt::Claims>, ()> {
     let verifier = state.jwt.load();
     let Some(verifier) = verifier.as_ref() else {
         return token_ok(headers, from_query, &config.security.token)
@@ -296,7 +296,7 @@ fn authenticate(
         .ok_or(())?;
     // A name the relay could not show is no name to join with.
     match &claims.name {
-        Some(name) if crate::request::presence_name(name).as_deref() != Ok(name) => Err(()),
+        Some(name) if crate::net::request::presence_name(name).as_deref() != Ok(name) => Err(()),
         _ => Ok(Some(claims)),
     }
 }
@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn every_refusal_has_its_status_and_a_reason() {
-        use crate::request::NameProblem;
+        use crate::net::request::NameProblem;
         let all = [
             (Why::NotGet, 405),
             (Why::NoConnectionUpgrade, 400),

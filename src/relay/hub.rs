@@ -6,7 +6,7 @@
 //! so counts come from live state and cannot drift. `Drop` only updates state and marks the room
 //! changed; the messages are rendered and queued by [`Hub::run_presence`], one task per hub (not
 //! per room) started by `Server::run` and tracked by the shutdown `TaskTracker`. The presence rules
-//! themselves are pure functions in [`crate::presence`]; history is [`crate::history`].
+//! themselves are pure functions in [`crate::relay::presence`]; history is [`crate::relay::history`].
 //!
 //! Locks are `std::sync::Mutex`es held for a few non-blocking steps and never across `.await`.
 //! The room map's lock is never held while waiting for a room: a join looks the room up (or
@@ -42,11 +42,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cluster::Cluster;
 use crate::config::{Config, Envelope, PresenceFormat, RoomRule};
-use crate::history::History;
-use crate::outbox::Outbox;
-use crate::presence::{self, Changes, Kind, Pending, Roster};
-use crate::request::name_key;
-use crate::stats::Stats;
+use crate::net::request::name_key;
+use crate::observe::stats::Stats;
+use crate::relay::history::History;
+use crate::relay::outbox::Outbox;
+use crate::relay::presence::{self, Changes, Kind, Pending, Roster};
 
 /// Why a join was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +75,7 @@ pub struct RoomSettings {
     pub max_names: usize,
     pub history: usize,
     pub history_bytes: usize,
-    /// `relay.envelope`: with history, messages carry a sequence number ([`crate::recovery`]).
+    /// `relay.envelope`: with history, messages carry a sequence number ([`crate::relay::recovery`]).
     pub envelope: Envelope,
     /// `[[rooms]]`: overrides for the rooms they match ([`RoomSettings::for_room`]).
     pub rules: Arc<[RoomRule]>,
@@ -505,7 +505,7 @@ impl Hub {
     /// [`Hub::join_session`] for a client that names the last message it saw (`?since=`): it
     /// gets exactly the messages after it, or, when history no longer reaches back that far or
     /// the room's epoch changed, a gap notice first and then what history has
-    /// ([`crate::recovery`]).
+    /// ([`crate::relay::recovery`]).
     pub fn join_since(
         &self,
         room: &str,
@@ -569,7 +569,7 @@ impl Hub {
             let from = match since {
                 None => 0,
                 Some(since) => {
-                    let plan = crate::recovery::plan(
+                    let plan = crate::relay::recovery::plan(
                         &room.name,
                         numbered.then_some(&*state.epoch),
                         state.seq,
@@ -583,7 +583,7 @@ impl Hub {
                 }
             };
             for msg in state.history.iter() {
-                if from == 0 || crate::recovery::seq_of(msg).is_none_or(|seq| seq > from) {
+                if from == 0 || crate::relay::recovery::seq_of(msg).is_none_or(|seq| seq > from) {
                     outbox.push(msg.clone());
                 }
             }
@@ -691,7 +691,7 @@ impl Hub {
         match msg {
             Message::Text(text) => {
                 state.seq += 1;
-                Message::Text(crate::recovery::with_seq(&text, state.seq))
+                Message::Text(crate::relay::recovery::with_seq(&text, state.seq))
             }
             other => other,
         }
@@ -791,7 +791,7 @@ impl Hub {
                             state.resync || !state.changes.is_empty(),
                         );
                         match numbered {
-                            true => crate::recovery::with_epoch(&json, &state.epoch),
+                            true => crate::relay::recovery::with_epoch(&json, &state.epoch),
                             false => json,
                         }
                     })
@@ -1012,7 +1012,7 @@ impl Membership {
         if let (Some(cluster), Some(data)) = (cluster, encoded) {
             // A message too large for the history is not appended to the room's stream either,
             // where it would take one of the `history` places from the messages before it.
-            let kept = match crate::history::fits(&msg, history_bytes) {
+            let kept = match crate::relay::history::fits(&msg, history_bytes) {
                 true => history,
                 false => 0,
             };
@@ -1069,7 +1069,7 @@ pub fn check_config(config: &Config) -> Vec<(&'static str, String)> {
     let (relay, presence, limits) = (&config.relay, &config.presence, &config.limits);
     let mut problems = Vec::new();
     // The queue counts each message as its payload plus its slot (`outbox::cost`).
-    let slot = crate::outbox::SLOT_BYTES as u64;
+    let slot = crate::relay::outbox::SLOT_BYTES as u64;
     let state = presence::max_message_bytes(presence.format, presence.max_names);
     let replay = (relay.history_bytes)
         .saturating_add((relay.history as u64).saturating_mul(slot))
@@ -1160,7 +1160,7 @@ mod tests {
     }
 
     fn outbox() -> Outbox {
-        crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new()).0
+        crate::relay::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new()).0
     }
 
     #[test]
@@ -1195,7 +1195,7 @@ mod tests {
     }
 
     /// Everything queued for one member so far, as text.
-    async fn drained(rx: &crate::outbox::OutboxRx) -> Vec<String> {
+    async fn drained(rx: &crate::relay::outbox::OutboxRx) -> Vec<String> {
         let mut batch = std::collections::VecDeque::new();
         tokio::time::timeout(Duration::from_secs(5), rx.recv_all(&mut batch))
             .await
@@ -1206,8 +1206,8 @@ mod tests {
             .collect()
     }
 
-    fn pair() -> (Outbox, crate::outbox::OutboxRx) {
-        crate::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new())
+    fn pair() -> (Outbox, crate::relay::outbox::OutboxRx) {
+        crate::relay::outbox::outbox(100, 1 << 20, tokio_util::sync::CancellationToken::new())
     }
 
     #[tokio::test]
@@ -1218,7 +1218,7 @@ mod tests {
         let a = hub.join("r", Some("ann"), ann_tx).unwrap();
         let _b = hub.join("r", Some("bob"), bob_tx).unwrap();
         hub.send_presence(&a.room);
-        let first = |rx: &crate::outbox::OutboxRx| {
+        let first = |rx: &crate::relay::outbox::OutboxRx| {
             let mut batch = std::collections::VecDeque::new();
             assert!(rx.try_recv_all(&mut batch));
             match batch.pop_front() {
@@ -1395,8 +1395,12 @@ mod tests {
                 seed ^= seed << 17;
                 (seed % n) as usize
             };
-            let mut members: Vec<(Membership, Option<&str>, crate::outbox::OutboxRx, View)> =
-                Vec::new();
+            let mut members: Vec<(
+                Membership,
+                Option<&str>,
+                crate::relay::outbox::OutboxRx,
+                View,
+            )> = Vec::new();
             for step in 0..1500 {
                 match random(10) {
                     0..=4 => {

@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::frame::{self, Fragments, FrameError, Head, MAX_CLIENT_HEADER, OpCode};
+use crate::ws::frame::{self, Fragments, FrameError, Head, MAX_CLIENT_HEADER, OpCode};
 
 /// What a client sent, once a whole message or control frame is in.
 #[derive(Debug)]

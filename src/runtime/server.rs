@@ -23,17 +23,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::http::SocketSlot;
-use crate::limits::{self, Admission, Descriptors};
+use crate::net::http::SocketSlot;
+use crate::net::limits::{self, Admission, Descriptors};
 
 use crate::State;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::{Hub, RoomSettings};
-use crate::shutdown::Shutdown;
-use crate::stats::Stats;
-use crate::systemd;
-use crate::tls::{Tls, TlsError};
+use crate::net::tls::{Tls, TlsError};
+use crate::observe::stats::Stats;
+use crate::relay::hub::{Hub, RoomSettings};
+use crate::runtime::shutdown::Shutdown;
+use crate::runtime::systemd;
 
 /// How long the accept loop rests after an error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -60,7 +60,7 @@ impl Server {
     /// open-files limit to the hard one and caps connections below it (logged once).
     pub fn new(config: Config) -> Result<Server, TlsError> {
         let tls = Tls::from_config(&config.tls)?;
-        let jwt = crate::jwt::Verifier::new(&config.security.jwt)?;
+        let jwt = crate::net::jwt::Verifier::new(&config.security.jwt)?;
         let descriptors = match limits::raise_descriptor_limit() {
             Ok(d) => Some(d),
             Err(e) => {
@@ -294,7 +294,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 
 /// Takes a just-accepted socket's slot in the connection limits: counted in the total, and under
 /// its peer's address unless the peer is a trusted proxy (whose clients are counted by their real
-/// address when they upgrade, see [`crate::admit`]).
+/// address when they upgrade, see [`crate::net::admit`]).
 fn admit_socket(state: &State, peer: SocketAddr) -> Result<Admission, limits::Refusal> {
     let config = state.config.load();
     let per_address = !limits::is_trusted(peer, &config.security.trusted_proxies);
@@ -312,7 +312,7 @@ fn admit_socket(state: &State, peer: SocketAddr) -> Result<Admission, limits::Re
 async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, slot: Admission) {
     let slot: SocketSlot = Arc::new(std::sync::Mutex::new(Some(slot)));
     let _ = tcp.set_nodelay(true);
-    crate::conn::tune_socket(&tcp);
+    crate::ws::conn::tune_socket(&tcp);
     let timeout = state.config.load().limits.handshake_timeout;
     let started = tokio::time::Instant::now();
     // A timeout too large to add is no deadline at all (validation bounds it anyway).
@@ -320,11 +320,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, slot: Admis
         .checked_add(timeout)
         .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365));
     match state.tls.clone() {
-        None => crate::http::serve(TokioIo::new(tcp), peer, state, first_head_by, slot).await,
+        None => crate::net::http::serve(TokioIo::new(tcp), peer, state, first_head_by, slot).await,
         Some(tls) => {
             let accepted = tokio::time::timeout_at(
                 first_head_by,
-                crate::tls::accept(tls.server_config(), tcp),
+                crate::net::tls::accept(tls.server_config(), tcp),
             )
             .await;
             let stream = match accepted {
@@ -332,7 +332,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, state: Arc<State>, slot: Admis
                 Ok(Err(e)) => return debug!(%peer, error = %e, "tls handshake failed"),
                 Err(_) => return debug!(%peer, "tls handshake timed out"),
             };
-            crate::http::serve(TokioIo::new(stream), peer, state, first_head_by, slot).await
+            crate::net::http::serve(TokioIo::new(stream), peer, state, first_head_by, slot).await
         }
     }
 }
@@ -384,7 +384,7 @@ impl Handle {
             ),
         ];
         // The token key file is read again (a rotated key); a broken one changes nothing.
-        let jwt = crate::jwt::Verifier::new(&new.security.jwt)?;
+        let jwt = crate::net::jwt::Verifier::new(&new.security.jwt)?;
         let tls_waits =
             old.tls.enabled != new.tls.enabled || old.tls.self_signed != new.tls.self_signed;
         if let Some(tls) = &self.state.tls
@@ -418,7 +418,7 @@ impl Handle {
                 "limits.max_connections is above what the open-files limit allows; the cap holds"
             );
         }
-        crate::logging::set_level(&new.log.level);
+        crate::runtime::logging::set_level(&new.log.level);
         self.state.hub.configure(RoomSettings::new(&new));
         self.state.jwt.store(jwt.map(Arc::new));
         self.state.config.store(Arc::new(new));

@@ -9,8 +9,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::server::Handle;
-use crate::systemd;
+use crate::runtime::server::Handle;
+use crate::runtime::systemd;
 
 /// Installs the handlers; they run until the process exits.
 pub fn spawn(handle: Handle, config_path: PathBuf) -> std::io::Result<()> {

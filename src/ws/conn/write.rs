@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::frame::{self, OpCode};
-use crate::outbox::OutboxRx;
+use crate::relay::outbox::OutboxRx;
+use crate::ws::frame::{self, OpCode};
 
 /// Frames gathered into one vectored write; the TLS stream takes what fits one record.
 pub const MAX_FRAMES_PER_WRITE: usize = 32;
@@ -176,7 +176,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 frames += 1;
                 // One write takes at most one TLS record: frames past it would wait anyway.
                 gathered += heads[frames - 1].len() + payload.len();
-                if gathered - sent >= crate::tls::MAX_FRAGMENT {
+                if gathered - sent >= crate::net::tls::MAX_FRAGMENT {
                     break;
                 }
             }
@@ -250,7 +250,7 @@ async fn stall_bound<T>(step: impl Future<Output = io::Result<T>>) -> Result<T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{self, SLOT_BYTES};
+    use crate::relay::outbox::{self, SLOT_BYTES};
     use bytes::Bytes;
     use tokio::io::AsyncReadExt;
     use tokio_util::sync::CancellationToken;

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::lock;
+use crate::relay::hub::lock;
 
 /// What one queued message costs beyond its payload: its slot in the queue and in the writer's batch.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Message>();

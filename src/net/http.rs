@@ -1,10 +1,10 @@
 //! HTTP on the relay's port: routing, the plain endpoints, and admission of WebSocket upgrades.
 //!
-//! Whether an upgrade is admitted is [`crate::admit`]'s decision; this module turns a refusal into
+//! Whether an upgrade is admitted is [`crate::net::admit`]'s decision; this module turns a refusal into
 //! its answer (status, reason, `Retry-After` where it helps, and always `Connection: close`, so a
 //! refused client does not hold a descriptor until a timeout) and its one `upgrade refused` log
 //! line, and hands an admitted upgrade's stream to [`conn`]. `/stats` and `/metrics` answer only
-//! `metrics.allow`, judged by the real client address (see [`crate::limits::client_ip`]).
+//! `metrics.allow`, judged by the real client address (see [`crate::net::limits::client_ip`]).
 //!
 //! The first request head on a connection must arrive by the deadline the server set when it
 //! accepted the TCP connection (TLS included); every later head on a kept-alive connection must be
@@ -31,11 +31,11 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, info, warn};
 
 use crate::State;
-use crate::admit::{Admitted, Refusal, Why, admit, has_token};
-use crate::conn::{self, Conn};
-use crate::envelope::Envelope;
-use crate::limits::{self, Admission};
-use crate::stats::{Rooms, Snapshot};
+use crate::net::admit::{Admitted, Refusal, Why, admit, has_token};
+use crate::net::limits::{self, Admission};
+use crate::observe::stats::{Rooms, Snapshot};
+use crate::relay::envelope::Envelope;
+use crate::ws::conn::{self, Conn};
 
 type Body = Full<Bytes>;
 
@@ -112,8 +112,8 @@ async fn route(
     if is_upgrade(req.headers()) {
         return upgrade(req, peer, state, slot).await;
     }
-    if crate::api::serves(req.uri().path()) {
-        return crate::api::respond(req, peer, state).await;
+    if crate::net::api::serves(req.uri().path()) {
+        return crate::net::api::respond(req, peer, state).await;
     }
     let draining = state.shutdown.is_draining();
     let mut response = match (req.method(), req.uri().path()) {
@@ -183,10 +183,12 @@ fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response
         return text(StatusCode::FORBIDDEN, "metrics are not for your address\n");
     }
     let snapshot = Snapshot::take(state, Rooms::Counted);
-    let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(&snapshot))));
+    let mut r = Response::new(Full::new(Bytes::from(crate::observe::metrics::render(
+        &snapshot,
+    ))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        HeaderValue::from_static(crate::observe::metrics::CONTENT_TYPE),
     );
     r
 }

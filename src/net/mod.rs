@@ -1,0 +1,9 @@
+//! What happens on a socket before it is a WebSocket: TLS, HTTP routing, the backend API,
+//! request parsing, signed tokens, admission and the limits that count every socket.
+pub mod admit;
+pub mod api;
+pub mod http;
+pub mod jwt;
+pub mod limits;
+pub mod request;
+pub mod tls;

@@ -1,0 +1,11 @@
+//! Rooms: who is in each, what they say, and who hears it.
+//!
+//! The hub keeps the registry and fans each message out into the members' outboxes; the pure
+//! rules (presence, history, recovery, envelope) sit beside it. Knows nothing of sockets or Redis:
+//! it reaches other nodes only through the cluster handle.
+pub mod envelope;
+pub mod history;
+pub mod hub;
+pub mod outbox;
+pub mod presence;
+pub mod recovery;
