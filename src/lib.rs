@@ -4,6 +4,7 @@
 //! client sends to everyone in its room, and tells each room who is in it.
 //!
 //! Map of the crate, one folder per layer; a folder imports only from the ones listed above it:
+//! - [`proto`]: the message type and the rules for room and member names (imports nothing).
 //! - [`config`]: the TOML file to a typed, validated [`Config`], problems with line and column.
 //! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
 //! - [`relay`]: rooms: registry, fan-out into outboxes, presence, history, recovery, envelope.
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod net;
 pub mod observe;
+pub mod proto;
 pub mod relay;
 pub mod runtime;
 pub mod web;

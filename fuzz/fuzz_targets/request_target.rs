@@ -2,7 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsline::net::request::{is_presence_name, is_room_name, parse_target};
+use wsline::net::request::parse_target;
+use wsline::proto::names::{is_presence_name, is_room_name};
 
 fuzz_target!(|input: (&str, Option<&str>)| {
     let (path, query) = input;

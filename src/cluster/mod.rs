@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::proto::message::Message;
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::config;
 use wire::{Keys, Payload};

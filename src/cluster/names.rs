@@ -24,7 +24,7 @@ use redis::aio::ConnectionLike;
 
 use super::Shared;
 use super::scripts::{self, Call, Op};
-use crate::net::request::name_key;
+use crate::proto::names::name_key;
 use crate::relay::hub::{Hub, lock};
 
 /// Pending releases kept at most (about 100 bytes each).

@@ -12,7 +12,7 @@ use tracing::info;
 use super::Shared;
 use super::scripts::{self, Call, Op};
 use super::wire::{self, Payload};
-use crate::net::request::name_key;
+use crate::proto::names::name_key;
 use crate::relay::hub::Hub;
 
 /// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::message::Message;
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio_tungstenite::tungstenite::Message;
 
 const VERSION: u8 = 1;
 
@@ -172,7 +172,7 @@ pub fn decode(raw: Bytes) -> Result<(Bytes, Payload), BadEnvelope> {
     let payload = match kind {
         b'B' => Payload::Message(Message::Binary(data)),
         b'T' => {
-            let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(data)
+            let text = crate::proto::message::Utf8Bytes::try_from(data)
                 .map_err(|_| BadEnvelope::NotUtf8)?;
             Payload::Message(Message::Text(text))
         }
@@ -204,7 +204,7 @@ pub fn parse_entry(s: &str) -> (usize, Vec<Arc<str>>) {
     let count = lines.next().and_then(|c| c.parse().ok()).unwrap_or(0);
     // Only names this node would accept itself: presence's size bound relies on them.
     let names = lines
-        .filter(|n| crate::net::request::is_presence_name(n))
+        .filter(|n| crate::proto::names::is_presence_name(n))
         .map(Arc::from)
         .collect();
     (count, names)

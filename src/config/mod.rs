@@ -560,9 +560,9 @@ impl RoomRule {
             // A prefix is a room name cut short: check it with a letter standing for the rest.
             Some("") => true,
             Some(prefix) => {
-                crate::net::request::is_room_name(&format!("{prefix}a")) && !prefix.contains('*')
+                crate::proto::names::is_room_name(&format!("{prefix}a")) && !prefix.contains('*')
             }
-            None => crate::net::request::is_room_name(&self.pattern),
+            None => crate::proto::names::is_room_name(&self.pattern),
         }
     }
 
@@ -1052,7 +1052,7 @@ impl Config {
         }
 
         check(
-            crate::net::request::is_room_name(&relay.default_room),
+            crate::proto::names::is_room_name(&relay.default_room),
             "relay.default_room",
             format!(
                 "{:?} is not a room name (1-64 letters or digits of any script and . _ -, in NFC)",

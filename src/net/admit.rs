@@ -163,7 +163,7 @@ pub async fn admit<B>(
     {
         // The token's name is the checked name, whatever ?name= says, and its session: a
         // reconnect with a token for the same name takes that name over.
-        target.session = Some(format!("jwt:{}", crate::net::request::name_key(name)));
+        target.session = Some(format!("jwt:{}", crate::proto::names::name_key(name)));
         target.name = Some(name.clone());
     }
     let target = target;
@@ -220,7 +220,7 @@ pub async fn admit<B>(
     let claim = async {
         match (state.hub.cluster(), &target.name) {
             (Some(cluster), Some(name)) if room_config.presence.unique_names => {
-                let key = crate::net::request::name_key(name);
+                let key = crate::proto::names::name_key(name);
                 // Taking over its own name: this node already holds the claim.
                 let own = session.is_some_and(|s| state.hub.holds_session(&target.room, &key, s));
                 if own {
@@ -296,7 +296,7 @@ fn authenticate(
         .ok_or(())?;
     // A name the relay could not show is no name to join with.
     match &claims.name {
-        Some(name) if crate::net::request::presence_name(name).as_deref() != Ok(name) => Err(()),
+        Some(name) if crate::proto::names::presence_name(name).as_deref() != Ok(name) => Err(()),
         _ => Ok(Some(claims)),
     }
 }
@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn every_refusal_has_its_status_and_a_reason() {
-        use crate::net::request::NameProblem;
+        use crate::proto::names::NameProblem;
         let all = [
             (Why::NotGet, 405),
             (Why::NoConnectionUpgrade, 400),

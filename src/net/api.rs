@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::proto::message::{Message, Utf8Bytes};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -27,13 +28,12 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::State;
 use crate::config::{Config, Envelope as Mode};
 use crate::net::limits::{TokenBucket, client_ip};
-use crate::net::request::{presence_name, room_from_path};
+use crate::proto::names::{presence_name, room_from_path};
 use crate::relay::envelope::Envelope;
 use crate::relay::hub::lock;
 

@@ -9,7 +9,7 @@
 //! The per-connection part (`{"type":"message","room":..,"from":..,"data":`) is rendered once at
 //! admission; each message costs one allocation: that prefix, the text JSON-escaped, `}`.
 
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use crate::proto::message::{Message, Utf8Bytes};
 
 use crate::config::{Config, Envelope as Mode};
 

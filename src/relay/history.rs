@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use tokio_tungstenite::tungstenite::Message;
+use crate::proto::message::Message;
 
 /// Whether `msg` can be kept in a history of at most `max_bytes` bytes at all.
 pub fn fits(msg: &Message, max_bytes: usize) -> bool {

@@ -36,14 +36,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use crate::proto::message::{Message, Utf8Bytes};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::cluster::Cluster;
 use crate::config::{Config, Envelope, PresenceFormat, RoomRule};
-use crate::net::request::name_key;
 use crate::observe::stats::Stats;
+use crate::proto::names::name_key;
 use crate::relay::history::History;
 use crate::relay::outbox::Outbox;
 use crate::relay::presence::{self, Changes, Kind, Pending, Roster};

@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use crate::proto::message::Message;
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::hub::lock;

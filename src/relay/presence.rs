@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::PresenceFormat;
-use crate::net::request::MAX_NAME_CHARS;
+use crate::proto::names::MAX_NAME_CHARS;
 
 /// The most a listed name takes in a JSON presence message: 4 bytes per character, 2 quotes and
 /// a comma.

@@ -13,7 +13,7 @@
 //! room started over), `"history"` (messages after N are no longer kept) or `"off"` (the room does
 //! not number its messages; `epoch` is then `null`).
 
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use crate::proto::message::{Message, Utf8Bytes};
 
 const SEQ_KEY: &str = r#","seq":"#;
 

@@ -18,7 +18,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 
 use crate::config::{Config, Envelope, PresenceFormat};
-use crate::net::request::room_from_path;
+use crate::proto::names::room_from_path;
 
 const PAGE: &str = include_str!("index.html");
 const DEMO_JS: &str = include_str!("demo.js");

@@ -13,9 +13,9 @@
 //! close phase bounds it in time) until the client's close frame or the end of the stream: a
 //! socket closed with unread bytes sends a reset, and the client would lose the close frame.
 
+use crate::proto::message::{Message, Utf8Bytes};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::ws::frame::{self, Fragments, FrameError, Head, MAX_CLIENT_HEADER, OpCode};
 

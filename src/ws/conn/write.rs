@@ -16,8 +16,8 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::proto::message::Message;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::relay::outbox::OutboxRx;
 use crate::ws::frame::{self, OpCode};
