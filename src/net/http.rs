@@ -27,7 +27,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioTimer;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{debug, info, warn};
 
 use crate::State;
@@ -36,6 +35,7 @@ use crate::net::limits::{self, Admission};
 use crate::observe::stats::{Rooms, Snapshot};
 use crate::relay::envelope::Envelope;
 use crate::ws::conn::{self, Conn};
+use crate::ws::handshake::accept_key;
 
 type Body = Full<Bytes>;
 
@@ -296,7 +296,7 @@ async fn upgrade(
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+    if let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response

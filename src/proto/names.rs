@@ -131,3 +131,66 @@ fn fold(s: &str) -> String {
     let folded = caseless::default_case_fold_str(&s.nfkc().collect::<String>());
     folded.nfkc().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kept_in_nfc_and_counted_in_characters() {
+        // "e" + combining acute is stored as the one precomposed character.
+        assert_eq!(presence_name("Rene\u{301}").as_deref(), Ok("Ren\u{e9}"));
+        let sixty_four = "é".repeat(64);
+        assert_eq!(
+            presence_name(&sixty_four).as_deref(),
+            Ok(sixty_four.as_str())
+        );
+        // 64 decomposed characters become 64 after NFC though they are 128 code points.
+        assert!(presence_name(&"e\u{301}".repeat(64)).is_ok());
+        assert!(presence_name("alice smith").is_ok());
+        assert!(presence_name("a  b").is_ok(), "inner spaces, however many");
+        assert!(presence_name("日本語").is_ok());
+    }
+
+    #[test]
+    fn uniqueness_is_judged_on_the_nfkc_case_folded_form() {
+        let bob = name_key("bob");
+        assert_eq!(name_key("Bob"), bob);
+        assert_eq!(name_key("BOB"), bob);
+        assert_eq!(name_key("ｂｏｂ"), bob, "fullwidth");
+        assert_eq!(name_key("Ｂｏｂ"), bob, "fullwidth capital");
+        assert_eq!(name_key("Straße"), name_key("STRASSE"));
+        assert_ne!(name_key("bob"), name_key("rob"));
+        // UTS #39 confusables: Cyrillic а (U+0430) and Latin a look the same.
+        assert_eq!(name_key("\u{430}lice"), name_key("alice"));
+        assert_eq!(name_key("\u{410}LICE"), name_key("alice"));
+        assert_eq!(name_key("раураl"), name_key("paypal"), "Cyrillic р, а, у");
+        assert_ne!(name_key("alice"), name_key("alicia"));
+        assert_ne!(name_key("我"), name_key("你"));
+        // The invisible variants never get this far: they are refused as names.
+        for spoof in ["bob\u{200b}", "\u{202e}bob", "\u{feff}bob"] {
+            assert_eq!(
+                presence_name(spoof),
+                Err(NameProblem::Invisible),
+                "{spoof:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dots_are_rooms_only_with_something_else() {
+        assert!(is_room_name("..."));
+        assert!(is_room_name("房."));
+        assert!(is_room_name(".a"));
+        assert!(!is_room_name("."));
+        assert!(!is_room_name(".."));
+    }
+
+    #[test]
+    fn room_names_are_kept_in_nfc() {
+        assert!(
+            is_room_name("我的房间") && !is_room_name("cafe\u{301}"),
+            "NFC only"
+        );
+    }
+}

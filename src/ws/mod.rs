@@ -2,3 +2,4 @@
 //! the close phase). Reads and writes frames itself over any byte stream.
 pub mod conn;
 pub mod frame;
+pub mod handshake;

@@ -48,15 +48,15 @@ pub struct Writer<W> {
     sent: usize,
 }
 
-/// A message's opcode and payload, or `None` for what is never framed from the queue.
-fn parts(msg: &Message) -> Option<(OpCode, &[u8])> {
-    match msg {
-        Message::Text(t) => Some((OpCode::Text, t.as_str().as_bytes())),
-        Message::Binary(b) => Some((OpCode::Binary, b)),
-        Message::Ping(b) => Some((OpCode::Ping, b)),
-        Message::Pong(b) => Some((OpCode::Pong, b)),
-        Message::Close(_) | Message::Frame(_) => None,
-    }
+/// A message's opcode and payload.
+fn parts(msg: &Message) -> (OpCode, &[u8]) {
+    let opcode = match msg {
+        Message::Text(_) => OpCode::Text,
+        Message::Binary(_) => OpCode::Binary,
+        Message::Ping(_) => OpCode::Ping,
+        Message::Pong(_) => OpCode::Pong,
+    };
+    (opcode, msg.payload())
 }
 
 /// Whether a message was pushed through the outbox (so counted there); pings and pongs are the
@@ -139,13 +139,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes the batch (or only its first frame, if `first_only`), then flushes.
     async fn write_batch(&mut self, outbox: &OutboxRx, first_only: bool) -> Result<(), WriteEnd> {
         loop {
-            // What is never framed is dropped from the front.
-            while let Some(front) = self.batch.front()
-                && parts(front).is_none()
-            {
-                let m = self.batch.pop_front().expect("front exists");
-                outbox.written(1, m.len());
-            }
             if self.batch.is_empty() {
                 return self.flush().await;
             }
@@ -168,9 +161,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
             let (mut frames, mut gathered) = (0, 0);
             for msg in batch.iter().take(take) {
-                let Some((opcode, payload)) = parts(msg) else {
-                    break;
-                };
+                let (opcode, payload) = parts(msg);
                 heads[frames] = frame::header(opcode, payload.len());
                 payloads[frames] = payload;
                 frames += 1;
@@ -211,7 +202,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     fn advance(&mut self, mut n: usize, outbox: &OutboxRx) -> bool {
         let (mut messages, mut bytes, mut first_done) = (0, 0, false);
         while n > 0 {
-            let Some((opcode, payload)) = self.batch.front().and_then(parts) else {
+            let Some((opcode, payload)) = self.batch.front().map(parts) else {
                 break;
             };
             let total = frame::header(opcode, payload.len()).len() + payload.len();
