@@ -12,17 +12,26 @@
 //! A vectored write is gathered into records of up to 16 KiB, encrypted into `outgoing` and
 //! written to the socket with one `write`. Handshake and alert output (session tickets, key update
 //! answers) is sent from whichever half is polling, since both halves share this one struct.
+//!
+//! This file is the state machine (records in, plaintext out, records of plaintext); its tokio
+//! faces are in `faces.rs`, the buffer and socket helpers in `buffers.rs`. It knows nothing of
+//! HTTP or WebSocket: bytes in, bytes out.
 
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use rustls::ServerConfig;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+mod buffers;
+mod faces;
+
+use buffers::{
+    ceiling_error, discard_front, grow_within, poll_write_all, try_write_all, zero_extend,
+};
 
 /// Largest plaintext in one TLS record.
 pub const MAX_FRAGMENT: usize = 16 * 1024;
@@ -411,200 +420,6 @@ impl TlsStream {
         }
         discard_front(incoming, discard);
         Ok(take)
-    }
-}
-
-/// The error of a stream whose peer went past [`MAX_INCOMING`] (or that failed before).
-fn ceiling_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!(
-            "tls: the peer broke the protocol or sent over {MAX_INCOMING} bytes without completing a message"
-        ),
-    )
-}
-
-/// Removes the `n` bytes rustls is done with from the front of `incoming`, freeing it once empty.
-fn discard_front(incoming: &mut Vec<u8>, n: usize) {
-    if n > 0 {
-        incoming.drain(..n.min(incoming.len()));
-    }
-    if incoming.is_empty() && incoming.capacity() > 0 {
-        *incoming = Vec::new();
-    }
-}
-
-/// Sets `buf`'s length to `len` (zero-filled) with a capacity of at most `ceiling`: it grows by
-/// doubling, like a `Vec`, but never past the ceiling.
-fn grow_within(buf: &mut Vec<u8>, len: usize, ceiling: usize) {
-    if len > buf.capacity() && buf.capacity() > 0 {
-        let target = (buf.capacity() * 2).max(len).min(ceiling.max(len));
-        buf.reserve_exact(target - buf.len());
-    }
-    zero_extend(buf, len);
-}
-
-/// Sets `buf`'s length to `len`, filling with zeros: a fresh zeroed allocation, or copies from a
-/// zeroed block (one `memcpy` each, where `Vec::resize` loops per byte in an unoptimized build).
-fn zero_extend(buf: &mut Vec<u8>, len: usize) {
-    static ZEROS: [u8; 4096] = [0; 4096];
-    if buf.capacity() == 0 {
-        *buf = vec![0; len];
-        return;
-    }
-    buf.truncate(len);
-    buf.reserve(len - buf.len());
-    while buf.len() < len {
-        let n = (len - buf.len()).min(ZEROS.len());
-        buf.extend_from_slice(&ZEROS[..n]);
-    }
-}
-
-/// Writes what the socket takes of `buf[*at..]` without waiting; the buffer is freed once all of
-/// it is written.
-fn try_write_all(tcp: &TcpStream, buf: &mut Vec<u8>, at: &mut usize) -> io::Result<()> {
-    while *at < buf.len() {
-        match tcp.try_write(&buf[*at..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => *at += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    *buf = Vec::new();
-    *at = 0;
-    Ok(())
-}
-
-/// Writes `buf[*at..]` to the socket; the buffer is freed once all of it is written.
-fn poll_write_all(
-    tcp: &TcpStream,
-    buf: &mut Vec<u8>,
-    at: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    while *at < buf.len() {
-        ready!(tcp.poll_write_ready(cx))?;
-        match tcp.try_write(&buf[*at..]) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => *at += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
-    *buf = Vec::new();
-    *at = 0;
-    Poll::Ready(Ok(()))
-}
-
-impl AsyncRead for TlsStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        dst: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if this.plain_at < this.plain.len() {
-                let n = dst.remaining().min(this.plain.len() - this.plain_at);
-                dst.put_slice(&this.plain[this.plain_at..this.plain_at + n]);
-                this.plain_at += n;
-                if this.plain_at == this.plain.len() {
-                    this.plain = Vec::new();
-                    this.plain_at = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if this.read_closed || dst.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            this.process()?;
-            if this.plain.is_empty() && !this.read_closed {
-                ready!(this.poll_fill(cx))?;
-            }
-        }
-    }
-}
-
-impl AsyncWrite for TlsStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if bufs.iter().all(|b| b.is_empty()) {
-            return Poll::Ready(Ok(0));
-        }
-        if this.close_queued {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        // Bounded: what the socket has not taken yet must go before more is encrypted.
-        ready!(this.poll_send(cx))?;
-        match this.process()? {
-            Rest::Writable => {}
-            Rest::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            Rest::Blocked => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-        let taken = this.encrypt(bufs)?;
-        // One socket write per record sequence; what the socket does not take waits in `outgoing`.
-        match this.poll_send(cx) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) | Poll::Pending => {}
-        }
-        Poll::Ready(Ok(taken))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_send(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.close_queued {
-            ready!(this.poll_send(cx))?;
-            if let Rest::Writable = this.process()? {
-                let Self {
-                    conn,
-                    incoming,
-                    outgoing,
-                    failed,
-                    ..
-                } = this;
-                let status = conn.process_tls_records(incoming);
-                let discard = status.discard;
-                *failed |= status.state.is_err();
-                if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
-                    // An alert record: 2 bytes of alert, a header and the AEAD overhead.
-                    let start = outgoing.len();
-                    zero_extend(outgoing, start + 64);
-                    match traffic.queue_close_notify(&mut outgoing[start..]) {
-                        Ok(n) => outgoing.truncate(start + n),
-                        Err(e) => {
-                            outgoing.truncate(start);
-                            discard_front(incoming, discard);
-                            return Poll::Ready(Err(io::Error::other(e.to_string())));
-                        }
-                    }
-                }
-                discard_front(incoming, discard);
-            }
-            this.close_queued = true;
-        }
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
 
