@@ -3,7 +3,8 @@
 //! Whether an upgrade is admitted is [`crate::net::admit`]'s decision; this module turns a refusal into
 //! its answer (status, reason, `Retry-After` where it helps, and always `Connection: close`, so a
 //! refused client does not hold a descriptor until a timeout) and its one `upgrade refused` log
-//! line, and hands an admitted upgrade's stream to [`conn`]. `/stats` and `/metrics` answer only
+//! line, and hands an admitted upgrade to the runtime's spawner as an [`Upgrade`] task. It spawns
+//! nothing itself. `/stats` and `/metrics` answer only
 //! `metrics.allow`, judged by the real client address (see [`crate::net::limits::client_ip`]).
 //!
 //! The first request head on a connection must arrive by the deadline the server set when it
@@ -27,14 +28,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioTimer;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::State;
 use crate::net::admit::{Admitted, Refusal, Why, admit, has_token};
 use crate::net::limits::{self, Admission};
+use crate::net::upgrade::Upgrade;
 use crate::observe::stats::{Rooms, Snapshot};
 use crate::relay::envelope::Envelope;
-use crate::ws::conn::{self, Conn};
 use crate::ws::handshake::accept_key;
 
 type Body = Full<Bytes>;
@@ -49,18 +50,25 @@ const BANNER: &str = "wsline: WebSocket relay. Connect with wss:// to / or /ROOM
 /// it into the WebSocket's task, so the socket counts until it closes whichever task holds it.
 pub type SocketSlot = Arc<std::sync::Mutex<Option<Admission>>>;
 
+/// Where an admitted upgrade goes: the runtime's spawner, which runs [`Upgrade::run`] as a task
+/// the drain waits for. HTTP builds the task; it never spawns one itself.
+pub trait Spawn: Fn(Upgrade) + Clone + Send + Sync + 'static {}
+impl<F: Fn(Upgrade) + Clone + Send + Sync + 'static> Spawn for F {}
+
 /// Serves HTTP/1.1 on one accepted (and decrypted) connection until it closes or the server stops.
 /// The first request head must be complete by `first_head_by`; each later one within
 /// `limits.keepalive_timeout` of the response before it, and after `limits.keepalive_requests`
 /// requests the connection is closed (the last response says `Connection: close`).
-pub async fn serve<I>(
+pub async fn serve<I, S>(
     io: I,
     peer: SocketAddr,
     state: Arc<State>,
     first_head_by: Instant,
     slot: SocketSlot,
+    spawn: S,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Spawn,
 {
     let limits = state.config.load().limits.clone();
     let service_state = state.clone();
@@ -70,9 +78,9 @@ pub async fn serve<I>(
         first_head.send_replace(true);
         let state = service_state.clone();
         let last = served.fetch_add(1, Ordering::Relaxed) + 1 >= limits.keepalive_requests;
-        let slot = slot.clone();
+        let (slot, spawn) = (slot.clone(), spawn.clone());
         async move {
-            let mut response = route(req, peer, &state, slot).await;
+            let mut response = route(req, peer, &state, slot, spawn).await;
             if last && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 response
                     .headers_mut()
@@ -108,9 +116,10 @@ async fn route(
     peer: SocketAddr,
     state: &Arc<State>,
     slot: SocketSlot,
+    spawn: impl Spawn,
 ) -> Response<Body> {
     if is_upgrade(req.headers()) {
-        return upgrade(req, peer, state, slot).await;
+        return upgrade(req, peer, state, slot, spawn).await;
     }
     if crate::net::api::serves(req.uri().path()) {
         return crate::net::api::respond(req, peer, state).await;
@@ -223,6 +232,7 @@ async fn upgrade(
     peer: SocketAddr,
     state: &Arc<State>,
     slot: SocketSlot,
+    spawn: impl Spawn,
 ) -> Response<Body> {
     let config = state.config.load_full();
     let admitted = match admit(&req, peer, state, &config).await {
@@ -253,42 +263,21 @@ async fn upgrade(
     }
 
     let envelope = Envelope::new(config.relay.envelope, &room, name.as_deref());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let state = state.clone();
     // The socket's slot moves with its stream into the WebSocket's task.
     let socket = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-    state.shutdown.tracker().clone().spawn(async move {
-        let _socket = socket;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
-        };
-        let max_message = config.relay.max_message_size;
-        let (opened, stopped) = (Instant::now(), state.clone());
-        let next = match membership {
-            Some(membership) => conn::Next::Run(Conn {
-                state,
-                config,
-                peer,
-                client,
-                membership,
-                outbox,
-                admission,
-                envelope,
-                expires,
-            }),
-            None => conn::Next::Refuse(1008, "name taken", outbox),
-        };
-        tokio::select! {
-            () = conn::serve(upgraded, max_message, next) => {}
-            () = stopped.shutdown.stopped() => warn!(
-                %client,
-                %peer,
-                %room,
-                duration_ms = opened.elapsed().as_millis() as u64,
-                "connection cut at drain timeout"
-            ),
-        }
+    spawn(Upgrade {
+        on_upgrade: hyper::upgrade::on(&mut req),
+        state: state.clone(),
+        socket,
+        admission,
+        config,
+        peer,
+        client,
+        room,
+        membership,
+        outbox,
+        envelope,
+        expires,
     });
 
     let mut response = Response::new(Full::new(Bytes::new()));

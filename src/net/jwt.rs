@@ -59,7 +59,7 @@ impl Claims {
 }
 
 /// The close code and reason of a connection whose token expired: the client fetches a new one.
-pub const EXPIRED: (u16, &str) = (4002, "token expired");
+pub use crate::proto::close::EXPIRED;
 
 /// Verifies tokens with the configured key and rules.
 pub struct Verifier {

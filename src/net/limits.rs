@@ -1,5 +1,6 @@
 //! Limits a client cannot talk its way past: connection counts (total and per client address),
-//! the per-connection message rate, and the real client address behind trusted proxies.
+//! the per-connection message rate ([`TokenBucket`], kept in `ws::rate` where the connection
+//! takes it), and the real client address behind trusted proxies.
 //!
 //! Admission hands out an [`Admission`] guard that the socket's task owns from `accept()` on; its
 //! `Drop` gives the slot back, so counts follow live sockets whatever way a connection ends.
@@ -14,10 +15,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use hyper::HeaderMap;
 use ipnet::IpNet;
+
+pub use crate::ws::rate::TokenBucket;
 
 /// Why a socket or an upgrade was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,41 +272,8 @@ pub fn connection_cap(limit: u64) -> usize {
     usize::try_from(limit.saturating_sub(reserve(limit)).max(1)).unwrap_or(usize::MAX)
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up; a message takes one.
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes a token at `now`; `false` when the bucket is empty.
-    pub fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -504,19 +473,5 @@ mod tests {
             gate.admit("2001:db8:1:3::1".parse().unwrap(), 10, 1)
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn bucket_allows_the_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(10, 5);
-        bucket.last = start;
-        assert!((0..5).all(|_| bucket.take(start)));
-        assert!(!bucket.take(start));
-        assert!(
-            bucket.take(start + Duration::from_millis(100)),
-            "one token per 100 ms"
-        );
-        assert!(!bucket.take(start + Duration::from_millis(100)));
     }
 }

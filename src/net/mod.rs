@@ -7,3 +7,4 @@ pub mod jwt;
 pub mod limits;
 pub mod request;
 pub mod tls;
+pub mod upgrade;

@@ -32,6 +32,12 @@ impl Shutdown {
         self.draining.cancelled().await
     }
 
+    /// The drain's own token, for a connection to tell a drain from an eviction. Only
+    /// [`Shutdown::trigger`] cancels it.
+    pub fn draining_token(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+
     /// A token for one connection: cancelled by the drain, or on its own by the hub.
     pub fn connection_token(&self) -> CancellationToken {
         self.draining.child_token()

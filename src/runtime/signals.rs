@@ -10,14 +10,14 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::runtime::server::Handle;
-use crate::runtime::systemd;
+use crate::runtime::{systemd, tasks};
 
-/// Installs the handlers; they run until the process exits.
+/// Installs the handlers; they run until the process exits (a task of [`tasks::signals`]).
 pub fn spawn(handle: Handle, config_path: PathBuf) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
+    tasks::signals(async move {
         let mut draining = false;
         loop {
             tokio::select! {

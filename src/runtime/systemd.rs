@@ -59,32 +59,35 @@ pub fn stopping(state: &State) {
     notify(&[NotifyState::Stopping, NotifyState::Status(&status(state))]);
 }
 
-/// Under systemd, refreshes `STATUS=` every [`STATUS_EVERY`] and, when systemd asks for a watchdog
-/// (`WatchdogSec=`), pings it at half the period on the same tick. The task runs on the runtime, so
-/// a wedged runtime stops pinging and gets restarted. It ends when the drain is over.
-pub fn spawn_notifier(state: Arc<State>) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
+/// Under systemd, the notifier's period: `STATUS=` every [`STATUS_EVERY`] and, when systemd asks
+/// for a watchdog (`WatchdogSec=`), pings at half its period on the same tick. `None` outside
+/// systemd (no notifier then).
+pub fn notifier_period() -> Option<(Duration, bool)> {
+    std::env::var_os("NOTIFY_SOCKET")?;
     let watchdog = sd_notify::watchdog_enabled();
     let period = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let status = status(&state);
-                    if watchdog.is_some() {
-                        notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-                    } else {
-                        notify(&[NotifyState::Status(&status)]);
-                    }
+    Some((period, watchdog.is_some()))
+}
+
+/// The notifier (spawned by `runtime::tasks::systemd_notifier`): refreshes `STATUS=` and pings the
+/// watchdog every `period`. It runs on the runtime, so a wedged runtime stops pinging and gets
+/// restarted. It ends when the drain is over.
+pub async fn notifier(state: Arc<State>, period: Duration, watchdog: bool) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let status = status(&state);
+                if watchdog {
+                    notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
+                } else {
+                    notify(&[NotifyState::Status(&status)]);
                 }
-                _ = state.shutdown.stopped() => return,
             }
+            _ = state.shutdown.stopped() => return,
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -24,18 +24,18 @@ use std::time::{Duration, Instant};
 
 use crate::proto::message::{Message, Utf8Bytes};
 use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::State;
 use crate::config::Config;
-use crate::net::limits::{Admission, TokenBucket};
+use crate::observe::stats::Stats;
+use crate::proto::close;
 use crate::relay::envelope::{self, Envelope};
 use crate::relay::hub::Membership;
 use crate::relay::outbox::OutboxRx;
+use crate::ws::rate::TokenBucket;
 use read::{Incoming, ReadEnd, Reader};
 use write::{WriteEnd, Writer};
 
@@ -92,8 +92,14 @@ impl End {
 }
 
 /// Everything a connection needs, prepared before the upgrade.
+///
+/// It gets only what a connection uses (the counters and the drain's token), not the server's
+/// state: the connection task knows nothing of listeners, TLS or admission.
 pub struct Conn {
-    pub state: Arc<State>,
+    /// The counters the connection bumps (opened, messages in, slow consumers).
+    pub stats: Arc<Stats>,
+    /// Cancelled when the server drains: tells a drain (close `1001`) from an eviction.
+    pub draining: CancellationToken,
     pub config: Arc<Config>,
     /// The TCP peer (a proxy, when there is one).
     pub peer: SocketAddr,
@@ -101,12 +107,10 @@ pub struct Conn {
     pub client: IpAddr,
     pub membership: Membership,
     pub outbox: OutboxRx,
-    /// The real client's slot under its address behind a trusted proxy (see
-    /// [`crate::net::admit::Admitted::admission`]), freed when the task ends.
-    pub admission: Option<Admission>,
     /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
     pub envelope: Option<Envelope>,
-    /// When the member's signed token expires: the connection closes then with `jwt::EXPIRED`.
+    /// When the member's signed token expires: the connection closes then with
+    /// [`close::EXPIRED`].
     pub expires: Option<std::time::SystemTime>,
 }
 
@@ -118,46 +122,9 @@ pub enum Next {
     Refuse(u16, &'static str, OutboxRx),
 }
 
-type TlsIo = crate::net::tls::TlsStream;
-
-/// The two halves of an upgraded stream, by the stream's type.
-enum Halves {
-    /// The TLS stream itself, unwrapped from hyper's box.
-    Tls(ReadHalf<TlsIo>, WriteHalf<TlsIo>),
-    /// Anything else (plain TCP when `tls.enabled = false`), through hyper's box.
-    Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
-}
-
-/// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
-/// the request head come along), so the connection reads and writes wsline's TLS stream directly.
-pub async fn serve(upgraded: Upgraded, max_message: u64, next: Next) {
-    match split(upgraded) {
-        (Halves::Tls(rd, wr), early) => drive(rd, wr, early, max_message, next).await,
-        (Halves::Other(rd, wr), early) => drive(rd, wr, early, max_message, next).await,
-    }
-}
-
-/// Moves the stream (about 1 KiB of TLS state) to the heap behind its two halves. Not `async`, so
-/// that no copy of it stays in the connection's future for the connection's lifetime.
-fn split(upgraded: Upgraded) -> (Halves, Bytes) {
-    match upgraded.downcast::<TokioIo<TlsIo>>() {
-        Ok(parts) => {
-            // `read_buf` is a view into hyper's 8 KiB read buffer: keeping it would keep that.
-            let early = match parts.read_buf.is_empty() {
-                true => Bytes::new(),
-                false => Bytes::copy_from_slice(&parts.read_buf),
-            };
-            let (rd, wr) = tokio::io::split(parts.io.into_inner());
-            (Halves::Tls(rd, wr), early)
-        }
-        Err(upgraded) => {
-            let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
-            (Halves::Other(rd, wr), Bytes::new())
-        }
-    }
-}
-
-async fn drive<R, W>(rd: R, wr: W, early: Bytes, max_message: u64, next: Next)
+/// Serves an upgraded stream, given as its two halves and the bytes read past the request head
+/// (`early`), until it closes: the admitted connection, or a refusal's close frame.
+pub async fn drive<R, W>(rd: R, wr: W, early: Bytes, max_message: u64, next: Next)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -182,17 +149,14 @@ impl Conn {
         let room = self.membership.room().to_owned();
         let (peer, client) = (self.peer, self.client);
         info!(%client, %peer, %room, "connection opened");
-        self.state
-            .stats
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
 
         let Conn {
-            state,
+            stats,
+            draining,
             config,
             membership,
             outbox,
-            admission,
             envelope,
             expires,
             ..
@@ -213,7 +177,7 @@ impl Conn {
         let closing = outbox.closing();
         let end = tokio::select! {
             biased;
-            _ = closing.cancelled() => if state.shutdown.is_draining() {
+            _ = closing.cancelled() => if draining.is_cancelled() {
                 End::Close(1001, "server shutting down")
             } else if outbox.replaced() {
                 End::Close(crate::relay::hub::REPLACED.0, crate::relay::hub::REPLACED.1)
@@ -222,16 +186,16 @@ impl Conn {
             } else {
                 End::Evicted
             },
-            end = read_loop(reader, &membership, &outbox, &state, &config, &seen, envelope.as_ref()) => end,
+            end = read_loop(reader, &membership, &outbox, &stats, &config, &seen, envelope.as_ref()) => end,
             end = writer.run(&outbox) => match end {
                 WriteEnd::Gone => End::Gone,
                 WriteEnd::Stalled => End::Evicted,
             },
             end = heartbeat(&outbox, &seen, &config) => end,
-            () = expired => End::Close(crate::net::jwt::EXPIRED.0, crate::net::jwt::EXPIRED.1),
+            () = expired => End::Close(close::EXPIRED.0, close::EXPIRED.1),
         };
         if matches!(end, End::Evicted) {
-            state.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
         }
         drop(membership);
         // The close code whoever closed: ours, the client's (1005: it gave none), or none at all.
@@ -241,7 +205,6 @@ impl Conn {
             _ => (end.code(), "server"),
         };
         close(reader, writer, &outbox, end).await;
-        drop(admission);
         info!(
             %client,
             %peer,
@@ -284,7 +247,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
     membership: &Membership,
     outbox: &OutboxRx,
-    state: &State,
+    stats: &Stats,
     config: &Config,
     seen: &Seen,
     envelope: Option<&Envelope>,
@@ -325,7 +288,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let Some(msg) = envelope::apply(envelope, msg) else {
                     return End::Close(1003, envelope::BINARY_REFUSED);
                 };
-                state.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 membership.publish(msg, echo);
             }
         }

@@ -35,6 +35,8 @@ use buffers::{
 
 /// Largest plaintext in one TLS record.
 pub const MAX_FRAGMENT: usize = 16 * 1024;
+// The WebSocket writer gathers at most one record per write.
+const _: () = assert!(crate::ws::conn::write::MAX_RECORD_PLAINTEXT == MAX_FRAGMENT);
 /// How much the socket is offered per read when no record length is known yet.
 const READ_CHUNK: usize = 4 * 1024;
 /// A TLS record header: type, version, length.

@@ -22,6 +22,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::relay::outbox::OutboxRx;
 use crate::ws::frame::{self, OpCode};
 
+/// The most plaintext one TLS record carries (2^14 bytes, RFC 8446 §5.1): one write gathers no
+/// more, since the TLS stream takes one record per write (`net::tls` asserts it agrees).
+pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// Frames gathered into one vectored write; the TLS stream takes what fits one record.
 pub const MAX_FRAMES_PER_WRITE: usize = 32;
 /// A socket that takes no byte for this long while data waits belongs to a reader that stopped:
@@ -167,7 +170,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 frames += 1;
                 // One write takes at most one TLS record: frames past it would wait anyway.
                 gathered += heads[frames - 1].len() + payload.len();
-                if gathered - sent >= crate::net::tls::MAX_FRAGMENT {
+                if gathered - sent >= MAX_RECORD_PLAINTEXT {
                     break;
                 }
             }

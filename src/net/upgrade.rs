@@ -1,0 +1,135 @@
+//! An admitted upgrade as the task that runs it: waits for hyper to hand over the stream after
+//! the `101`, unwraps wsline's TLS stream from hyper's box, and serves the WebSocket
+//! ([`crate::ws::conn`]) until it closes or the drain timeout cuts it. It holds the socket's slot
+//! in the connection limits (and the real client's, behind a trusted proxy) for as long as it runs.
+//!
+//! It is a value, not a spawn: HTTP routing builds it and hands it to the spawner the runtime gave
+//! [`crate::net::http::serve`], so the task tree is spawned in one place (`runtime::tasks`). It must
+//! not admit, route or answer HTTP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::State;
+use crate::config::Config;
+use crate::net::limits::Admission;
+use crate::net::tls::TlsStream;
+use crate::relay::envelope::Envelope;
+use crate::relay::hub::Membership;
+use crate::relay::outbox::OutboxRx;
+use crate::ws::conn::{self, Conn};
+
+/// One admitted upgrade, ready to run as its own task ([`Upgrade::run`]).
+pub struct Upgrade {
+    pub(crate) on_upgrade: OnUpgrade,
+    pub(crate) state: Arc<State>,
+    /// The socket's slot, taken over from its HTTP task: the socket counts until it closes.
+    pub(crate) socket: Option<Admission>,
+    /// The real client's slot under its address behind a trusted proxy.
+    pub(crate) admission: Option<Admission>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) client: IpAddr,
+    pub(crate) room: String,
+    /// `None`: the name is taken, and the connection is closed with `1008` at once.
+    pub(crate) membership: Option<Membership>,
+    pub(crate) outbox: OutboxRx,
+    pub(crate) envelope: Option<Envelope>,
+    pub(crate) expires: Option<SystemTime>,
+}
+
+impl Upgrade {
+    /// Serves the WebSocket until it closes, or until the drain is over and the server stops.
+    pub async fn run(self) {
+        let Upgrade {
+            on_upgrade,
+            state,
+            socket,
+            admission,
+            config,
+            peer,
+            client,
+            room,
+            membership,
+            outbox,
+            envelope,
+            expires,
+        } = self;
+        let _slots = (socket, admission);
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
+        };
+        let max_message = config.relay.max_message_size;
+        let opened = Instant::now();
+        let next = match membership {
+            Some(membership) => conn::Next::Run(Conn {
+                stats: state.stats.clone(),
+                draining: state.shutdown.draining_token(),
+                config,
+                peer,
+                client,
+                membership,
+                outbox,
+                envelope,
+                expires,
+            }),
+            None => conn::Next::Refuse(1008, "name taken", outbox),
+        };
+        tokio::select! {
+            () = serve(upgraded, max_message, next) => {}
+            () = state.shutdown.stopped() => warn!(
+                %client,
+                %peer,
+                %room,
+                duration_ms = opened.elapsed().as_millis() as u64,
+                "connection cut at drain timeout"
+            ),
+        }
+    }
+}
+
+/// The two halves of an upgraded stream, by the stream's type.
+enum Halves {
+    /// The TLS stream itself, unwrapped from hyper's box.
+    Tls(ReadHalf<TlsStream>, WriteHalf<TlsStream>),
+    /// Anything else (plain TCP when `tls.enabled = false`), through hyper's box.
+    Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
+}
+
+/// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
+/// the request head come along), so the connection reads and writes wsline's TLS stream directly.
+async fn serve(upgraded: Upgraded, max_message: u64, next: conn::Next) {
+    match split(upgraded) {
+        (Halves::Tls(rd, wr), early) => conn::drive(rd, wr, early, max_message, next).await,
+        (Halves::Other(rd, wr), early) => conn::drive(rd, wr, early, max_message, next).await,
+    }
+}
+
+/// Moves the stream (about 1 KiB of TLS state) to the heap behind its two halves. Not `async`, so
+/// that no copy of it stays in the connection's future for the connection's lifetime.
+fn split(upgraded: Upgraded) -> (Halves, Bytes) {
+    match upgraded.downcast::<TokioIo<TlsStream>>() {
+        Ok(parts) => {
+            // `read_buf` is a view into hyper's 8 KiB read buffer: keeping it would keep that.
+            let early = match parts.read_buf.is_empty() {
+                true => Bytes::new(),
+                false => Bytes::copy_from_slice(&parts.read_buf),
+            };
+            let (rd, wr) = tokio::io::split(parts.io.into_inner());
+            (Halves::Tls(rd, wr), early)
+        }
+        Err(upgraded) => {
+            let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+            (Halves::Other(rd, wr), Bytes::new())
+        }
+    }
+}
