@@ -12,6 +12,8 @@
 //! contract answers it after the upgrade with close `1008`, so [`Admitted::membership`] is `None`.
 //! A name held by this client's own earlier connection (same `?session=`) is not taken: the join
 //! replaces that connection ([`crate::relay::hub::Hub::join_session`]).
+//!
+//! It decides and joins; it must not answer HTTP or log the refusal (that is `net::http`'s).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,7 @@
 //! What happens on a socket before it is a WebSocket: TLS, HTTP routing, the backend API,
 //! request parsing, signed tokens, admission and the limits that count every socket.
+//!
+//! It must not import `runtime/`: tasks are spawned through the spawner the runtime passes in.
 pub mod admit;
 pub mod api;
 pub mod http;

@@ -6,6 +6,8 @@
 //! reconnect with the same name and session takes its name over from its old connection instead
 //! of being refused (SPEC §4). It is 16-128 characters of `A-Z a-z 0-9 _ -`, so that a guessable
 //! one (`?session=1`) is refused rather than letting anyone who knows a name push its holder out.
+//!
+//! It parses only; it must not look at the server's state (admission is `net::admit`'s).
 
 use crate::proto::names::{NameProblem, presence_name, room_from_path};
 

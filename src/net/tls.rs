@@ -3,6 +3,8 @@
 //! The certificate sits behind an [`ArcSwap`] inside a [`ResolvesServerCert`], so a reload swaps it
 //! for new handshakes while every open session keeps its own state: nobody is dropped. PEM parsing
 //! uses `rustls-pki-types` (`PemObject`); `rustls-pemfile` is unmaintained (RUSTSEC-2025-0134).
+//!
+//! It must not know HTTP or WebSocket; the stream's bytes are `tls/stream.rs`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! Plain data: it knows nothing of frames, sockets or rooms (`ws/` reads and writes frames, the
 //! relay queues messages). A close is not a message here: the connection's close phase writes
 //! its own close frame.
+//!
+//! It must not grow past a payload handle and a tag: its size is every queued message's cost.
 
 use std::fmt;
 use std::ops::Deref;

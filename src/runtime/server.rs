@@ -13,6 +13,8 @@
 //! TLS and the first request head share `limits.handshake_timeout`; later heads get
 //! `limits.keepalive_timeout`. Every accepted socket takes its slot in the connection limits
 //! before any TLS work (closed at once over a limit, counted, logged at most once a second).
+//!
+//! It must not accept or serve connections itself (`runtime::accept`) nor spawn (`runtime::tasks`).
 
 use std::io;
 use std::net::SocketAddr;

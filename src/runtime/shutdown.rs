@@ -5,6 +5,8 @@
 //! child of `draining`) sends close 1001. `stopped` is cancelled when the drain is over, because every
 //! WebSocket task in `tracker` has ended or `server.drain_timeout` has passed: listeners and plain
 //! HTTP connections end with it, and `Server::run` returns.
+//!
+//! It must not spawn or wait itself: `Server::run` drives the drain.
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

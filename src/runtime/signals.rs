@@ -2,6 +2,8 @@
 //! certificate (certbot renewals) and applies them without dropping anyone. A file or certificate
 //! that does not load changes nothing and is logged as one error line. A second SIGTERM or SIGINT
 //! during the drain exits at once (status 1): the operator has decided not to wait.
+//!
+//! It must not spawn: its handler runs as the task `runtime::tasks::signals` starts.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::runtime::server::Handle;
 use crate::runtime::{systemd, tasks};
 
-/// Installs the handlers; they run until the process exits (a task of [`tasks::signals`]).
+/// Installs the handlers; they run until the process exits (a task of `tasks::signals`).
 pub fn spawn(handle: Handle, config_path: PathBuf) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

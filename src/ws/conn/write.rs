@@ -10,6 +10,8 @@
 //! State lives in [`Writer`] (the batch and how much of its first frame is written), so writing can
 //! stop at any await and resume in the close phase: a frame is always finished before another
 //! (the close frame included) starts.
+//!
+//! It must not decide when a connection closes, only report how writing ended.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
