@@ -87,6 +87,6 @@ fn pattern_ok(pattern: &str) -> bool {
         // A prefix is a room name cut short: check it with a letter standing for the rest.
         Some("") => true,
         Some(prefix) => is_room_name(&format!("{prefix}a")) && !prefix.contains('*'),
-        None => is_room_name(&pattern),
+        None => is_room_name(pattern),
     }
 }
