@@ -8,7 +8,7 @@
 use crate::proto::message::Message;
 use crate::proto::names::MAX_NAME_CHARS;
 
-use super::raw::{Envelope, PresenceFormat, Relay};
+use super::sections::{Envelope, PresenceFormat, Relay};
 
 /// What one queued message costs beyond its payload: its slot in the queue and in the writer's
 /// batch.

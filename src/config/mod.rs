@@ -31,15 +31,16 @@ mod problems;
 mod raw;
 mod rooms;
 mod schema;
+mod sections;
 mod validate;
 mod values;
 
 pub use problems::{ConfigError, Origin, Problem};
-pub use raw::{
+pub use rooms::{HeartbeatOverride, PresenceOverride, RelayOverride, RoomRule};
+pub use sections::{
     Api, Cluster, Envelope, Heartbeat, Jwt, Limits, Log, LogFormat, Metrics, Presence,
     PresenceFormat, Relay, Security, Server, Tls, Web,
 };
-pub use rooms::{HeartbeatOverride, PresenceOverride, RelayOverride, RoomRule};
 pub use values::SentinelUrl;
 
 /// Where the daemon looks when `--config` is not given.

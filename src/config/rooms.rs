@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::Config;
-use super::raw::{Envelope, Heartbeat, Presence, PresenceFormat, Relay};
+use super::sections::{Envelope, Heartbeat, Presence, PresenceFormat, Relay};
 use super::values::some_size;
 
 /// One `[[rooms]]` entry: which rooms it is for, and the settings it overrides for them (any key

@@ -7,7 +7,8 @@
 use crate::config::bounds::{
     MAX_NAME_JSON_BYTES, PRESENCE_OVERHEAD_BYTES, SLOT_BYTES, presence_bytes,
 };
-use crate::config::raw::{Envelope, RawConfig};
+use crate::config::raw::RawConfig;
+use crate::config::sections::Envelope;
 
 /// Each problem: the key it is about, the message.
 pub(super) fn check(raw: &RawConfig) -> Vec<(&'static str, String)> {
