@@ -319,7 +319,7 @@ async fn five_hundred_long_names_in_a_64kib_queue_evict_nobody_and_every_view_en
         // 200 x 259 + 512 = 52 312 bytes: a full state fits the queue, as the config check demands.
         c.presence.max_names = 200;
         c.limits.max_connections_per_ip = 1000;
-        assert_eq!(wsline::relay::hub::check_config(c), vec![]);
+        assert_eq!(c.problems(), Vec::<String>::new());
     })
     .await;
     let name = |i: usize| format!("member-{i:03}-{}", "x".repeat(53));

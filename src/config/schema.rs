@@ -1,10 +1,12 @@
 //! The schema check: every key of a parsed TOML document against the sections and fields of
-//! [`Config`](super::Config), each value deserialised on its own, so one run reports every unknown
+//! the raw configuration, each value deserialised on its own, so one run reports every unknown
 //! key and every value of the wrong type instead of stopping at the first.
 //!
 //! The schema is not written out a second time: the key names of each section come from the field
 //! list serde derives for its struct ([`fields`]), and only the section table below names the
-//! structs. A unit test holds that table equal to `Config`'s own fields.
+//! structs. A unit test holds that table equal to the raw configuration's own fields.
+//!
+//! It checks shapes and types only: ranges and relations are `validate`'s.
 
 use std::collections::BTreeMap;
 
@@ -12,9 +14,10 @@ use serde::de::{DeserializeOwned, Error as _, Visitor};
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 
+use super::problems::line_column;
 use super::{
     Api, Cluster, Heartbeat, HeartbeatOverride, Limits, Log, Metrics, Presence, PresenceOverride,
-    Problem, Relay, RelayOverride, RoomRule, Security, Server, Tls, Web, line_column,
+    Problem, Relay, RelayOverride, RoomRule, Security, Server, Tls, Web,
 };
 
 /// Keys whose values are secrets (a token, a URL with a password): an error about them says what
@@ -357,13 +360,13 @@ impl<'de> serde::Deserializer<'de> for FieldProbe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::raw::RawConfig;
 
     #[test]
     fn the_section_table_is_config_itself() {
         let mut sections: Vec<&str> = SECTIONS.iter().map(|s| s.0).collect();
         sections.push("rooms");
-        assert_eq!(sections, fields::<Config>());
+        assert_eq!(sections, fields::<RawConfig>());
     }
 
     #[test]

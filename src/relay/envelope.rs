@@ -11,15 +11,7 @@
 
 use crate::proto::message::{Message, Utf8Bytes};
 
-use crate::config::{Config, Envelope as Mode};
-
-/// The most the fixed part of a wrapped message can take: the keys and a message number of up to
-/// 20 digits (`"seq"`, see `crate::relay::recovery`), a room of at most 64 characters of at most 4 bytes
-/// each (letters need no escaping), and a name of at most 64 characters of at most 6 bytes each
-/// once escaped.
-const MAX_OVERHEAD_BYTES: usize = 96 + 64 * 4 + 64 * 6;
-/// JSON escaping turns one byte into at most six (`\u001f`).
-const MAX_ESCAPE_GROWTH: usize = 6;
+use crate::config::Envelope as Mode;
 
 /// The close reason sent with `1003` when a binary message arrives under the JSON envelope.
 pub const BINARY_REFUSED: &str = "binary messages are not relayed with relay.envelope = \"json\"";
@@ -79,17 +71,6 @@ pub fn apply(envelope: Option<&Envelope>, msg: Message) -> Option<Message> {
         (Some(envelope), Message::Text(text)) => Some(Message::Text(envelope.wrap(&text))),
         (Some(_), Message::Binary(_)) => None,
         (Some(_), other) => Some(other),
-    }
-}
-
-/// The largest message the relay may send for a client message of at most `max_message_size`
-/// bytes: the message itself, or its wrapped form under `relay.envelope = "json"`. Queues and write
-/// buffers must hold one of these.
-pub fn max_relayed_bytes(config: &Config) -> u64 {
-    let max = config.relay.max_message_size;
-    match config.relay.envelope {
-        Mode::None => max,
-        Mode::Json => max * MAX_ESCAPE_GROWTH as u64 + MAX_OVERHEAD_BYTES as u64,
     }
 }
 
@@ -233,33 +214,17 @@ mod tests {
     }
 
     #[test]
-    fn the_config_check_makes_a_queue_hold_one_wrapped_message() {
-        let base =
-            "[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\nmax_message_size = \"1MiB\"\n";
-        let problems = Config::from_toml(base).unwrap_err();
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.message.contains("limits.queue_bytes")),
-            "{:?}",
-            problems.iter().map(|p| &p.message).collect::<Vec<_>>()
-        );
-        assert!(Config::from_toml(&format!("{base}[limits]\nqueue_bytes = \"7MiB\"\n")).is_ok());
-        assert!(
-            Config::from_toml("[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\n").is_ok()
-        );
-    }
-
-    #[test]
     fn the_bound_holds_for_the_worst_text() {
-        let mut config = Config::default();
-        config.relay.max_message_size = 100;
-        assert_eq!(max_relayed_bytes(&config), 100);
-        config.relay.envelope = Mode::Json;
+        let mut relay = crate::config::Relay {
+            max_message_size: 100,
+            ..Default::default()
+        };
+        assert_eq!(relay.max_relayed_bytes(), 100);
+        relay.envelope = Mode::Json;
         let worst = "\u{1}".repeat(100);
         let name = "\"".repeat(64);
         let room = "r".repeat(64);
         let len = wrapped(&room, Some(&name), &worst).len() as u64;
-        assert!(len <= max_relayed_bytes(&config), "{len}");
+        assert!(len <= relay.max_relayed_bytes(), "{len}");
     }
 }

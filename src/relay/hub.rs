@@ -1063,86 +1063,9 @@ pub fn check_notes(config: &Config) -> Vec<String> {
     )]
 }
 
-/// Room checks for `Config::validate`: a presence state and a full history replay must fit a
-/// joiner's outbound queue, so neither ever evicts a member by its size alone.
-pub fn check_config(config: &Config) -> Vec<(&'static str, String)> {
-    let (relay, presence, limits) = (&config.relay, &config.presence, &config.limits);
-    let mut problems = Vec::new();
-    // The queue counts each message as its payload plus its slot (`outbox::cost`).
-    let slot = crate::relay::outbox::SLOT_BYTES as u64;
-    let state = presence::max_message_bytes(presence.format, presence.max_names);
-    let replay = (relay.history_bytes)
-        .saturating_add((relay.history as u64).saturating_mul(slot))
-        .saturating_add(state + slot);
-    if state + slot > limits.queue_bytes {
-        problems.push((
-            "presence.max_names",
-            format!(
-                "a presence state of {} names may take {state} bytes ({} per 64-character name + {}), \
-                 more than limits.queue_bytes ({}): lower presence.max_names or raise limits.queue_bytes",
-                presence.max_names,
-                presence::MAX_NAME_JSON_BYTES,
-                presence::MESSAGE_OVERHEAD_BYTES,
-                limits.queue_bytes
-            ),
-        ));
-    } else if relay.history > 0 && replay > limits.queue_bytes {
-        problems.push((
-            "relay.history_bytes",
-            format!(
-                "a replay of {} bytes in up to {} messages ({slot} bytes of queue each) plus a presence \
-                 state of up to {state} bytes must fit limits.queue_bytes ({}): lower \
-                 relay.history_bytes, relay.history or presence.max_names",
-                relay.history_bytes, relay.history, limits.queue_bytes
-            ),
-        ));
-    }
-    problems
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::from_toml(&format!("[tls]\nenabled = false\n{text}")) {
-            Ok(_) => Vec::new(),
-            Err(p) => p.into_iter().map(|p| p.message).collect(),
-        }
-    }
-
-    #[test]
-    fn a_presence_state_must_fit_the_queue() {
-        // 200 names: 200 x 259 + 512 = 52 312 bytes, within 64 KiB; 300 are not.
-        assert!(
-            problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty()
-        );
-        let p = problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\n");
-        assert!(p[0].starts_with("presence.max_names: "), "{p:?}");
-        // Plain and off carry no names.
-        assert!(
-            problems("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\nformat = \"plain\"\n")
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn a_full_replay_and_a_state_must_fit_the_queue() {
-        let base = "[limits]\nqueue_bytes = \"1MiB\"\n[presence]\nmax_names = 1000\n";
-        // 1000 names take 259 256 bytes; 800 KiB of history on top is more than 1 MiB.
-        let p = problems(&format!(
-            "{base}[relay]\nhistory = 10\nhistory_bytes = \"800KiB\"\n"
-        ));
-        assert!(p[0].starts_with("relay.history_bytes: "), "{p:?}");
-        assert!(
-            problems(&format!(
-                "{base}[relay]\nhistory = 10\nhistory_bytes = \"512KiB\"\n"
-            ))
-            .is_empty()
-        );
-        // No history: its bytes do not matter.
-        assert!(problems(&format!("{base}[relay]\nhistory_bytes = \"800KiB\"\n")).is_empty());
-    }
 
     #[test]
     fn check_config_names_the_worst_case_history_memory() {

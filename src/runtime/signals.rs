@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::runtime::server::Handle;
 use crate::runtime::{systemd, tasks};
 
@@ -58,12 +58,7 @@ fn reload(handle: &Handle, path: &Path) {
                 .reload(config)
                 .map_err(|e| origin.describe(e.key(), &e))
         }
-        Err(ConfigError::Invalid { path, problems }) => Err(problems
-            .iter()
-            .map(|p| format!("{}:{}:{}: {}", path.display(), p.line, p.column, p.message))
-            .collect::<Vec<_>>()
-            .join("; ")),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.one_line()),
     };
     if let Err(e) = result {
         error!(error = %e, "reload failed; nothing changed");

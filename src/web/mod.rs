@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_client_carries_the_servers_settings_and_no_secret() {
-        let mut config = Config::default();
+        let mut config = Config::from_toml("[tls]\nenabled = false\n").unwrap();
         config.presence.format = PresenceFormat::Plain;
         config.relay.envelope = Envelope::Json;
         config.relay.echo = false;
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn client_js_has_cors_for_the_allowed_origins_even_when_off() {
-        let mut config = Config::default();
+        let mut config = Config::from_toml("[tls]\nenabled = false\n").unwrap();
         let mut asked = HeaderMap::new();
         asked.insert(
             header::ORIGIN,
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn every_file_has_the_policy_and_its_type() {
-        let config = Config::default();
+        let config = Config::from_toml("[tls]\nenabled = false\n").unwrap();
         for (path, ty) in [
             ("/", "text/html"),
             ("/room1", "text/html"),
