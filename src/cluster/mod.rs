@@ -31,7 +31,9 @@ pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::proto::message::Message;
@@ -264,7 +266,7 @@ impl Cluster {
 
     /// Marks a room's local presence as changed (a join or a leave).
     pub fn touch(&self, room: &Arc<str>) {
-        crate::relay::hub::lock(&self.shared.dirty).insert(room.clone());
+        self.shared.dirty.lock().insert(room.clone());
         self.shared.wake.notify_one();
     }
 
@@ -319,7 +321,7 @@ impl Cluster {
         };
         let read = presence::read_room(&self.shared, (*conn).clone(), room);
         if let Ok(Ok((count, names))) = tokio::time::timeout(CLAIM_TIMEOUT, read).await {
-            let mut reads = crate::relay::hub::lock(&self.shared.first_reads);
+            let mut reads = self.shared.first_reads.lock();
             if reads.len() >= FIRST_READS {
                 reads.clear();
             }
@@ -331,7 +333,7 @@ impl Cluster {
     /// The read [`Cluster::first_read`] made for `room`, taken by the join that opens the room
     /// (a read older than [`CLAIM_TIMEOUT`], left by a join that never came, is not used).
     pub fn take_first_read(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
-        let read = crate::relay::hub::lock(&self.shared.first_reads).remove(room)?;
+        let read = self.shared.first_reads.lock().remove(room)?;
         (read.at.elapsed() < CLAIM_TIMEOUT).then_some((read.count, read.names))
     }
 

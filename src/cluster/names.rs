@@ -25,7 +25,7 @@ use redis::aio::ConnectionLike;
 use super::Shared;
 use super::scripts::{self, Call, Op};
 use crate::proto::names::name_key;
-use crate::relay::hub::{Hub, lock};
+use crate::relay::hub::Hub;
 
 /// Pending releases kept at most (about 100 bytes each).
 pub const PENDING_RELEASES: usize = 65_536;
@@ -53,7 +53,7 @@ impl Releases {
 /// Adds a release to the set and wakes the worker.
 pub(super) fn give_back(s: &Shared, room: &Arc<str>, key: &str) {
     {
-        let mut r = lock(&s.releases);
+        let mut r = s.releases.lock();
         if r.pending.len() >= PENDING_RELEASES {
             r.pending.clear();
             r.overflowed = true;
@@ -72,7 +72,7 @@ pub(super) async fn settled(s: &Shared, room: &Arc<str>, key: &str) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         {
-            let mut r = lock(&s.releases);
+            let mut r = s.releases.lock();
             if !r.releasing.contains(&pair) {
                 r.pending.remove(&pair);
                 return;
@@ -130,7 +130,7 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
 ) -> RedisResult<()> {
     loop {
         let batch: Vec<Pair> = {
-            let mut r = lock(&s.releases);
+            let mut r = s.releases.lock();
             let batch: Vec<Pair> = r.pending.iter().take(RELEASE_BATCH).cloned().collect();
             for pair in &batch {
                 r.pending.remove(pair);
@@ -157,7 +157,7 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
             .collect();
         let done = scripts::run_all(conn, ops).await;
         {
-            let mut r = lock(&s.releases);
+            let mut r = s.releases.lock();
             for pair in batch {
                 r.releasing.remove(&pair);
                 if done.is_err() {
@@ -178,7 +178,7 @@ pub(super) async fn reconcile<C: ConnectionLike + Send>(
     hub: &Hub,
     conn: &mut C,
 ) -> RedisResult<()> {
-    lock(&s.releases).overflowed = false;
+    s.releases.lock().overflowed = false;
     let claims: Vec<String> = redis::cmd("SMEMBERS")
         .arg(s.keys.node_names(&s.instance))
         .query_async(conn)

@@ -14,7 +14,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -25,7 +27,7 @@ use tracing::debug;
 
 use super::Shared;
 use super::wire::{self, Payload};
-use crate::relay::hub::{Hub, lock};
+use crate::relay::hub::Hub;
 
 /// Messages from Redis waiting for delivery, at most.
 pub const RECEIVE_QUEUE: usize = 16_384;
@@ -192,7 +194,7 @@ async fn deliver(
             .iter()
             .map(|(_, raw): &(Arc<str>, Bytes)| raw.len())
             .sum();
-        let mut r = lock(&receipts);
+        let mut r = receipts.lock();
         for (room, raw) in batch.drain(..) {
             r.receive(&s, &hub, room, raw);
         }

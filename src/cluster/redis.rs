@@ -37,7 +37,7 @@ use super::scripts::{self, Call, Op};
 use super::source::Source;
 use super::wire::{self, Payload};
 use super::{Cluster, Out, Shared, liveness, names};
-use crate::relay::hub::{Hub, lock};
+use crate::relay::hub::Hub;
 use crate::runtime::shutdown::Shutdown;
 
 /// How long one connection attempt or one round of commands may take.
@@ -60,7 +60,7 @@ pub fn spawn(cluster: &Cluster, hub: Hub, shutdown: &Shutdown) {
             return;
         }
     };
-    let rx = lock(&s.out_rx).take();
+    let rx = s.out_rx.lock().take();
     if let Some(rx) = rx {
         let (s, stop) = (s.clone(), shutdown.clone());
         shutdown
@@ -197,7 +197,7 @@ async fn session(
         unreplayed: Vec::new(),
     };
     // A fresh session (first start, or Redis came back possibly empty): write everything again.
-    lock(&s.dirty).extend(hub.room_names());
+    s.dirty.lock().extend(hub.room_names());
     let mut reconcile = true;
     // The room settings this session last reconciled names with: a reload (which may turn
     // `presence.unique_names` off, for every room or some) reconciles again.
@@ -210,10 +210,10 @@ async fn session(
     loop {
         if s.rewrite.swap(false, Ordering::Relaxed) {
             reconcile = true;
-            lock(&s.dirty).extend(hub.room_names());
+            s.dirty.lock().extend(hub.room_names());
         }
         let now = hub.settings();
-        if !Arc::ptr_eq(&now, &settings) || lock(&s.releases).overflowed {
+        if !Arc::ptr_eq(&now, &settings) || s.releases.lock().overflowed {
             settings = now;
             reconcile = true;
         }
@@ -276,14 +276,14 @@ impl Sync<'_> {
             timed(names::reconcile(s, hub, &mut self.conn)).await?;
             *reconcile = false;
         }
-        if !lock(&s.releases).is_idle() {
+        if !s.releases.lock().is_idle() {
             timed(names::release_pending(s, hub, &mut self.conn)).await?;
         }
         let unreplayed = std::mem::take(&mut self.unreplayed);
         self.replay(unreplayed).await?;
         // Rooms open or close only with a join or leave, and those mark a room dirty: with nothing
         // dirty, the subscriptions are in step.
-        if !lock(&s.dirty).is_empty() {
+        if !s.dirty.lock().is_empty() {
             let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
             self.subscribe(&wanted).await?;
             self.unsubscribe(&wanted).await?;
@@ -306,17 +306,17 @@ impl Sync<'_> {
                 .filter(|r| settings.for_room(r).history > 0)
                 .cloned()
                 .collect();
-            lock(&self.receipts).start_replay(&kept);
+            self.receipts.lock().start_replay(&kept);
             let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
             if let Err(e) = timed(self.sink.subscribe(&channels)).await {
-                let mut r = lock(&self.receipts);
+                let mut r = self.receipts.lock();
                 chunk.iter().for_each(|room| r.forget(room));
                 return Err(e);
             }
             self.subscribed.extend(chunk.iter().cloned());
             // What the others have: read after subscribing, so no notice falls in between.
-            lock(&self.receipts).mark_stale(chunk.iter().cloned());
-            lock(&s.dirty).extend(chunk.iter().cloned());
+            self.receipts.lock().mark_stale(chunk.iter().cloned());
+            s.dirty.lock().extend(chunk.iter().cloned());
             if !kept.is_empty() {
                 self.replay(kept).await?;
             }
@@ -334,7 +334,7 @@ impl Sync<'_> {
         for (i, chunk) in rooms.chunks(SYNC_BATCH).enumerate() {
             match timed(replay_history(self.s, self.hub, &mut self.conn, chunk)).await {
                 Ok(lasts) => {
-                    let mut r = lock(&self.receipts);
+                    let mut r = self.receipts.lock();
                     for (room, last) in chunk.iter().zip(lasts) {
                         r.finish_replay(self.s, self.hub, room, last);
                     }
@@ -356,13 +356,13 @@ impl Sync<'_> {
         for chunk in closing.chunks(SYNC_BATCH) {
             let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
             timed(self.sink.unsubscribe(&channels)).await?;
-            let mut r = lock(&self.receipts);
+            let mut r = self.receipts.lock();
             for room in chunk {
                 self.subscribed.remove(room);
                 r.forget(room);
             }
             drop(r);
-            lock(&s.dirty).extend(chunk.iter().cloned());
+            s.dirty.lock().extend(chunk.iter().cloned());
         }
         Ok(())
     }
@@ -374,7 +374,7 @@ impl Sync<'_> {
         let ready: Vec<Arc<str>> = {
             // Taken out first: `local_presence` locks rooms, and a leave takes `dirty` under its
             // room's lock, so `dirty` is never held while a room is locked.
-            let pending = std::mem::take(&mut *lock(&s.dirty));
+            let pending = std::mem::take(&mut *s.dirty.lock());
             // A room joined since `wanted` was taken waits for its subscription (next turn).
             let (ready, waiting): (Vec<Arc<str>>, Vec<Arc<str>>) =
                 pending.into_iter().partition(|r| {
@@ -382,7 +382,7 @@ impl Sync<'_> {
                         || !wanted.contains(r) && hub.local_presence(r).is_none()
                 });
             if !waiting.is_empty() {
-                lock(&s.dirty).extend(waiting);
+                s.dirty.lock().extend(waiting);
                 s.wake.notify_one();
             }
             ready
@@ -422,7 +422,7 @@ impl Sync<'_> {
             nodes.arg(s.keys.nodes()).arg(&s.instance);
             ops.extend([Op::Cmd(total), Op::Cmd(nodes)]);
             if let Err(e) = timed(scripts::run_all(&mut self.conn, ops)).await {
-                lock(&s.dirty).extend(ready[i * SYNC_BATCH..].iter().cloned());
+                s.dirty.lock().extend(ready[i * SYNC_BATCH..].iter().cloned());
                 return Err(e);
             }
         }
@@ -433,7 +433,7 @@ impl Sync<'_> {
     /// opened), a pipeline per [`SYNC_BATCH`] rooms.
     async fn read_stale(&mut self) -> RedisResult<()> {
         let (s, hub) = (self.s, self.hub);
-        let stale: Vec<Arc<str>> = lock(&self.receipts)
+        let stale: Vec<Arc<str>> = self.receipts.lock()
             .take_stale()
             .into_iter()
             .filter(|r| self.subscribed.contains(r))
@@ -451,7 +451,7 @@ impl Sync<'_> {
             let mut entries = match read {
                 Ok(entries) => entries,
                 Err(e) => {
-                    lock(&self.receipts).mark_stale(stale[i * SYNC_BATCH..].iter().cloned());
+                    self.receipts.lock().mark_stale(stale[i * SYNC_BATCH..].iter().cloned());
                     return Err(e);
                 }
             };

@@ -8,7 +8,7 @@
 //! per room) started by `Server::run` and tracked by the shutdown `TaskTracker`. The presence rules
 //! themselves are pure functions in [`crate::relay::presence`]; history is [`crate::relay::history`].
 //!
-//! Locks are `std::sync::Mutex`es held for a few non-blocking steps and never across `.await`.
+//! Locks are `parking_lot::Mutex`es held for a few non-blocking steps and never across `.await`.
 //! The room map's lock is never held while waiting for a room: a join looks the room up (or
 //! creates it) under the map lock, releases it, then locks the room; so one room busy fanning out
 //! a burst or rendering presence never stalls joins and leaves in the others. The price is a race
@@ -33,11 +33,12 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::message::{Message, Utf8Bytes};
 use arc_swap::ArcSwap;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::cluster::Cluster;
@@ -243,12 +244,6 @@ fn apply_remote(state: &mut RoomState, count: usize, names: Vec<Arc<str>>) -> bo
     changed
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a room lock leaves consistent data (every step is a push or remove),
-    // so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Room {
     fn new(name: &str, epoch: Arc<str>) -> Room {
         Room {
@@ -275,14 +270,10 @@ impl Room {
 
     /// Locks the room, counting the times it had to wait (what the lock test watches for).
     fn lock(&self) -> MutexGuard<'_, RoomState> {
-        match self.state.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                self.contended.fetch_add(1, Ordering::Relaxed);
-                lock(&self.state)
-            }
-        }
+        self.state.try_lock().unwrap_or_else(|| {
+            self.contended.fetch_add(1, Ordering::Relaxed);
+            self.state.lock()
+        })
     }
 }
 
@@ -339,12 +330,12 @@ impl Hub {
 
     /// Names of the rooms with members on this node.
     pub fn room_names(&self) -> Vec<Arc<str>> {
-        lock(&self.shared.rooms).keys().cloned().collect()
+        self.shared.rooms.lock().keys().cloned().collect()
     }
 
     /// This node's members of `room`: their count and names (sorted); `None` if it has none.
     pub fn local_presence(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
-        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let room = self.shared.rooms.lock().get(room)?.clone();
         let state = room.lock();
         if state.closed {
             return None;
@@ -361,7 +352,7 @@ impl Hub {
     /// A message another node relayed to `room`: to every local member (the sender is never
     /// here) and into the room's history. Nothing if the room has no member on this node.
     pub fn deliver_remote(&self, room: &str, msg: Message) {
-        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+        let Some(room) = self.shared.rooms.lock().get(room).cloned() else {
             return;
         };
         let (history, history_bytes) = self.shared.settings.load().history_for(&room.name);
@@ -384,7 +375,7 @@ impl Hub {
     /// The other nodes' members of `room`, as read from Redis: names that appeared or went are
     /// presence changes like local joins and leaves.
     pub fn set_remote(&self, room: &str, count: usize, names: Vec<Arc<str>>) {
-        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+        let Some(room) = self.shared.rooms.lock().get(room).cloned() else {
             return;
         };
         let mut state = room.lock();
@@ -401,7 +392,7 @@ impl Hub {
     /// room yet, is replayed to the members who joined while it was being read.
     /// `false` when it was not seeded (the room is gone or already live).
     pub fn seed_history(&self, room: &str, messages: Vec<Message>) -> bool {
-        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+        let Some(room) = self.shared.rooms.lock().get(room).cloned() else {
             return false;
         };
         let settings = self.shared.settings.load().for_room(&room.name);
@@ -435,7 +426,7 @@ impl Hub {
 
     /// Rooms with at least one member.
     pub fn room_count(&self) -> usize {
-        lock(&self.shared.rooms).len()
+        self.shared.rooms.lock().len()
     }
 
     /// Room names with their member counts.
@@ -449,7 +440,7 @@ impl Hub {
 
     /// Every room, taken under the map lock, to be locked one by one after it is released.
     fn rooms(&self) -> Vec<Arc<Room>> {
-        lock(&self.shared.rooms).values().cloned().collect()
+        self.shared.rooms.lock().values().cloned().collect()
     }
 
     /// The room settings in force.
@@ -613,7 +604,7 @@ impl Hub {
     /// The room called `name`, created if absent and `max_rooms` allows; the map lock is held
     /// only here.
     fn find_or_create(&self, name: &str, max_rooms: usize) -> Result<Arc<Room>, JoinError> {
-        let mut rooms = lock(&self.shared.rooms);
+        let mut rooms = self.shared.rooms.lock();
         if let Some(room) = rooms.get(name) {
             return Ok(room.clone());
         }
@@ -629,7 +620,7 @@ impl Hub {
 
     /// Removes a closed room from the map, unless a new room of that name has replaced it.
     fn forget(&self, room: &Arc<Room>) {
-        let mut rooms = lock(&self.shared.rooms);
+        let mut rooms = self.shared.rooms.lock();
         if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
             rooms.remove(&room.name);
         }
@@ -638,7 +629,7 @@ impl Hub {
     /// Whether a member of this node holds `key` in `room` under `session`: a join with them
     /// would take the name over (so a cluster claim, which this node already holds, is not asked).
     pub fn holds_session(&self, room: &str, key: &str, session: &str) -> bool {
-        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+        let Some(room) = self.shared.rooms.lock().get(room).cloned() else {
             return false;
         };
         let state = room.lock();
@@ -701,7 +692,7 @@ impl Hub {
     fn schedule(&self, room: &Arc<Room>, state: &mut RoomState) {
         if !state.scheduled {
             state.scheduled = true;
-            lock(&self.shared.changed).push(room.clone());
+            self.shared.changed.lock().push(room.clone());
             self.shared.wake.notify_one();
         }
     }
@@ -728,7 +719,7 @@ impl Hub {
             }
             let interval = self.shared.settings.load().presence_interval;
             let now = Instant::now();
-            let changed = std::mem::take(&mut *lock(&self.shared.changed));
+            let changed = std::mem::take(&mut *self.shared.changed.lock());
             for room in changed {
                 let last_sent = room.lock().last_sent;
                 pending.push((presence::due(last_sent, now, interval), room));
@@ -833,7 +824,7 @@ impl Hub {
         let (history, history_bytes) = self.shared.settings.load().history_for(room);
         let cluster = self.shared.cluster.as_ref();
         let encoded = cluster.and_then(|c| c.encode(&msg));
-        let local = lock(&self.shared.rooms).get(room).cloned();
+        let local = self.shared.rooms.lock().get(room).cloned();
         let Some(local) = local else {
             if let (Some(cluster), Some(data)) = (cluster, encoded) {
                 cluster.publish(&Arc::from(room), data, history);
@@ -867,7 +858,7 @@ impl Hub {
     /// `max_names` names (sorted) with how many more there are. `None` without a local member.
     pub fn room_presence(&self, room: &str) -> Option<(usize, Vec<String>, usize)> {
         let max_names = self.shared.settings.load().for_room(room).max_names;
-        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let room = self.shared.rooms.lock().get(room)?.clone();
         let state = room.lock();
         if state.closed {
             return None;
@@ -888,7 +879,7 @@ impl Hub {
     pub fn rooms_after(&self, after: Option<&str>, limit: usize) -> (Vec<(Arc<str>, usize)>, bool) {
         use std::ops::Bound;
         let page: Vec<Arc<Room>> = {
-            let rooms = lock(&self.shared.rooms);
+            let rooms = self.shared.rooms.lock();
             let from = match after {
                 Some(name) => Bound::Excluded(name),
                 None => Bound::Unbounded,
@@ -925,7 +916,7 @@ impl Hub {
 
     /// [`Hub::kick`] on this node only, by the name's key (what another node asks for).
     pub fn kick_key(&self, room: &str, key: &str) -> usize {
-        let Some(room) = lock(&self.shared.rooms).get(room).cloned() else {
+        let Some(room) = self.shared.rooms.lock().get(room).cloned() else {
             return 0;
         };
         let state = room.lock();
@@ -944,7 +935,7 @@ impl Hub {
     /// room does not exist.
     #[doc(hidden)]
     pub fn hold_room(&self, room: &str) -> Option<RoomHold> {
-        let room = lock(&self.shared.rooms).get(room)?.clone();
+        let room = self.shared.rooms.lock().get(room)?.clone();
         let (held_tx, held_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = room.clone();
@@ -1170,7 +1161,7 @@ mod tests {
         let first = a.room.clone();
         drop(a);
         assert_eq!(hub.room_count(), 0);
-        assert!(lock(&first.state).closed);
+        assert!(first.state.lock().closed);
         let b = hub.join("r", None, outbox()).unwrap();
         assert!(
             !Arc::ptr_eq(&first, &b.room),
@@ -1185,7 +1176,7 @@ mod tests {
         let a = hub.join("r", None, outbox()).unwrap();
         let old = a.room.clone();
         // The leave's state change without its removal from the map: the race a join can meet.
-        lock(&old.state).closed = true;
+        old.state.lock().closed = true;
         let b = hub.join("r", None, outbox()).unwrap();
         assert!(!Arc::ptr_eq(&old, &b.room));
         assert_eq!(hub.room_count(), 1);
@@ -1414,7 +1405,7 @@ mod tests {
                         drop(members.swap_remove(random(members.len() as u64)));
                     }
                     _ => {
-                        let room = lock(&hub.shared.rooms).get("r").cloned();
+                        let room = hub.shared.rooms.lock().get("r").cloned();
                         if let Some(room) = room {
                             hub.send_presence(&room);
                         }
@@ -1476,7 +1467,7 @@ mod tests {
         drop(old);
         assert_eq!(hub.local_presence("r"), Some((1, vec![Arc::from("sam")])));
         assert_eq!(
-            lock(&new.room.state).changes.len(),
+            new.room.state.lock().changes.len(),
             1,
             "one join in all, no leave"
         );
@@ -1533,6 +1524,6 @@ mod tests {
         hub.configure(settings);
         let b = hub.join("r", Some("sam"), outbox()).unwrap();
         drop(b);
-        assert_eq!(lock(&_a.room.state).roster.listed(10), ["sam"]);
+        assert_eq!(_a.room.state.lock().roster.listed(10), ["sam"]);
     }
 }
