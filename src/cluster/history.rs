@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use redis::RedisResult;
 
-use super::Shared;
 use super::wire::{self, Payload};
-use crate::relay::hub::Hub;
+use super::{Rooms, Shared};
 
 /// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
 /// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.
@@ -32,16 +31,16 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 /// the rooms; returns per room the newest id seeded ((0, 0) if none, or not seeded).
 pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
-    rooms: &[Arc<str>],
+    opened: &[Arc<str>],
 ) -> RedisResult<Vec<wire::StreamId>> {
     // Each room's own `relay.history` (a `[[rooms]]` entry may set it); rooms without history
     // are not read.
-    let settings = hub.settings();
-    let keeps: Vec<usize> = rooms.iter().map(|r| settings.for_room(r).history).collect();
+    let rules = rooms.rules();
+    let keeps: Vec<usize> = opened.iter().map(|r| rules.history(r)).collect();
     let mut pipe = redis::pipe();
-    for (room, &keep) in rooms.iter().zip(&keeps) {
+    for (room, &keep) in opened.iter().zip(&keeps) {
         if keep > 0 {
             pipe.cmd("XREVRANGE")
                 .arg(s.keys.history(room))
@@ -58,18 +57,18 @@ pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
             .await?
             .into_iter()
     };
-    Ok(rooms
+    Ok(opened
         .iter()
         .zip(keeps)
         .map(|(room, keep)| match keep {
             0 => (0, 0),
-            _ => seed(hub, room, streams.next().unwrap_or_default()),
+            _ => seed(rooms, room, streams.next().unwrap_or_default()),
         })
         .collect())
 }
 
 /// Seeds one room with its stream's entries (newest first); the newest id, or (0, 0).
-fn seed(hub: &Hub, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId {
+fn seed(rooms: &dyn Rooms, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId {
     let last = entries
         .first()
         .and_then(|(id, _)| wire::parse_stream_id(id))
@@ -87,7 +86,7 @@ fn seed(hub: &Hub, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId
         .collect();
     // Not seeded (the room went live first): nothing of the stream was delivered, so no live
     // message may be dropped as already replayed.
-    if hub.seed_history(room, messages) {
+    if rooms.seed_history(room, messages) {
         last
     } else {
         (0, 0)

@@ -22,7 +22,7 @@ use super::Shared;
 use super::presence::heartbeat;
 use super::source::Source;
 use super::wire;
-use crate::runtime::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// The longest wait between two heartbeats.
 const EVERY_MAX: Duration = Duration::from_millis(500);
@@ -45,7 +45,7 @@ async fn connect(source: &Source, timeout: Duration) -> redis::RedisResult<Multi
 }
 
 /// Runs until the drain starts.
-pub async fn run(s: Arc<Shared>, source: Arc<Source>, shutdown: Shutdown) {
+pub async fn run(s: Arc<Shared>, source: Arc<Source>, stop: CancellationToken) {
     let every = every(s.node_timeout);
     let bound = (s.node_timeout / 4).max(Duration::from_millis(10));
     let mut beats = 0u64;
@@ -54,15 +54,15 @@ pub async fn run(s: Arc<Shared>, source: Arc<Source>, shutdown: Shutdown) {
     let mut seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     loop {
         let connected = tokio::select! {
-            _ = shutdown.draining() => return,
+            _ = stop.cancelled() => return,
             c = tokio::time::timeout(bound, connect(&source, bound)) => c,
         };
         let Ok(Ok(mut conn)) = connected else {
             lost_for(&s, &mut last_ok);
-            let wait = wire::backoff(attempt, super::redis::jitter(&mut seed)).min(every);
+            let wait = wire::backoff(attempt, wire::jitter(&mut seed)).min(every);
             attempt = attempt.saturating_add(1);
             tokio::select! {
-                _ = shutdown.draining() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => continue,
             }
         };
@@ -71,7 +71,7 @@ pub async fn run(s: Arc<Shared>, source: Arc<Source>, shutdown: Shutdown) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.draining() => return,
+                _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             match tokio::time::timeout(bound, heartbeat(&s, &mut conn)).await {

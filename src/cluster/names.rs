@@ -22,10 +22,9 @@ use std::sync::Arc;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 
-use super::Shared;
 use super::scripts::{self, Call, Op};
+use super::{Rooms, Shared};
 use crate::proto::names::name_key;
-use crate::relay::hub::Hub;
 
 /// Pending releases kept at most (about 100 bytes each).
 pub const PENDING_RELEASES: usize = 65_536;
@@ -116,8 +115,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// Whether a member of this node holds `key` in `room`.
-fn held_here(hub: &Hub, room: &str, key: &str) -> bool {
-    hub.local_presence(room)
+fn held_here(rooms: &dyn Rooms, room: &str, key: &str) -> bool {
+    rooms
+        .local_presence(room)
         .is_some_and(|(_, names)| names.iter().any(|n| name_key(n) == key))
 }
 
@@ -125,7 +125,7 @@ fn held_here(hub: &Hub, room: &str, key: &str) -> bool {
 /// unfinished ones go back to the set (for the next turn).
 pub(super) async fn release_pending<C: ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
 ) -> RedisResult<()> {
     loop {
@@ -141,12 +141,10 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
         if batch.is_empty() {
             return Ok(());
         }
-        let settings = hub.settings();
+        let rules = rooms.rules();
         let ops: Vec<Op> = batch
             .iter()
-            .filter(|(room, key)| {
-                !(settings.for_room(room).unique_names && held_here(hub, room, key))
-            })
+            .filter(|(room, key)| !(rules.unique_names(room) && held_here(rooms, room, key)))
             .map(|(room, key)| {
                 Op::Call(Call::new(
                     &scripts::RELEASE,
@@ -175,7 +173,7 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
 /// run), then the names members hold are claimed again (Redis may have restarted empty).
 pub(super) async fn reconcile<C: ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
 ) -> RedisResult<()> {
     s.releases.lock().overflowed = false;
@@ -188,5 +186,5 @@ pub(super) async fn reconcile<C: ConnectionLike + Send>(
             give_back(s, &Arc::from(room), key);
         }
     }
-    super::presence::reclaim_names(s, hub, conn).await
+    super::presence::reclaim_names(s, rooms, conn).await
 }

@@ -9,11 +9,10 @@ use redis::RedisResult;
 use redis::aio::ConnectionLike;
 use tracing::info;
 
-use super::Shared;
 use super::scripts::{self, Call, Op};
 use super::wire::{self, Payload};
+use super::{Rooms, Shared};
 use crate::proto::names::name_key;
-use crate::relay::hub::Hub;
 
 /// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it
 /// was pending: `names`); records it under the instance for the sweep. 1 = won.
@@ -214,16 +213,16 @@ pub(crate) async fn read_room<C: ConnectionLike + Send>(
 /// After a reconnect (Redis may have restarted empty): claims again the names local members hold.
 pub(super) async fn reclaim_names<C: ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
 ) -> RedisResult<()> {
-    let settings = hub.settings();
+    let rules = rooms.rules();
     let mut ops = Vec::new();
-    for room in hub.room_names() {
-        if !settings.for_room(&room).unique_names {
+    for room in rooms.room_names() {
+        if !rules.unique_names(&room) {
             continue;
         }
-        let Some((_, names)) = hub.local_presence(&room) else {
+        let Some((_, names)) = rooms.local_presence(&room) else {
             continue;
         };
         for name in names {

@@ -261,6 +261,15 @@ pub fn diff(old: &[Arc<str>], new: &[Arc<str>]) -> (Vec<Arc<str>>, Vec<Arc<str>>
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
+/// A cheap random number in [0, 1) for the backoff jitter (no need for a crypto source): one
+/// xorshift64 step of `state`.
+pub fn jitter(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The wait before reconnect attempt `attempt` (0-based): doubling from [`BACKOFF_BASE`] up to
 /// [`BACKOFF_CAP`], then scaled by `jitter` in [0, 1) to between half and all of it, so nodes that
 /// lost Redis together do not come back in step.

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-
 /// What one queued message costs beyond its payload: its slot in the queue and in the writer's batch.
 pub const SLOT_BYTES: usize = std::mem::size_of::<Message>();
 // 56 bytes with tungstenite 0.30 (README, "Security"); a bigger slot would need the docs updated.

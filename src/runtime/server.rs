@@ -169,7 +169,12 @@ impl Server {
             .spawn(async move { hub.run_presence(shutdown.draining()).await });
         // The cluster's worker and publisher (several nodes), tracked like the ticker.
         if let Some(cluster) = state.hub.cluster() {
-            crate::cluster::redis::spawn(cluster, state.hub.clone(), &state.shutdown);
+            crate::cluster::redis::spawn(
+                cluster,
+                Arc::new(state.hub.clone()),
+                state.shutdown.tracker(),
+                state.shutdown.connection_token(),
+            );
         }
         systemd::ready(&state);
         systemd::spawn_notifier(state.clone());
