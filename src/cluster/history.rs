@@ -1,11 +1,13 @@
 //! Cluster-wide history: a room's messages kept in a capped Redis stream, appended by the same
 //! script that publishes them (so the stream id stamped on the live message is the entry's id),
 //! and read back by a node that opens the room, after it has subscribed: the rooms a sync opens are
-//! read in one pipeline ([`replay_history`]), not one round trip each.
+//! read in one pipeline (`replay_history`), not one round trip each.
 //!
 //! A stream outlives its room by `cluster.history_ttl`: the last node to leave a room (or the
 //! sweep of a dead one) sets the stream to expire, a node opening the room clears that, and a
 //! message kept in a room no node has members in (the API) sets it too.
+//!
+//! This file must not deliver to members itself: it seeds rooms through [`super::Rooms`].
 
 use std::sync::Arc;
 
@@ -13,16 +15,6 @@ use redis::RedisResult;
 
 use super::wire::{self, Payload};
 use super::{Rooms, Shared};
-
-/// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
-/// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.
-pub(super) const PUBLISH_KEPT: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return id";
 
 /// One stream entry as XREVRANGE gives it: id, then field/value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);

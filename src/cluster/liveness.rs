@@ -8,6 +8,9 @@
 //! or Redis restarted empty): write every entry and name again (`Shared::rewrite`); no beat got
 //! through for `node_timeout`: the others have swept this node, so the worker starts a fresh
 //! session (`Shared::liveness_lost`).
+//!
+//! This task must not share its connection or wait on the worker: a beat is never late because of
+//! other work.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

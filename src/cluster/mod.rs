@@ -9,14 +9,14 @@
 //!   and the worker task reconciles its channel subscriptions with the rooms that have local
 //!   members, then writes this node's presence entry of each changed room;
 //! - a member with a claimed name left ([`Cluster::release`]): the name goes into a set of pending
-//!   releases that the worker empties (never dropped; see [`names`]).
+//!   releases that the worker empties (never dropped; see `names`).
 //!
 //! Before a join, two bounded waits for Redis: the name claim ([`Cluster::claim`]) and, for the
 //! first member of a room on this node, the first read of the room's remote presence
 //! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]. The connections, worker and
-//! publisher live in [`redis`], the receive path in [`receive`], the heartbeat task in
-//! [`liveness`], sweep, totals and claims in [`presence`], releases and their reconciliation in
-//! [`names`], the history stream in [`history`], the Lua scripts in [`scripts`], the way to the
+//! publisher live in [`redis`], the receive path in `receive`, the heartbeat task in
+//! `liveness`, sweep, totals and claims in [`presence`], releases and their reconciliation in
+//! `names`, the history stream in [`history`], the Lua scripts in `scripts`, the way to the
 //! primary (a URL or Sentinel) in `source`; the pure rules (keys, envelope, entries, backoff) in
 //! [`wire`]. The worker reaches this node's rooms only through the [`Rooms`] trait, which the hub
 //! implements: nothing here names the hub, and this folder imports only `proto` and `config`.
@@ -277,7 +277,7 @@ impl Cluster {
     }
 
     /// Gives back a name this node claimed for a member who left: never dropped, it waits in the
-    /// pending releases until Redis has it (see [`names`]).
+    /// pending releases until Redis has it (see `names`).
     pub fn release(&self, room: &Arc<str>, key: &str) {
         names::give_back(&self.shared, room, key);
     }

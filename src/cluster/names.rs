@@ -15,6 +15,8 @@
 //!
 //! Bound: [`PENDING_RELEASES`] entries; past it the set is emptied and a reconciliation (which
 //! reads the claims from Redis) takes its place, so memory stays bounded while Redis is down.
+//!
+//! This file must not drop a release, and must not touch the publish queue.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -11,6 +11,8 @@
 //! [`Receipts`] holds the history seam: a room whose stream is being read (subscribed, not yet
 //! replayed) holds its live messages (at most [`HELD_BYTES`] in all) until the replay is seeded,
 //! then they are delivered unless the replay held them already.
+//!
+//! This file must not wait on the worker's sync or let any queue grow without a bound.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The cluster's I/O: the worker that keeps subscriptions, presence entries and names in step on
 //! one subscriber and one command connection, and the publisher. The heartbeat has its own task
-//! and connection ([`super::liveness`]), the receive path its own tasks ([`super::receive`]).
+//! and connection (`super::liveness`), the receive path its own tasks (`super::receive`).
 //!
 //! Each turn the worker reconciles its channel subscriptions with the rooms that have local
 //! members (subscribe on the first local member, unsubscribe after the last), reads the history
@@ -16,8 +16,11 @@
 //!
 //! When the session ends, the node is degraded: it keeps relaying to local members, drops what it
 //! would publish, and reconnects with jittered, capped backoff ([`wire::backoff`]); once back it
-//! resubscribes, rewrites all its entries and reconciles its names ([`super::names`]). On SIGTERM
+//! resubscribes, rewrites all its entries and reconciles its names (`super::names`). On SIGTERM
 //! it sweeps itself, so its members leave every count at once.
+//!
+//! This file must not name the hub: rooms are reached through [`super::Rooms`], and the tasks end
+//! with the `CancellationToken` they were given.
 
 use std::collections::HashSet;
 use std::future::Future;

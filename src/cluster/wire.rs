@@ -9,6 +9,8 @@
 //! subscribing drops exactly the live messages the replay already held. The instance id is the node
 //! id plus a per-process epoch, so a node drops its own publications and a restarted node is a new
 //! instance whose predecessor's entries are swept, never counted twice.
+//!
+//! Pure rules: this file must not do I/O, lock or spawn.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,6 +6,8 @@
 //! and each costs its payload plus [`SLOT_BYTES`] for its queue slot. The payload is a refcount on
 //! the one buffer every receiver shares, so the bound is a worst case: the receiver that holds the
 //! last reference pins the whole payload.
+//!
+//! This file owns the queue and its wake rule only: it must not know rooms, frames or sockets.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

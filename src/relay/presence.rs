@@ -13,10 +13,12 @@
 //! window to end, and the last message of a burst carries the final state.
 //!
 //! Size bound ([`max_message_bytes`]): a name is at most 64 characters with no control characters
-//! (`request::is_presence_name`), so in JSON each character takes at most 4 bytes (a 4-byte UTF-8
+//! ([`crate::proto::names::is_presence_name`]), so in JSON each character takes at most 4 bytes (a 4-byte UTF-8
 //! character, or 2 for an escaped `"` or `\`), plus 2 quotes and a comma: 259 bytes per name. The
 //! rest of a message (type, room, three numbers, keys) fits in 512 bytes. The configuration check
 //! refuses settings where that bound does not fit `limits.queue_bytes`.
+//!
+//! Pure functions: this file must not lock, queue or keep state of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

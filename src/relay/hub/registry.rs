@@ -87,7 +87,7 @@ impl Hub {
 
     /// [`Hub::join`] for a client that names its session: when a member of this node holds the
     /// name (by its key) with the same session, that member is replaced at once (its connection
-    /// closes with [`REPLACED`]) and the name stays in the room without a presence change.
+    /// closes with [`REPLACED`](super::REPLACED)) and the name stays in the room without a presence change.
     pub fn join_session(
         &self,
         room: &str,
