@@ -36,7 +36,7 @@ async fn stats_reports_connections_rooms_and_messages() {
     a.send_text("x").await;
     let s = server
         .wait_stats("counts", |s| {
-            s["messages_in"] == 1 && s["messages_out"] == 2
+            s["messages_in"] == 1 && s["messages_queued"] == 2
         })
         .await;
     assert_eq!(s["connections"], 3);

@@ -1,29 +1,20 @@
 //! Cluster-wide history: a room's messages kept in a capped Redis stream, appended by the same
 //! script that publishes them (so the stream id stamped on the live message is the entry's id),
 //! and read back by a node that opens the room, after it has subscribed: the rooms a sync opens are
-//! read in one pipeline ([`replay_history`]), not one round trip each.
+//! read in one pipeline (`replay_history`), not one round trip each.
 //!
 //! A stream outlives its room by `cluster.history_ttl`: the last node to leave a room (or the
 //! sweep of a dead one) sets the stream to expire, a node opening the room clears that, and a
 //! message kept in a room no node has members in (the API) sets it too.
+//!
+//! This file must not deliver to members itself: it seeds rooms through [`super::Rooms`].
 
 use std::sync::Arc;
 
 use redis::RedisResult;
 
-use super::Shared;
 use super::wire::{self, Payload};
-use crate::relay::hub::Hub;
-
-/// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
-/// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.
-pub(super) const PUBLISH_KEPT: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return id";
+use super::{Rooms, Shared};
 
 /// One stream entry as XREVRANGE gives it: id, then field/value pairs.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
@@ -32,16 +23,16 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 /// the rooms; returns per room the newest id seeded ((0, 0) if none, or not seeded).
 pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
-    rooms: &[Arc<str>],
+    opened: &[Arc<str>],
 ) -> RedisResult<Vec<wire::StreamId>> {
     // Each room's own `relay.history` (a `[[rooms]]` entry may set it); rooms without history
     // are not read.
-    let settings = hub.settings();
-    let keeps: Vec<usize> = rooms.iter().map(|r| settings.for_room(r).history).collect();
+    let rules = rooms.rules();
+    let keeps: Vec<usize> = opened.iter().map(|r| rules.history(r)).collect();
     let mut pipe = redis::pipe();
-    for (room, &keep) in rooms.iter().zip(&keeps) {
+    for (room, &keep) in opened.iter().zip(&keeps) {
         if keep > 0 {
             pipe.cmd("XREVRANGE")
                 .arg(s.keys.history(room))
@@ -58,18 +49,18 @@ pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
             .await?
             .into_iter()
     };
-    Ok(rooms
+    Ok(opened
         .iter()
         .zip(keeps)
         .map(|(room, keep)| match keep {
             0 => (0, 0),
-            _ => seed(hub, room, streams.next().unwrap_or_default()),
+            _ => seed(rooms, room, streams.next().unwrap_or_default()),
         })
         .collect())
 }
 
 /// Seeds one room with its stream's entries (newest first); the newest id, or (0, 0).
-fn seed(hub: &Hub, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId {
+fn seed(rooms: &dyn Rooms, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId {
     let last = entries
         .first()
         .and_then(|(id, _)| wire::parse_stream_id(id))
@@ -87,7 +78,7 @@ fn seed(hub: &Hub, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId
         .collect();
     // Not seeded (the room went live first): nothing of the stream was delivered, so no live
     // message may be dropped as already replayed.
-    if hub.seed_history(room, messages) {
+    if rooms.seed_history(room, messages) {
         last
     } else {
         (0, 0)

@@ -8,6 +8,9 @@
 //! or Redis restarted empty): write every entry and name again (`Shared::rewrite`); no beat got
 //! through for `node_timeout`: the others have swept this node, so the worker starts a fresh
 //! session (`Shared::liveness_lost`).
+//!
+//! This task must not share its connection or wait on the worker: a beat is never late because of
+//! other work.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +25,7 @@ use super::Shared;
 use super::presence::heartbeat;
 use super::source::Source;
 use super::wire;
-use crate::runtime::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// The longest wait between two heartbeats.
 const EVERY_MAX: Duration = Duration::from_millis(500);
@@ -45,7 +48,7 @@ async fn connect(source: &Source, timeout: Duration) -> redis::RedisResult<Multi
 }
 
 /// Runs until the drain starts.
-pub async fn run(s: Arc<Shared>, source: Arc<Source>, shutdown: Shutdown) {
+pub async fn run(s: Arc<Shared>, source: Arc<Source>, stop: CancellationToken) {
     let every = every(s.node_timeout);
     let bound = (s.node_timeout / 4).max(Duration::from_millis(10));
     let mut beats = 0u64;
@@ -54,15 +57,15 @@ pub async fn run(s: Arc<Shared>, source: Arc<Source>, shutdown: Shutdown) {
     let mut seed = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     loop {
         let connected = tokio::select! {
-            _ = shutdown.draining() => return,
+            _ = stop.cancelled() => return,
             c = tokio::time::timeout(bound, connect(&source, bound)) => c,
         };
         let Ok(Ok(mut conn)) = connected else {
             lost_for(&s, &mut last_ok);
-            let wait = wire::backoff(attempt, super::redis::jitter(&mut seed)).min(every);
+            let wait = wire::backoff(attempt, wire::jitter(&mut seed)).min(every);
             attempt = attempt.saturating_add(1);
             tokio::select! {
-                _ = shutdown.draining() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => continue,
             }
         };
@@ -71,7 +74,7 @@ pub async fn run(s: Arc<Shared>, source: Arc<Source>, shutdown: Shutdown) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.draining() => return,
+                _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             match tokio::time::timeout(bound, heartbeat(&s, &mut conn)).await {

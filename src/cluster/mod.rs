@@ -5,19 +5,21 @@
 //! - a message was relayed locally ([`Cluster::publish`]): it is queued, bounded, for the publisher
 //!   task, which sends it once to the room's channel (not once per receiver); while Redis is down it
 //!   is dropped on the spot, so nothing is buffered for later and memory stays flat;
-//! - a room's local members changed ([`Cluster::touch`]): the worker task reconciles its channel
-//!   subscriptions with the rooms that have local members, then writes this node's presence entry;
+//! - a room's local members changed ([`Cluster::room_changed`]): the room joins the changed rooms,
+//!   and the worker task reconciles its channel subscriptions with the rooms that have local
+//!   members, then writes this node's presence entry of each changed room;
 //! - a member with a claimed name left ([`Cluster::release`]): the name goes into a set of pending
-//!   releases that the worker empties (never dropped; see [`names`]).
+//!   releases that the worker empties (never dropped; see `names`).
 //!
 //! Before a join, two bounded waits for Redis: the name claim ([`Cluster::claim`]) and, for the
 //! first member of a room on this node, the first read of the room's remote presence
 //! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]. The connections, worker and
-//! publisher live in [`redis`], the receive path in [`receive`], the heartbeat task in
-//! [`liveness`], sweep, totals and claims in [`presence`], releases and their reconciliation in
-//! [`names`], the history stream in [`history`], the Lua scripts in [`scripts`], the way to the
-//! primary (a URL or Sentinel) in [`source`]; the pure rules (keys, envelope, entries, backoff) in
-//! [`wire`].
+//! publisher live in [`redis`], the receive path in `receive`, the heartbeat task in
+//! `liveness`, sweep, totals and claims in [`presence`], releases and their reconciliation in
+//! `names`, the history stream in [`history`], the Lua scripts in `scripts`, the way to the
+//! primary (a URL or Sentinel) in `source`; the pure rules (keys, envelope, entries, backoff) in
+//! [`wire`]. The worker reaches this node's rooms only through the [`Rooms`] trait, which the hub
+//! implements: nothing here names the hub, and this folder imports only `proto` and `config`.
 
 pub mod history;
 pub(crate) mod liveness;
@@ -25,13 +27,16 @@ pub(crate) mod names;
 pub mod presence;
 pub(crate) mod receive;
 pub mod redis;
+pub mod rooms;
 pub(crate) mod scripts;
 pub(crate) mod source;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::proto::message::Message;
@@ -39,6 +44,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config;
+pub use rooms::{RoomRules, Rooms};
 use wire::{Keys, Payload};
 
 /// How long a join waits for Redis to claim a name before it falls back to this node's own rule.
@@ -67,9 +73,11 @@ pub(crate) struct Shared {
     pub(crate) up: AtomicBool,
     /// Connections on the other live nodes (the rest of presence's `total`).
     pub(crate) remote_total: AtomicUsize,
-    /// Rooms whose local presence changed since the worker last wrote it.
-    pub(crate) dirty: Mutex<HashSet<Arc<str>>>,
-    /// Wakes the worker when `dirty` gets a room.
+    /// The changed rooms: rooms whose local members changed (a join or a leave) or whose
+    /// subscription changed, since the worker last wrote their presence entry. Taken under a room
+    /// lock (a leave), so never held while a room is locked.
+    pub(crate) changed_rooms: Mutex<HashSet<Arc<str>>>,
+    /// Wakes the worker when `changed_rooms` gets a room, or another duty comes up.
     pub(crate) wake: Notify,
     /// To the publisher task (the receiver is taken by `redis::spawn`).
     out_tx: mpsc::Sender<Out>,
@@ -182,7 +190,7 @@ impl Cluster {
                 history_ttl: config.history_ttl,
                 up: AtomicBool::new(false),
                 remote_total: AtomicUsize::new(0),
-                dirty: Mutex::new(HashSet::new()),
+                changed_rooms: Mutex::new(HashSet::new()),
                 wake: Notify::new(),
                 out_tx,
                 out_rx: Mutex::new(Some(out_rx)),
@@ -262,14 +270,14 @@ impl Cluster {
         self.publish(&Arc::from(room), data, 0);
     }
 
-    /// Marks a room's local presence as changed (a join or a leave).
-    pub fn touch(&self, room: &Arc<str>) {
-        crate::relay::hub::lock(&self.shared.dirty).insert(room.clone());
+    /// Puts a room in the changed rooms: its local members changed (a join or a leave).
+    pub fn room_changed(&self, room: &Arc<str>) {
+        self.shared.changed_rooms.lock().insert(room.clone());
         self.shared.wake.notify_one();
     }
 
     /// Gives back a name this node claimed for a member who left: never dropped, it waits in the
-    /// pending releases until Redis has it (see [`names`]).
+    /// pending releases until Redis has it (see `names`).
     pub fn release(&self, room: &Arc<str>, key: &str) {
         names::give_back(&self.shared, room, key);
     }
@@ -319,7 +327,7 @@ impl Cluster {
         };
         let read = presence::read_room(&self.shared, (*conn).clone(), room);
         if let Ok(Ok((count, names))) = tokio::time::timeout(CLAIM_TIMEOUT, read).await {
-            let mut reads = crate::relay::hub::lock(&self.shared.first_reads);
+            let mut reads = self.shared.first_reads.lock();
             if reads.len() >= FIRST_READS {
                 reads.clear();
             }
@@ -331,7 +339,7 @@ impl Cluster {
     /// The read [`Cluster::first_read`] made for `room`, taken by the join that opens the room
     /// (a read older than [`CLAIM_TIMEOUT`], left by a join that never came, is not used).
     pub fn take_first_read(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
-        let read = crate::relay::hub::lock(&self.shared.first_reads).remove(room)?;
+        let read = self.shared.first_reads.lock().remove(room)?;
         (read.at.elapsed() < CLAIM_TIMEOUT).then_some((read.count, read.names))
     }
 

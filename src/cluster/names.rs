@@ -15,6 +15,8 @@
 //!
 //! Bound: [`PENDING_RELEASES`] entries; past it the set is emptied and a reconciliation (which
 //! reads the claims from Redis) takes its place, so memory stays bounded while Redis is down.
+//!
+//! This file must not drop a release, and must not touch the publish queue.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,10 +24,9 @@ use std::sync::Arc;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 
-use super::Shared;
 use super::scripts::{self, Call, Op};
+use super::{Rooms, Shared};
 use crate::proto::names::name_key;
-use crate::relay::hub::{Hub, lock};
 
 /// Pending releases kept at most (about 100 bytes each).
 pub const PENDING_RELEASES: usize = 65_536;
@@ -53,7 +54,7 @@ impl Releases {
 /// Adds a release to the set and wakes the worker.
 pub(super) fn give_back(s: &Shared, room: &Arc<str>, key: &str) {
     {
-        let mut r = lock(&s.releases);
+        let mut r = s.releases.lock();
         if r.pending.len() >= PENDING_RELEASES {
             r.pending.clear();
             r.overflowed = true;
@@ -72,7 +73,7 @@ pub(super) async fn settled(s: &Shared, room: &Arc<str>, key: &str) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         {
-            let mut r = lock(&s.releases);
+            let mut r = s.releases.lock();
             if !r.releasing.contains(&pair) {
                 r.pending.remove(&pair);
                 return;
@@ -116,8 +117,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// Whether a member of this node holds `key` in `room`.
-fn held_here(hub: &Hub, room: &str, key: &str) -> bool {
-    hub.local_presence(room)
+fn held_here(rooms: &dyn Rooms, room: &str, key: &str) -> bool {
+    rooms
+        .local_presence(room)
         .is_some_and(|(_, names)| names.iter().any(|n| name_key(n) == key))
 }
 
@@ -125,12 +127,12 @@ fn held_here(hub: &Hub, room: &str, key: &str) -> bool {
 /// unfinished ones go back to the set (for the next turn).
 pub(super) async fn release_pending<C: ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
 ) -> RedisResult<()> {
     loop {
         let batch: Vec<Pair> = {
-            let mut r = lock(&s.releases);
+            let mut r = s.releases.lock();
             let batch: Vec<Pair> = r.pending.iter().take(RELEASE_BATCH).cloned().collect();
             for pair in &batch {
                 r.pending.remove(pair);
@@ -141,12 +143,10 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
         if batch.is_empty() {
             return Ok(());
         }
-        let settings = hub.settings();
+        let rules = rooms.rules();
         let ops: Vec<Op> = batch
             .iter()
-            .filter(|(room, key)| {
-                !(settings.for_room(room).unique_names && held_here(hub, room, key))
-            })
+            .filter(|(room, key)| !(rules.unique_names(room) && held_here(rooms, room, key)))
             .map(|(room, key)| {
                 Op::Call(Call::new(
                     &scripts::RELEASE,
@@ -157,7 +157,7 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
             .collect();
         let done = scripts::run_all(conn, ops).await;
         {
-            let mut r = lock(&s.releases);
+            let mut r = s.releases.lock();
             for pair in batch {
                 r.releasing.remove(&pair);
                 if done.is_err() {
@@ -175,10 +175,10 @@ pub(super) async fn release_pending<C: ConnectionLike + Send>(
 /// run), then the names members hold are claimed again (Redis may have restarted empty).
 pub(super) async fn reconcile<C: ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
 ) -> RedisResult<()> {
-    lock(&s.releases).overflowed = false;
+    s.releases.lock().overflowed = false;
     let claims: Vec<String> = redis::cmd("SMEMBERS")
         .arg(s.keys.node_names(&s.instance))
         .query_async(conn)
@@ -188,5 +188,5 @@ pub(super) async fn reconcile<C: ConnectionLike + Send>(
             give_back(s, &Arc::from(room), key);
         }
     }
-    super::presence::reclaim_names(s, hub, conn).await
+    super::presence::reclaim_names(s, rooms, conn).await
 }

@@ -1,6 +1,8 @@
 //! This node's side of cluster presence: its liveness key, the sweep of dead instances, the
 //! connection totals, and name claims. The scripts run atomically in Redis, so two nodes sweeping
 //! the same dead instance, or two members claiming one name, cannot interleave.
+//!
+//! Commands and their replies only: this file must not spawn, loop or hold state between calls.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,69 +11,10 @@ use redis::RedisResult;
 use redis::aio::ConnectionLike;
 use tracing::info;
 
-use super::Shared;
 use super::scripts::{self, Call, Op};
 use super::wire::{self, Payload};
+use super::{Rooms, Shared};
 use crate::proto::names::name_key;
-use crate::relay::hub::Hub;
-
-/// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it
-/// was pending: `names`); records it under the instance for the sweep. 1 = won.
-pub(super) const CLAIM: &str = r"
-local holder = redis.call('HGET', KEYS[1], ARGV[1])
-if holder == false then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-elseif holder ~= ARGV[2] then
-  return 0
-end
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[2])
-return 1";
-
-/// Removes this instance's (ARGV[1]) presence entry of a room it left; when no node has members
-/// there any more, the room's history stream (KEYS[3]) expires after ARGV[3] ms.
-pub(super) const CLOSE: &str = r"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-if redis.call('HLEN', KEYS[1]) == 0 then
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
-end
-return 1";
-
-/// Frees a name if this instance holds it.
-pub(super) const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-redis.call('SREM', KEYS[2], ARGV[3])
-return 1";
-
-/// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms. A room left
-/// without members on any node has its history expire after ARGV[3] ms.
-pub(super) const SWEEP: &str = r"
-local p, d = ARGV[1], ARGV[2]
-local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
-for _, r in ipairs(rooms) do
-  redis.call('HDEL', p .. ':presence:' .. r, d)
-  if redis.call('HLEN', p .. ':presence:' .. r) == 0 then
-    redis.call('PEXPIRE', p .. ':history:' .. r, ARGV[3])
-  end
-end
-local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
-for _, e in ipairs(names) do
-  local i = string.find(e, '\n', 1, true)
-  if i then
-    local h = p .. ':names:' .. string.sub(e, 1, i - 1)
-    local k = string.sub(e, i + 1)
-    if redis.call('HGET', h, k) == d then
-      redis.call('HDEL', h, k)
-    end
-  end
-end
-redis.call('HDEL', p .. ':total', d)
-redis.call('DEL', p .. ':node:' .. d .. ':rooms', p .. ':node:' .. d .. ':names', p .. ':node:' .. d .. ':alive')
-redis.call('SREM', p .. ':nodes', d)
-return rooms";
 
 /// The other instances' connections, from the total hash.
 pub(super) async fn read_total<C: ConnectionLike + Send>(
@@ -178,7 +121,7 @@ fn claim_call(s: &Shared, room: &str, key: &str) -> Call {
     )
 }
 
-/// Claims a name for this instance (see [`CLAIM`]).
+/// Claims a name for this instance (see [`scripts::CLAIM`]).
 pub(crate) async fn claim<C: ConnectionLike + Send>(
     s: &Shared,
     mut conn: C,
@@ -214,16 +157,16 @@ pub(crate) async fn read_room<C: ConnectionLike + Send>(
 /// After a reconnect (Redis may have restarted empty): claims again the names local members hold.
 pub(super) async fn reclaim_names<C: ConnectionLike + Send>(
     s: &Shared,
-    hub: &Hub,
+    rooms: &dyn Rooms,
     conn: &mut C,
 ) -> RedisResult<()> {
-    let settings = hub.settings();
+    let rules = rooms.rules();
     let mut ops = Vec::new();
-    for room in hub.room_names() {
-        if !settings.for_room(&room).unique_names {
+    for room in rooms.room_names() {
+        if !rules.unique_names(&room) {
             continue;
         }
-        let Some((_, names)) = hub.local_presence(&room) else {
+        let Some((_, names)) = rooms.local_presence(&room) else {
             continue;
         };
         for name in names {

@@ -11,10 +11,14 @@
 //! [`Receipts`] holds the history seam: a room whose stream is being read (subscribed, not yet
 //! replayed) holds its live messages (at most [`HELD_BYTES`] in all) until the replay is seeded,
 //! then they are delivered unless the replay held them already.
+//!
+//! This file must not wait on the worker's sync or let any queue grow without a bound.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -23,9 +27,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::Shared;
 use super::wire::{self, Payload};
-use crate::relay::hub::{Hub, lock};
+use super::{Rooms, Shared};
 
 /// Messages from Redis waiting for delivery, at most.
 pub const RECEIVE_QUEUE: usize = 16_384;
@@ -53,7 +56,7 @@ pub type SharedReceipts = Arc<Mutex<Receipts>>;
 impl Receipts {
     /// One message from a room's channel: a relayed message for local members, or a notice to
     /// re-read presence.
-    fn receive(&mut self, s: &Shared, hub: &Hub, room: Arc<str>, raw: Bytes) {
+    fn receive(&mut self, s: &Shared, rooms: &dyn Rooms, room: Arc<str>, raw: Bytes) {
         if let Some(held) = self.replaying.get_mut(&room) {
             if self.held_bytes + raw.len() <= HELD_BYTES {
                 self.held_bytes += raw.len();
@@ -84,7 +87,7 @@ impl Receipts {
         match payload {
             Payload::Message(m) => {
                 s.received.fetch_add(1, Ordering::Relaxed);
-                hub.deliver_remote(&room, m);
+                rooms.deliver_remote(&room, m);
             }
             Payload::Presence => {
                 if self.stale.insert(room) {
@@ -92,7 +95,7 @@ impl Receipts {
                 }
             }
             Payload::Kick(key) => {
-                hub.kick_key(&room, &key);
+                rooms.kick_key(&room, &key);
             }
         }
     }
@@ -105,11 +108,17 @@ impl Receipts {
     }
 
     /// The replay of `room` is seeded up to `last`: the held messages go out, minus those it had.
-    pub fn finish_replay(&mut self, s: &Shared, hub: &Hub, room: &Arc<str>, last: wire::StreamId) {
+    pub fn finish_replay(
+        &mut self,
+        s: &Shared,
+        rooms: &dyn Rooms,
+        room: &Arc<str>,
+        last: wire::StreamId,
+    ) {
         self.seen.insert(room.clone(), last);
         for raw in self.replaying.remove(room).unwrap_or_default() {
             self.held_bytes -= raw.len();
-            self.receive(s, hub, room.clone(), raw);
+            self.receive(s, rooms, room.clone(), raw);
         }
     }
 
@@ -135,7 +144,7 @@ impl Receipts {
 /// session owns: they end with it); either ending means the connection is gone.
 pub fn start(
     s: &Arc<Shared>,
-    hub: &Hub,
+    rooms: &Arc<dyn Rooms>,
     stream: PubSubStream,
     receipts: &SharedReceipts,
     tasks: &mut JoinSet<()>,
@@ -145,7 +154,7 @@ pub fn start(
     tasks.spawn(drain(s.clone(), stream, tx, queued.clone()));
     tasks.spawn(deliver(
         s.clone(),
-        hub.clone(),
+        rooms.clone(),
         rx,
         receipts.clone(),
         queued,
@@ -181,7 +190,7 @@ async fn drain(
 /// Fans queued messages out to local members, a batch per lock of the receipts.
 async fn deliver(
     s: Arc<Shared>,
-    hub: Hub,
+    rooms: Arc<dyn Rooms>,
     mut rx: mpsc::Receiver<(Arc<str>, Bytes)>,
     receipts: SharedReceipts,
     queued: Arc<AtomicUsize>,
@@ -192,9 +201,9 @@ async fn deliver(
             .iter()
             .map(|(_, raw): &(Arc<str>, Bytes)| raw.len())
             .sum();
-        let mut r = lock(&receipts);
+        let mut r = receipts.lock();
         for (room, raw) in batch.drain(..) {
-            r.receive(&s, &hub, room, raw);
+            r.receive(&s, &*rooms, room, raw);
         }
         drop(r);
         queued.fetch_sub(bytes, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The cluster's I/O: the worker that keeps subscriptions, presence entries and names in step on
 //! one subscriber and one command connection, and the publisher. The heartbeat has its own task
-//! and connection ([`super::liveness`]), the receive path its own tasks ([`super::receive`]).
+//! and connection (`super::liveness`), the receive path its own tasks (`super::receive`).
 //!
 //! Each turn the worker reconciles its channel subscriptions with the rooms that have local
 //! members (subscribe on the first local member, unsubscribe after the last), reads the history
@@ -16,8 +16,11 @@
 //!
 //! When the session ends, the node is degraded: it keeps relaying to local members, drops what it
 //! would publish, and reconnects with jittered, capped backoff ([`wire::backoff`]); once back it
-//! resubscribes, rewrites all its entries and reconciles its names ([`super::names`]). On SIGTERM
+//! resubscribes, rewrites all its entries and reconciles its names (`super::names`). On SIGTERM
 //! it sweeps itself, so its members leave every count at once.
+//!
+//! This file must not name the hub: rooms are reached through [`super::Rooms`], and the tasks end
+//! with the `CancellationToken` they were given.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -28,6 +31,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, RedisResult};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::history::replay_history;
@@ -36,9 +41,7 @@ use super::receive::{self, SharedReceipts};
 use super::scripts::{self, Call, Op};
 use super::source::Source;
 use super::wire::{self, Payload};
-use super::{Cluster, Out, Shared, liveness, names};
-use crate::relay::hub::{Hub, lock};
-use crate::runtime::shutdown::Shutdown;
+use super::{Cluster, Out, Rooms, Shared, liveness, names};
 
 /// How long one connection attempt or one round of commands may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,8 +52,14 @@ const TURN_EVERY: Duration = Duration::from_millis(500);
 /// Messages sent to Redis in one pipeline, at most.
 const PUBLISH_BATCH: usize = 512;
 
-/// Starts the worker, the liveness task and the publisher, tracked by the shutdown's `TaskTracker`.
-pub fn spawn(cluster: &Cluster, hub: Hub, shutdown: &Shutdown) {
+/// Starts the worker, the liveness task and the publisher on `tracker` (the shutdown's); each
+/// ends once `stop` (the drain) is cancelled. The worker reaches this node's rooms through `rooms`.
+pub fn spawn(
+    cluster: &Cluster,
+    rooms: Arc<dyn Rooms>,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) {
     let s = cluster.shared().clone();
     let source = match Source::open(s.url.as_str()) {
         Ok(source) => Arc::new(source),
@@ -60,29 +69,12 @@ pub fn spawn(cluster: &Cluster, hub: Hub, shutdown: &Shutdown) {
             return;
         }
     };
-    let rx = lock(&s.out_rx).take();
+    let rx = s.out_rx.lock().take();
     if let Some(rx) = rx {
-        let (s, stop) = (s.clone(), shutdown.clone());
-        shutdown
-            .tracker()
-            .spawn(async move { publisher(s, rx, stop).await });
+        tracker.spawn(publisher(s.clone(), rx, stop.clone()));
     }
-    let (live, src, stop) = (s.clone(), source.clone(), shutdown.clone());
-    shutdown
-        .tracker()
-        .spawn(async move { liveness::run(live, src, stop).await });
-    let stop = shutdown.clone();
-    shutdown
-        .tracker()
-        .spawn(async move { worker(s, source, hub, stop).await });
-}
-
-/// A cheap random number in [0, 1) for the backoff jitter (no need for a crypto source).
-pub(super) fn jitter(state: &mut u64) -> f64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    (*state >> 11) as f64 / (1u64 << 53) as f64
+    tracker.spawn(liveness::run(s.clone(), source.clone(), stop.clone()));
+    tracker.spawn(worker(s, source, rooms, stop));
 }
 
 /// `f` bounded by [`IO_TIMEOUT`]; running out of time is an error like any other.
@@ -110,7 +102,12 @@ enum Ended {
     Lost(String),
 }
 
-async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdown) {
+async fn worker(
+    s: Arc<Shared>,
+    source: Arc<Source>,
+    rooms: Arc<dyn Rooms>,
+    stop: CancellationToken,
+) {
     let mut seed = u64::from(std::process::id()) | 1;
     seed ^= (s.instance.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut attempt = 0u32;
@@ -118,7 +115,7 @@ async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdow
     let redis = wire::redact(&s.url);
     loop {
         let connected = tokio::select! {
-            _ = shutdown.draining() => break,
+            _ = stop.cancelled() => break,
             r = tokio::time::timeout(IO_TIMEOUT, connect(&source)) => r,
         };
         let (pubsub, commands) = match connected {
@@ -131,10 +128,10 @@ async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdow
                 if attempt == 0 {
                     warn!(%redis, %error, "cluster degraded: redis unreachable; relaying to local members only, retrying");
                 }
-                let wait = wire::backoff(attempt, jitter(&mut seed));
+                let wait = wire::backoff(attempt, wire::jitter(&mut seed));
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
-                    _ = shutdown.draining() => break,
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(wait) => continue,
                 }
             }
@@ -146,7 +143,7 @@ async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdow
         attempt = 0;
         s.commands.store(Some(Arc::new(commands.clone())));
         info!(%redis, instance = %s.instance, "cluster connected");
-        let ended = session(&s, &hub, pubsub, commands, &shutdown).await;
+        let ended = session(&s, &rooms, pubsub, commands, &stop).await;
         s.up.store(false, Ordering::Relaxed);
         match ended {
             Ended::Draining => break,
@@ -154,7 +151,7 @@ async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdow
                 warn!(%redis, %error, "cluster degraded: redis unreachable; relaying to local members only, reconnecting");
                 // Counts from other nodes can no longer be kept right: show this node alone.
                 s.remote_total.store(0, Ordering::Relaxed);
-                hub.clear_remote();
+                rooms.clear_remote();
             }
         }
     }
@@ -175,21 +172,21 @@ async fn worker(s: Arc<Shared>, source: Arc<Source>, hub: Hub, shutdown: Shutdow
 /// reach Redis for `node_timeout`, or the drain starts.
 async fn session(
     s: &Arc<Shared>,
-    hub: &Hub,
+    rooms: &Arc<dyn Rooms>,
     pubsub: redis::aio::PubSub,
     conn: ConnectionManager,
-    shutdown: &Shutdown,
+    stop: &CancellationToken,
 ) -> Ended {
     let (sink, stream) = pubsub.split();
     let receipts = SharedReceipts::default();
     // The drain and delivery tasks of this connection: aborted when the session ends.
     let mut tasks = JoinSet::new();
-    receive::start(s, hub, stream, &receipts, &mut tasks);
+    receive::start(s, rooms, stream, &receipts, &mut tasks);
     s.liveness_lost.store(false, Ordering::Relaxed);
     s.rewrite.store(false, Ordering::Relaxed);
     let mut sync = Sync {
         s,
-        hub,
+        rooms: &**rooms,
         sink,
         conn,
         receipts,
@@ -197,11 +194,11 @@ async fn session(
         unreplayed: Vec::new(),
     };
     // A fresh session (first start, or Redis came back possibly empty): write everything again.
-    lock(&s.dirty).extend(hub.room_names());
+    s.changed_rooms.lock().extend(rooms.room_names());
     let mut reconcile = true;
     // The room settings this session last reconciled names with: a reload (which may turn
     // `presence.unique_names` off, for every room or some) reconciles again.
-    let mut settings = hub.settings();
+    let mut rules = rooms.rules();
     s.up.store(true, Ordering::Relaxed);
     let mut tick = tokio::time::interval(TURN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -210,16 +207,16 @@ async fn session(
     loop {
         if s.rewrite.swap(false, Ordering::Relaxed) {
             reconcile = true;
-            lock(&s.dirty).extend(hub.room_names());
+            s.changed_rooms.lock().extend(rooms.room_names());
         }
-        let now = hub.settings();
-        if !Arc::ptr_eq(&now, &settings) || lock(&s.releases).overflowed {
-            settings = now;
+        let now = rooms.rules();
+        if !Arc::ptr_eq(&now, &rules) || s.releases.lock().overflowed {
+            rules = now;
             reconcile = true;
         }
         let turn = sync.turn(&mut reconcile);
         let done = tokio::select! {
-            _ = shutdown.draining() => return Ended::Draining,
+            _ = stop.cancelled() => return Ended::Draining,
             done = turn => done,
         };
         let retry = match done {
@@ -232,7 +229,7 @@ async fn session(
                     warn!(error = %e, "cluster sync incomplete; keeping what it did and retrying");
                 }
                 failures = failures.saturating_add(1);
-                Some(wire::backoff(failures - 1, jitter(&mut seed)))
+                Some(wire::backoff(failures - 1, wire::jitter(&mut seed)))
             }
         };
         let backoff = async {
@@ -243,7 +240,7 @@ async fn session(
         };
         tokio::select! {
             biased;
-            _ = shutdown.draining() => return Ended::Draining,
+            _ = stop.cancelled() => return Ended::Draining,
             _ = tasks.join_next() => return Ended::Lost("subscriber connection closed".into()),
             _ = s.wake.notified(), if retry.is_none() => {}
             _ = backoff => {}
@@ -258,7 +255,7 @@ async fn session(
 /// The worker's view of one session: its subscriptions and what is left to do.
 struct Sync<'a> {
     s: &'a Arc<Shared>,
-    hub: &'a Hub,
+    rooms: &'a dyn Rooms,
     sink: PubSubSink,
     conn: ConnectionManager,
     receipts: SharedReceipts,
@@ -271,20 +268,20 @@ impl Sync<'_> {
     /// One turn: names, subscriptions, history, presence. Stops at the first failure, keeping
     /// what was done.
     async fn turn(&mut self, reconcile: &mut bool) -> RedisResult<()> {
-        let (s, hub) = (self.s, self.hub);
+        let (s, rooms) = (self.s, self.rooms);
         if *reconcile {
-            timed(names::reconcile(s, hub, &mut self.conn)).await?;
+            timed(names::reconcile(s, rooms, &mut self.conn)).await?;
             *reconcile = false;
         }
-        if !lock(&s.releases).is_idle() {
-            timed(names::release_pending(s, hub, &mut self.conn)).await?;
+        if !s.releases.lock().is_idle() {
+            timed(names::release_pending(s, rooms, &mut self.conn)).await?;
         }
         let unreplayed = std::mem::take(&mut self.unreplayed);
         self.replay(unreplayed).await?;
-        // Rooms open or close only with a join or leave, and those mark a room dirty: with nothing
-        // dirty, the subscriptions are in step.
-        if !lock(&s.dirty).is_empty() {
-            let wanted: HashSet<Arc<str>> = hub.room_names().into_iter().collect();
+        // Rooms open or close only with a join or leave, and those put the room in the changed
+        // rooms: with none, the subscriptions are in step.
+        if !s.changed_rooms.lock().is_empty() {
+            let wanted: HashSet<Arc<str>> = rooms.room_names().into_iter().collect();
             self.subscribe(&wanted).await?;
             self.unsubscribe(&wanted).await?;
             self.write_presence(&wanted).await?;
@@ -297,26 +294,26 @@ impl Sync<'_> {
     async fn subscribe(&mut self, wanted: &HashSet<Arc<str>>) -> RedisResult<()> {
         let s = self.s;
         let opening: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
-        let settings = self.hub.settings();
+        let rules = self.rooms.rules();
         for chunk in opening.chunks(SYNC_BATCH) {
             // Rooms with history (their own `relay.history`) hold their live messages until
             // their replay is seeded.
             let kept: Vec<Arc<str>> = chunk
                 .iter()
-                .filter(|r| settings.for_room(r).history > 0)
+                .filter(|r| rules.history(r) > 0)
                 .cloned()
                 .collect();
-            lock(&self.receipts).start_replay(&kept);
+            self.receipts.lock().start_replay(&kept);
             let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
             if let Err(e) = timed(self.sink.subscribe(&channels)).await {
-                let mut r = lock(&self.receipts);
+                let mut r = self.receipts.lock();
                 chunk.iter().for_each(|room| r.forget(room));
                 return Err(e);
             }
             self.subscribed.extend(chunk.iter().cloned());
             // What the others have: read after subscribing, so no notice falls in between.
-            lock(&self.receipts).mark_stale(chunk.iter().cloned());
-            lock(&s.dirty).extend(chunk.iter().cloned());
+            self.receipts.lock().mark_stale(chunk.iter().cloned());
+            s.changed_rooms.lock().extend(chunk.iter().cloned());
             if !kept.is_empty() {
                 self.replay(kept).await?;
             }
@@ -332,11 +329,11 @@ impl Sync<'_> {
             .filter(|r| self.subscribed.contains(r))
             .collect();
         for (i, chunk) in rooms.chunks(SYNC_BATCH).enumerate() {
-            match timed(replay_history(self.s, self.hub, &mut self.conn, chunk)).await {
+            match timed(replay_history(self.s, self.rooms, &mut self.conn, chunk)).await {
                 Ok(lasts) => {
-                    let mut r = lock(&self.receipts);
+                    let mut r = self.receipts.lock();
                     for (room, last) in chunk.iter().zip(lasts) {
-                        r.finish_replay(self.s, self.hub, room, last);
+                        r.finish_replay(self.s, self.rooms, room, last);
                     }
                 }
                 Err(e) => {
@@ -356,13 +353,13 @@ impl Sync<'_> {
         for chunk in closing.chunks(SYNC_BATCH) {
             let channels: Vec<String> = chunk.iter().map(|r| s.keys.channel(r)).collect();
             timed(self.sink.unsubscribe(&channels)).await?;
-            let mut r = lock(&self.receipts);
+            let mut r = self.receipts.lock();
             for room in chunk {
                 self.subscribed.remove(room);
                 r.forget(room);
             }
             drop(r);
-            lock(&s.dirty).extend(chunk.iter().cloned());
+            s.changed_rooms.lock().extend(chunk.iter().cloned());
         }
         Ok(())
     }
@@ -370,19 +367,19 @@ impl Sync<'_> {
     /// Writes this node's presence entries of the changed rooms, a pipeline per [`SYNC_BATCH`]
     /// rooms; the rooms of a failed write stay changed.
     async fn write_presence(&mut self, wanted: &HashSet<Arc<str>>) -> RedisResult<()> {
-        let (s, hub) = (self.s, self.hub);
+        let (s, rooms) = (self.s, self.rooms);
         let ready: Vec<Arc<str>> = {
-            // Taken out first: `local_presence` locks rooms, and a leave takes `dirty` under its
-            // room's lock, so `dirty` is never held while a room is locked.
-            let pending = std::mem::take(&mut *lock(&s.dirty));
+            // Taken out first: `local_presence` locks rooms, and a leave takes the changed rooms
+            // under its room's lock, so they are never held while a room is locked.
+            let pending = std::mem::take(&mut *s.changed_rooms.lock());
             // A room joined since `wanted` was taken waits for its subscription (next turn).
             let (ready, waiting): (Vec<Arc<str>>, Vec<Arc<str>>) =
                 pending.into_iter().partition(|r| {
                     self.subscribed.contains(r)
-                        || !wanted.contains(r) && hub.local_presence(r).is_none()
+                        || !wanted.contains(r) && rooms.local_presence(r).is_none()
                 });
             if !waiting.is_empty() {
-                lock(&s.dirty).extend(waiting);
+                s.changed_rooms.lock().extend(waiting);
                 s.wake.notify_one();
             }
             ready
@@ -394,7 +391,7 @@ impl Sync<'_> {
             let mut ops = Vec::with_capacity(chunk.len() * 4 + 2);
             for room in chunk {
                 let presence = s.keys.presence(room);
-                match hub.local_presence(room) {
+                match rooms.local_presence(room) {
                     Some((count, names)) if count > 0 => {
                         let mut hset = redis::cmd("HSET");
                         hset.arg(&presence)
@@ -417,12 +414,17 @@ impl Sync<'_> {
                 ops.push(Op::Cmd(publish));
             }
             let mut total = redis::cmd("HSET");
-            total.arg(s.keys.total()).arg(&s.instance).arg(hub.total());
+            total
+                .arg(s.keys.total())
+                .arg(&s.instance)
+                .arg(rooms.total());
             let mut nodes = redis::cmd("SADD");
             nodes.arg(s.keys.nodes()).arg(&s.instance);
             ops.extend([Op::Cmd(total), Op::Cmd(nodes)]);
             if let Err(e) = timed(scripts::run_all(&mut self.conn, ops)).await {
-                lock(&s.dirty).extend(ready[i * SYNC_BATCH..].iter().cloned());
+                s.changed_rooms
+                    .lock()
+                    .extend(ready[i * SYNC_BATCH..].iter().cloned());
                 return Err(e);
             }
         }
@@ -432,8 +434,10 @@ impl Sync<'_> {
     /// Re-reads the presence of the rooms another node announced a change in (or this node just
     /// opened), a pipeline per [`SYNC_BATCH`] rooms.
     async fn read_stale(&mut self) -> RedisResult<()> {
-        let (s, hub) = (self.s, self.hub);
-        let stale: Vec<Arc<str>> = lock(&self.receipts)
+        let (s, rooms) = (self.s, self.rooms);
+        let stale: Vec<Arc<str>> = self
+            .receipts
+            .lock()
             .take_stale()
             .into_iter()
             .filter(|r| self.subscribed.contains(r))
@@ -451,7 +455,9 @@ impl Sync<'_> {
             let mut entries = match read {
                 Ok(entries) => entries,
                 Err(e) => {
-                    lock(&self.receipts).mark_stale(stale[i * SYNC_BATCH..].iter().cloned());
+                    self.receipts
+                        .lock()
+                        .mark_stale(stale[i * SYNC_BATCH..].iter().cloned());
                     return Err(e);
                 }
             };
@@ -461,7 +467,7 @@ impl Sync<'_> {
                     &s.instance,
                     entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 );
-                hub.set_remote(room, count, names);
+                rooms.set_remote(room, count, names);
             }
         }
         Ok(())
@@ -470,11 +476,15 @@ impl Sync<'_> {
 
 /// Sends queued messages to Redis in order, in pipelines of at most [`PUBLISH_BATCH`]; what
 /// fails is dropped (counted), never retried later.
-async fn publisher(s: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Out>, shutdown: Shutdown) {
+async fn publisher(
+    s: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
         let received = tokio::select! {
-            _ = shutdown.draining() => return,
+            _ = stop.cancelled() => return,
             n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
         };
         if received == 0 {

@@ -7,6 +7,11 @@
 //!
 //! Calls go in pipelines with other commands ([`run`]): `redis::Script` does the same fallback for
 //! one call at a time, but not inside a pipeline.
+//!
+//! Every script's text lives here, with the key scheme each expects in its doc; the files that
+//! call them (presence, names, history, the worker) import this one, never the other way round.
+//!
+//! This file must not know what the scripts are used for beyond their keys and arguments.
 
 use std::sync::LazyLock;
 
@@ -36,16 +41,69 @@ macro_rules! scripts {
 }
 
 scripts! {
-    /// History: appends to the room's stream, publishes stamped ([`super::history`]).
-    PUBLISH_KEPT = super::history::PUBLISH_KEPT;
-    /// Names: claims a name ([`super::presence`]).
-    CLAIM = super::presence::CLAIM;
-    /// Names: frees a name this instance holds.
-    RELEASE = super::presence::RELEASE;
-    /// Liveness: removes every trace of a dead instance.
-    SWEEP = super::presence::SWEEP;
-    /// Presence: removes this node's entry of a room it left; the history ages out if it was the last.
-    CLOSE = super::presence::CLOSE;
+    /// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
+    /// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.
+    PUBLISH_KEPT = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return id";
+    /// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it
+    /// was pending: `names`); records it under the instance for the sweep. 1 = won.
+    CLAIM = r"
+local holder = redis.call('HGET', KEYS[1], ARGV[1])
+if holder == false then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif holder ~= ARGV[2] then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1";
+    /// Frees a name if this instance holds it.
+    RELEASE = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('SREM', KEYS[2], ARGV[3])
+return 1";
+    /// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms. A room left
+    /// without members on any node has its history expire after ARGV[3] ms.
+    SWEEP = r"
+local p, d = ARGV[1], ARGV[2]
+local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
+for _, r in ipairs(rooms) do
+  redis.call('HDEL', p .. ':presence:' .. r, d)
+  if redis.call('HLEN', p .. ':presence:' .. r) == 0 then
+    redis.call('PEXPIRE', p .. ':history:' .. r, ARGV[3])
+  end
+end
+local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
+for _, e in ipairs(names) do
+  local i = string.find(e, '\n', 1, true)
+  if i then
+    local h = p .. ':names:' .. string.sub(e, 1, i - 1)
+    local k = string.sub(e, i + 1)
+    if redis.call('HGET', h, k) == d then
+      redis.call('HDEL', h, k)
+    end
+  end
+end
+redis.call('HDEL', p .. ':total', d)
+redis.call('DEL', p .. ':node:' .. d .. ':rooms', p .. ':node:' .. d .. ':names', p .. ':node:' .. d .. ':alive')
+redis.call('SREM', p .. ':nodes', d)
+return rooms";
+    /// Removes this instance's (ARGV[1]) presence entry of a room it left; when no node has members
+    /// there any more, the room's history stream (KEYS[3]) expires after ARGV[3] ms.
+    CLOSE = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+return 1";
 }
 
 /// One call of a script: its number of keys, keys and arguments, as sent.

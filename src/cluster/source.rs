@@ -3,6 +3,8 @@
 //! name as that master's primary at the moment of each (re)connect. After a failover the old
 //! primary's connections fail, the session ends, and the next connect asks the Sentinels again,
 //! so the relay is interrupted for about the failover itself plus one reconnect backoff.
+//!
+//! This file must not hold connections: it only says where the primary is.
 
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Client, RedisConnectionInfo, RedisResult};

@@ -9,6 +9,8 @@
 //! subscribing drops exactly the live messages the replay already held. The instance id is the node
 //! id plus a per-process epoch, so a node drops its own publications and a restarted node is a new
 //! instance whose predecessor's entries are swept, never counted twice.
+//!
+//! Pure rules: this file must not do I/O, lock or spawn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,6 +262,15 @@ pub fn diff(old: &[Arc<str>], new: &[Arc<str>]) -> (Vec<Arc<str>>, Vec<Arc<str>>
 /// First wait before reconnecting, and the cap.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// A cheap random number in [0, 1) for the backoff jitter (no need for a crypto source): one
+/// xorshift64 step of `state`.
+pub fn jitter(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
 
 /// The wait before reconnect attempt `attempt` (0-based): doubling from [`BACKOFF_BASE`] up to
 /// [`BACKOFF_CAP`], then scaled by `jitter` in [0, 1) to between half and all of it, so nodes that

@@ -17,7 +17,9 @@
 //! `Authorization` header.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use crate::proto::message::{Message, Utf8Bytes};
@@ -35,7 +37,6 @@ use crate::config::{Config, Envelope as Mode};
 use crate::net::limits::{TokenBucket, client_ip};
 use crate::proto::names::{presence_name, room_from_path};
 use crate::relay::envelope::Envelope;
-use crate::relay::hub::lock;
 
 type Body = Full<Bytes>;
 
@@ -56,7 +57,7 @@ pub struct Budget {
 impl Budget {
     /// Takes one request from the budget; `false` when it is spent.
     fn take(&self, rate: u32) -> bool {
-        let mut bucket = lock(&self.bucket);
+        let mut bucket = self.bucket.lock();
         if bucket.as_ref().is_none_or(|(r, _)| *r != rate) {
             *bucket = Some((rate, TokenBucket::new(rate, rate)));
         }

@@ -34,7 +34,7 @@ use crate::State;
 use crate::net::admit::{Admitted, Refusal, Why, admit, has_token};
 use crate::net::limits::{self, Admission};
 use crate::net::upgrade::Upgrade;
-use crate::observe::stats::{Rooms, Snapshot};
+use crate::observe::stats::{Parts, Rooms, Snapshot};
 use crate::relay::envelope::Envelope;
 use crate::ws::handshake::accept_key;
 
@@ -191,7 +191,7 @@ fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response
     if !may_see_metrics(req, peer, state) {
         return text(StatusCode::FORBIDDEN, "metrics are not for your address\n");
     }
-    let snapshot = Snapshot::take(state, Rooms::Counted);
+    let snapshot = snapshot(state, Rooms::Counted(state.hub.room_count()));
     let mut r = Response::new(Full::new(Bytes::from(crate::observe::metrics::render(
         &snapshot,
     ))));
@@ -202,12 +202,26 @@ fn metrics(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response
     r
 }
 
+/// The counters with their parts, gathered from the layers that own them.
+fn snapshot(state: &State, rooms: Rooms) -> Snapshot {
+    let parts = Parts {
+        node_id: state.config.load().cluster.node_id.clone(),
+        draining: state.shutdown.is_draining(),
+        connections: state.hub.total(),
+        sockets: state.gate.sockets(),
+        rooms,
+        not_after_unix: state.tls.as_ref().map(|tls| tls.not_after()),
+        cluster: state.hub.cluster().map(crate::cluster::Cluster::status),
+    };
+    Snapshot::take(&state.stats, parts)
+}
+
 /// `/stats` for `metrics.allow` only: room names can be secret links.
 fn stats(req: &Request<Incoming>, peer: SocketAddr, state: &State) -> Response<Body> {
     if !may_see_metrics(req, peer, state) {
         return text(StatusCode::FORBIDDEN, "stats are not for your address\n");
     }
-    let snapshot = Snapshot::take(state, Rooms::Listed);
+    let snapshot = snapshot(state, Rooms::Listed(state.hub.room_counts()));
     let body = match serde_json::to_vec(&snapshot) {
         Ok(body) => body,
         Err(e) => {

@@ -2,7 +2,8 @@
 //! expiry), in the OpenMetrics text format that Prometheus scrapes, encoded by `prometheus-client`.
 //!
 //! A scrape builds a small registry of constant metrics from the live counters: nothing is kept
-//! between scrapes, and the hot path only ever touches the atomics in `Stats`.
+//! between scrapes, and the hot path only ever touches the atomics in `Stats`. This file renders
+//! only: it must not gather what it reports.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -42,18 +43,18 @@ pub fn render(s: &Snapshot) -> String {
         ConstCounter::new(s.messages_in),
     );
     r.register(
-        "messages_delivered",
-        "Relayed messages queued to receivers, one per receiver",
-        ConstCounter::new(s.messages_out),
+        "messages_queued",
+        "Relayed messages queued to receivers, one per receiver (queued, not yet written)",
+        ConstCounter::new(s.messages_queued),
     );
     r.register(
-        "presence_messages_delivered",
-        "Presence messages queued to receivers",
-        ConstCounter::new(s.presence_out),
+        "presence_messages_queued",
+        "Presence messages queued to receivers, one per receiver (queued, not yet written)",
+        ConstCounter::new(s.presence_queued),
     );
     r.register(
         "slow_consumer_disconnects",
-        "Connections closed with 1013 because their outbound queue was full",
+        "Connections closed with 1013 because they fell behind: their outbound queue was full or a write to them stalled",
         ConstCounter::new(s.drops.slow_consumers),
     );
     r.register(

@@ -1,8 +1,14 @@
-//! Counters shared by the connection tasks, and the one [`Snapshot`] of them that both `/stats`
-//! (as JSON) and `/metrics` (as OpenMetrics text) report, so the two cannot drift apart.
+//! Counters shared by the relay, the connection tasks and the accept loop, and the one
+//! [`Snapshot`] of them that both `/stats` (as JSON) and `/metrics` (as OpenMetrics text) report,
+//! so the two cannot drift apart.
 //!
 //! Plain relaxed atomics: each is a monotonic count read for reporting only, so no ordering between
-//! them is promised. Fan-out adds its deliveries once per message, not once per receiver.
+//! them is promised. Fan-out adds what it queued once per message, not once per receiver.
+//!
+//! This folder sits just above `cluster/` and below everything that counts: it must not import
+//! the relay, the connection, the network or the runtime layers. A snapshot is built from
+//! explicit [`Parts`] that the HTTP side gathers (the hub's counts, the gate's sockets, the
+//! certificate, the cluster's status), never from the server's shared state.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -14,11 +20,13 @@ pub struct Stats {
     pub started: Instant,
     /// Text and binary messages received from clients and relayed.
     pub messages_in: AtomicU64,
-    /// Relayed messages queued to receivers (one per receiver).
-    pub messages_out: AtomicU64,
-    /// Presence messages queued to receivers.
-    pub presence_out: AtomicU64,
-    /// Connections closed because they could not keep up (1013).
+    /// Relayed messages queued to receivers (one per receiver): pushes into outboxes, not
+    /// deliveries; a slow receiver may still be evicted before it writes them.
+    pub messages_queued: AtomicU64,
+    /// Presence messages queued to receivers (one per receiver).
+    pub presence_queued: AtomicU64,
+    /// Connections closed with 1013 because they fell behind: their outbound queue was full, or
+    /// a write to them stalled.
     pub slow_consumers: AtomicU64,
     /// Connections accepted since start (upgraded to WebSocket).
     pub connections_total: AtomicU64,
@@ -31,8 +39,8 @@ impl Default for Stats {
         Stats {
             started: Instant::now(),
             messages_in: AtomicU64::new(0),
-            messages_out: AtomicU64::new(0),
-            presence_out: AtomicU64::new(0),
+            messages_queued: AtomicU64::new(0),
+            presence_queued: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             sockets_refused: AtomicU64::new(0),
@@ -57,8 +65,8 @@ pub struct Snapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms: Option<std::collections::BTreeMap<String, usize>>,
     pub messages_in: u64,
-    pub messages_out: u64,
-    pub presence_out: u64,
+    pub messages_queued: u64,
+    pub presence_queued: u64,
     pub drops: Drops,
     /// The certificate in use; absent when TLS is off.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,7 +104,8 @@ impl Certificate {
 
 #[derive(Debug, Serialize)]
 pub struct Drops {
-    /// Connections closed with 1013 because their outbound queue was full.
+    /// Connections closed with 1013 because they fell behind (outbound queue full or a write
+    /// stalled).
     pub slow_consumers: u64,
     /// Sockets closed at `accept()` because a connection limit was reached.
     pub sockets_refused: u64,
@@ -108,52 +117,63 @@ impl Stats {
     }
 }
 
-/// Whether a snapshot lists every room (for `/stats`) or only counts them (for `/metrics`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every room and its member count for `/stats`, or only how many there are for `/metrics`.
+#[derive(Debug)]
 pub enum Rooms {
-    Listed,
-    Counted,
+    Listed(Vec<(std::sync::Arc<str>, usize)>),
+    Counted(usize),
+}
+
+/// What a snapshot is made of besides the counters, gathered by the caller from the layers that
+/// own each part.
+#[derive(Debug)]
+pub struct Parts {
+    /// `cluster.node_id` in force.
+    pub node_id: String,
+    pub draining: bool,
+    /// WebSocket connections in all rooms of this node.
+    pub connections: usize,
+    /// Accepted sockets open now.
+    pub sockets: usize,
+    pub rooms: Rooms,
+    /// The certificate's notAfter (Unix seconds); `None` when TLS is off.
+    pub not_after_unix: Option<i64>,
+    /// The cluster's status; `None` on a single node.
+    pub cluster: Option<crate::cluster::Status>,
 }
 
 impl Snapshot {
-    pub fn take(state: &crate::State, rooms: Rooms) -> Snapshot {
-        let s: &Stats = &state.stats;
-        let listed = (rooms == Rooms::Listed).then(|| {
-            state
-                .hub
-                .room_counts()
-                .into_iter()
-                .map(|(name, n)| (name.to_string(), n))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        });
+    /// The counters of `stats` at this moment, with `parts`.
+    pub fn take(stats: &Stats, parts: Parts) -> Snapshot {
+        let (room_count, rooms) = match parts.rooms {
+            Rooms::Counted(n) => (n, None),
+            Rooms::Listed(list) => {
+                let listed: std::collections::BTreeMap<String, usize> = list
+                    .into_iter()
+                    .map(|(name, n)| (name.to_string(), n))
+                    .collect();
+                (listed.len(), Some(listed))
+            }
+        };
         Snapshot {
-            node_id: state.config.load().cluster.node_id.clone(),
-            uptime_seconds: s.started.elapsed().as_secs(),
-            draining: state.shutdown.is_draining(),
-            connections: state.hub.total(),
-            connections_total: Stats::get(&s.connections_total),
-            sockets: state.gate.sockets(),
-            room_count: listed
-                .as_ref()
-                .map_or_else(|| state.hub.room_count(), |r| r.len()),
-            rooms: listed,
-            messages_in: Stats::get(&s.messages_in),
-            messages_out: Stats::get(&s.messages_out),
-            presence_out: Stats::get(&s.presence_out),
+            node_id: parts.node_id,
+            uptime_seconds: stats.started.elapsed().as_secs(),
+            draining: parts.draining,
+            connections: parts.connections,
+            connections_total: Stats::get(&stats.connections_total),
+            sockets: parts.sockets,
+            room_count,
+            rooms,
+            messages_in: Stats::get(&stats.messages_in),
+            messages_queued: Stats::get(&stats.messages_queued),
+            presence_queued: Stats::get(&stats.presence_queued),
             drops: Drops {
-                slow_consumers: Stats::get(&s.slow_consumers),
-                sockets_refused: Stats::get(&s.sockets_refused),
+                slow_consumers: Stats::get(&stats.slow_consumers),
+                sockets_refused: Stats::get(&stats.sockets_refused),
             },
-            certificate: state
-                .tls
-                .as_ref()
-                .map(|tls| Certificate::new(tls.not_after())),
-            cluster_state: match state.hub.cluster() {
-                None => "single",
-                Some(c) if c.is_up() => "up",
-                Some(_) => "degraded",
-            },
-            cluster: state.hub.cluster().map(crate::cluster::Cluster::status),
+            certificate: parts.not_after_unix.map(Certificate::new),
+            cluster_state: parts.cluster.as_ref().map_or("single", |c| c.state),
+            cluster: parts.cluster,
         }
     }
 }

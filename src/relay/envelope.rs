@@ -8,6 +8,8 @@
 //!
 //! The per-connection part (`{"type":"message","room":..,"from":..,"data":`) is rendered once at
 //! admission; each message costs one allocation: that prefix, the text JSON-escaped, `}`.
+//!
+//! Pure rendering: this file must not queue, lock or read a socket.
 
 use crate::proto::message::{Message, Utf8Bytes};
 

@@ -5,6 +5,8 @@
 //! room always obeys the configuration in force (the hub's live settings after a reload), never
 //! the snapshot a sender was admitted with. The configuration check makes sure a full replay plus
 //! a presence state fits a joiner's outbound queue.
+//!
+//! A plain bounded list: this file must not lock, queue to members or reach the cluster.
 
 use std::collections::VecDeque;
 

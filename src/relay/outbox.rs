@@ -6,21 +6,22 @@
 //! and each costs its payload plus [`SLOT_BYTES`] for its queue slot. The payload is a refcount on
 //! the one buffer every receiver shares, so the bound is a worst case: the receiver that holds the
 //! last reference pins the whole payload.
+//!
+//! This file owns the queue and its wake rule only: it must not know rooms, frames or sockets.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::proto::message::Message;
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::hub::lock;
-
-/// What one queued message costs beyond its payload: its slot in the queue and in the writer's batch.
-pub const SLOT_BYTES: usize = std::mem::size_of::<Message>();
-// 56 bytes with tungstenite 0.30 (README, "Security"); a bigger slot would need the docs updated.
-const _: () = assert!(SLOT_BYTES <= 64);
+pub use crate::config::bounds::SLOT_BYTES;
+// 40 bytes (docs/security.md, "Memory bounds"); a bigger slot would need the docs updated.
+const _: () = assert!(SLOT_BYTES <= 40);
 
 /// What a message of `len` payload bytes counts against `limits.queue_bytes`.
 pub fn cost(len: usize) -> usize {
@@ -108,7 +109,7 @@ impl Outbox {
     /// Queues a message without waiting; a full queue evicts the receiver. `false` if not queued.
     pub fn push(&self, msg: Message) -> bool {
         let cost = cost(msg.len());
-        let mut queue = lock(&self.shared.queue);
+        let mut queue = self.shared.queue.lock();
         // An empty queue takes any one message, so `queue_bytes = max_message_size` still works.
         let full = queue.pinned >= self.shared.max_messages
             || (queue.pinned > 0 && queue.bytes + cost > self.shared.max_bytes);
@@ -168,7 +169,7 @@ impl OutboxRx {
     pub async fn recv_all(&self, batch: &mut VecDeque<Message>) {
         loop {
             {
-                let mut queue = lock(&self.shared.queue);
+                let mut queue = self.shared.queue.lock();
                 if !queue.messages.is_empty() {
                     std::mem::swap(&mut queue.messages, batch);
                 }
@@ -183,7 +184,7 @@ impl OutboxRx {
 
     /// Moves whatever is queued now into `batch` without waiting; `false` if there was nothing.
     pub fn try_recv_all(&self, batch: &mut VecDeque<Message>) -> bool {
-        let mut queue = lock(&self.shared.queue);
+        let mut queue = self.shared.queue.lock();
         if !queue.messages.is_empty() {
             std::mem::swap(&mut queue.messages, batch);
         }
@@ -197,7 +198,7 @@ impl OutboxRx {
         if messages == 0 {
             return;
         }
-        let mut queue = lock(&self.shared.queue);
+        let mut queue = self.shared.queue.lock();
         queue.pinned = queue.pinned.saturating_sub(messages);
         queue.bytes = queue.bytes.saturating_sub(bytes + messages * SLOT_BYTES);
     }
@@ -205,7 +206,7 @@ impl OutboxRx {
     /// Answers a client's ping with a pong carrying `payload`, ahead of queued messages (see
     /// [`MAX_PENDING_PONGS`]).
     pub fn pong(&self, payload: Bytes) {
-        let mut queue = lock(&self.shared.queue);
+        let mut queue = self.shared.queue.lock();
         if queue.pongs.len() >= MAX_PENDING_PONGS {
             queue.pongs.clear();
         }
@@ -216,14 +217,14 @@ impl OutboxRx {
 
     /// Asks the writer for a ping frame, ahead of queued messages.
     pub fn ping(&self) {
-        lock(&self.shared.queue).ping = true;
+        self.shared.queue.lock().ping = true;
         self.shared.ready.notify_one();
     }
 
     /// Drops everything still queued (an evicted connection will not get it) and returns how many
     /// messages that was.
     pub fn discard(&self) -> usize {
-        let mut queue = lock(&self.shared.queue);
+        let mut queue = self.shared.queue.lock();
         let dropped = std::mem::take(&mut queue.messages);
         queue.pinned -= dropped.len().min(queue.pinned);
         queue.bytes = queue

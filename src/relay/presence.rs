@@ -12,11 +12,13 @@
 //! `presence.interval` ([`due`]): a change in a quiet room goes out at once, later ones wait for the
 //! window to end, and the last message of a burst carries the final state.
 //!
-//! Size bound ([`max_message_bytes`]): a name is at most 64 characters with no control characters
-//! (`request::is_presence_name`), so in JSON each character takes at most 4 bytes (a 4-byte UTF-8
+//! Size bound ([`crate::config::bounds::presence_bytes`]): a name is at most 64 characters with no control characters
+//! ([`crate::proto::names::is_presence_name`]), so in JSON each character takes at most 4 bytes (a 4-byte UTF-8
 //! character, or 2 for an escaped `"` or `\`), plus 2 quotes and a comma: 259 bytes per name. The
 //! rest of a message (type, room, three numbers, keys) fits in 512 bytes. The configuration check
 //! refuses settings where that bound does not fit `limits.queue_bytes`.
+//!
+//! Pure functions: this file must not lock, queue or keep state of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,27 +27,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::PresenceFormat;
-use crate::proto::names::MAX_NAME_CHARS;
-
-/// The most a listed name takes in a JSON presence message: 4 bytes per character, 2 quotes and
-/// a comma.
-pub const MAX_NAME_JSON_BYTES: u64 = MAX_NAME_CHARS as u64 * 4 + 3;
-/// Everything of a JSON presence message but its names: keys, a room of 64 characters of up to 4
-/// bytes each, three numbers.
-pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
-/// The longest `plain` message: a decimal count.
-const PLAIN_MAX_BYTES: u64 = 20;
-
-/// The largest presence message `format` can produce with `max_names` listed names.
-pub fn max_message_bytes(format: PresenceFormat, max_names: usize) -> u64 {
-    match format {
-        PresenceFormat::Off => 0,
-        PresenceFormat::Plain => PLAIN_MAX_BYTES,
-        PresenceFormat::Json => (max_names as u64)
-            .saturating_mul(MAX_NAME_JSON_BYTES)
-            .saturating_add(MESSAGE_OVERHEAD_BYTES),
-    }
-}
 
 /// The names in a room as a multiset (two members may share a name when `unique_names` is off,
 /// and one leaving must not remove the other's), plus how many members hold each uniqueness key.
@@ -302,6 +283,7 @@ pub fn due(last_sent: Option<Instant>, now: Instant, interval: Duration) -> Inst
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::bounds::presence_bytes;
 
     fn roster(names: &[&str]) -> Roster {
         let mut r = Roster::default();
@@ -518,12 +500,12 @@ mod tests {
         }
         let room = "r".repeat(64);
         let big = usize::MAX;
-        let bound = max_message_bytes(PresenceFormat::Json, 30) as usize;
+        let bound = presence_bytes(PresenceFormat::Json, 30) as usize;
         assert!(state_json(&room, big, big, &r, 30, true).len() <= bound);
         assert!(change_json(&room, big, big, &c, &r).len() <= bound);
         let more = state_json(&room, big, big, &r, 29, true);
-        assert!(more.len() <= max_message_bytes(PresenceFormat::Json, 29) as usize);
-        assert_eq!(max_message_bytes(PresenceFormat::Off, 30), 0);
-        assert!(plain(big).len() as u64 <= max_message_bytes(PresenceFormat::Plain, 0));
+        assert!(more.len() <= presence_bytes(PresenceFormat::Json, 29) as usize);
+        assert_eq!(presence_bytes(PresenceFormat::Off, 30), 0);
+        assert!(plain(big).len() as u64 <= presence_bytes(PresenceFormat::Plain, 0));
     }
 }

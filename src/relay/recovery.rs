@@ -12,6 +12,8 @@
 //! `{"type":"gap","room":R,"epoch":E,"since":"E0:N","reason":WHY}` with `reason` `"epoch"` (the
 //! room started over), `"history"` (messages after N are no longer kept) or `"off"` (the room does
 //! not number its messages; `epoch` is then `null`).
+//!
+//! Pure functions over text and history: this file must not lock or queue.
 
 use crate::proto::message::{Message, Utf8Bytes};
 

@@ -55,7 +55,12 @@ pub(crate) fn presence_ticker(state: &State) {
 /// liveness task, each ending when the drain starts (see `cluster::redis::spawn`).
 pub(crate) fn cluster(state: &State) {
     if let Some(cluster) = state.hub.cluster() {
-        crate::cluster::redis::spawn(cluster, state.hub.clone(), &state.shutdown);
+        crate::cluster::redis::spawn(
+            cluster,
+            Arc::new(state.hub.clone()),
+            state.shutdown.tracker(),
+            state.shutdown.draining_token(),
+        );
     }
 }
 

@@ -1,0 +1,129 @@
+//! Fan-out: one message into every member's outbox, in ONE loop ([`Hub::fan_out`]) that a
+//! member's message, a backend API message and a message from another node all go through.
+//!
+//! Under the room lock a message is numbered (when the room numbers its messages), pushed as a
+//! refcounted clone into each member's bounded [`Outbox`](crate::relay::outbox::Outbox), handed
+//! to the cluster (so the other nodes see the room's messages in the local order) and kept in the
+//! room's history. Nothing here writes to a socket, waits, or takes another room's lock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use crate::proto::message::Message;
+
+use super::Hub;
+use super::registry::Membership;
+use super::room::{Room, RoomState};
+
+/// One message on its way into a room, prepared before the room lock is taken.
+pub(super) struct Delivery {
+    pub(super) msg: Message,
+    /// The member who sent it and does not hear it (no echo); `None`: every member.
+    pub(super) skip: Option<u64>,
+    /// The room's history bounds in force (`history`, `history_bytes`).
+    pub(super) bounds: (usize, usize),
+    /// The envelope for the other nodes and how many messages the room's stream keeps with it;
+    /// `None`: not for the other nodes (a single node, Redis down, or it came from them).
+    pub(super) publish: Option<(Bytes, usize)>,
+}
+
+impl Hub {
+    /// The one fan-out, under `room`'s lock: numbers the message, queues it to every member but
+    /// `skip`, marks the room live, publishes it to the other nodes and keeps it in history.
+    /// Returns how many members it was queued to (what `messages_queued` counts).
+    pub(super) fn fan_out(&self, room: &Room, delivery: Delivery) -> u64 {
+        let Delivery {
+            msg,
+            skip,
+            bounds: (history, history_bytes),
+            publish,
+        } = delivery;
+        let mut state = room.lock();
+        let msg = self.number(&room.name, &mut state, msg);
+        let mut queued = 0u64;
+        for m in &state.members {
+            if skip != Some(m.id) && m.outbox.push(msg.clone()) {
+                queued += 1;
+            }
+        }
+        state.live = true;
+        // Under the room lock, so the other nodes see this room's messages in the local order.
+        if let (Some(cluster), Some((data, kept))) = (&self.shared.cluster, publish) {
+            cluster.publish(&room.name, data, kept);
+        }
+        if history > 0 || !state.history.is_empty() {
+            state.history.push(msg, history, history_bytes);
+        }
+        drop(state);
+        let stats = &self.shared.stats;
+        stats.messages_queued.fetch_add(queued, Ordering::Relaxed);
+        queued
+    }
+
+    /// `msg` in the envelope the other nodes read, when there are any and Redis is up.
+    fn encode(&self, msg: &Message) -> Option<Bytes> {
+        self.shared.cluster.as_ref().and_then(|c| c.encode(msg))
+    }
+
+    /// `msg` numbered for recovery when `room` numbers its messages (single node only: a
+    /// cluster-wide counter would live in Redis), else unchanged. Under the room lock.
+    fn number(&self, room: &str, state: &mut RoomState, msg: Message) -> Message {
+        if self.shared.cluster.is_some() || !self.shared.settings.load().numbered(room) {
+            return msg;
+        }
+        match msg {
+            Message::Text(text) => {
+                state.seq += 1;
+                Message::Text(crate::relay::recovery::with_seq(&text, state.seq))
+            }
+            other => other,
+        }
+    }
+
+    /// A message from the backend API into `room`: to every local member, into the room's
+    /// history and to the other nodes, under the room lock like a member's message (so members see
+    /// it in order with the others' messages). A room with no member here is still published to
+    /// the other nodes. Returns how many local members it was queued to.
+    pub fn publish_api(&self, room: &str, msg: Message) -> usize {
+        let bounds = self.shared.settings.load().history_for(room);
+        let encoded = self.encode(&msg);
+        let Some(local) = self.find(room) else {
+            if let (Some(cluster), Some(data)) = (&self.shared.cluster, encoded) {
+                cluster.publish(&Arc::from(room), data, bounds.0);
+            }
+            return 0;
+        };
+        let publish = encoded.map(|data| (data, bounds.0));
+        let delivery = Delivery {
+            msg,
+            skip: None,
+            bounds,
+            publish,
+        };
+        self.fan_out(&local, delivery) as usize
+    }
+}
+
+impl Membership {
+    /// Relays `msg` to every member of the room (the sender too when `echo`), in one pass under
+    /// the room lock, so every receiver sees one sender's messages in the order they were sent.
+    /// The room's history keeps it within the bounds in force (the hub's settings).
+    pub fn publish(&self, msg: Message, echo: bool) {
+        let bounds = self.hub.shared.settings.load().history_for(&self.room.name);
+        // A message too large for the history is not appended to the room's stream either,
+        // where it would take one of the `history` places from the messages before it.
+        let publish = self.hub.encode(&msg).map(|data| {
+            let fits = crate::relay::history::fits(&msg, bounds.1);
+            (data, if fits { bounds.0 } else { 0 })
+        });
+        let delivery = Delivery {
+            msg,
+            skip: (!echo).then_some(self.id),
+            bounds,
+            publish,
+        };
+        self.hub.fan_out(&self.room, delivery);
+    }
+}
