@@ -553,14 +553,15 @@ async fn the_client_applies_presence_states_and_changes() {
     page.assert_no_errors(|_| false).await;
 }
 
-/// The `[[rooms]]` configuration the README's guide gives for running the four examples on one
+/// The `[[rooms]]` configuration the browser guide (docs/browser.md) gives for running the four examples on one
 /// daemon (the ```toml block after `<!-- config: examples -->`), so the guide is what is tested.
 fn guide_config() -> String {
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/browser.md"))
+            .unwrap();
     let (_, after) = readme
         .split_once("<!-- config: examples -->\n```toml\n")
-        .expect("the README's examples configuration");
+        .expect("the browser guide's examples configuration");
     after.split_once("```").unwrap().0.to_owned()
 }
 

@@ -689,9 +689,9 @@ async fn check_config_checks_each_rooms_entry_at_its_line_and_accepts_the_guides
         stderr.contains(":10:32: [[rooms]] #2: presence.colour: unknown key"),
         "{stderr}"
     );
-    // The README's configuration for the four examples is a valid file, and its history line
+    // The browser guide's configuration for the four examples is a valid file, and its history line
     // names the largest per-room history.
-    let readme = std::fs::read_to_string("README.md").unwrap();
+    let readme = std::fs::read_to_string("docs/browser.md").unwrap();
     let (_, after) = readme
         .split_once("<!-- config: examples -->\n```toml\n")
         .unwrap();

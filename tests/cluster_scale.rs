@@ -567,8 +567,7 @@ async fn a_sentinel_failover_during_traffic_resumes_relay_with_nothing_delivered
     );
 }
 
-/// What node A may grow by in the burst test: the receive path's documented bounds (README
-/// "Several nodes": the receive queue, 16 MiB of payload, and the messages held for rooms whose
+/// What node A may grow by in the burst test: the receive path's documented bounds (docs/cluster.md: the receive queue, 16 MiB of payload, and the messages held for rooms whose
 /// history is being read, 16 MiB), the outboxes of the 20 flooded members (4 MiB each), and
 /// 16 MiB of slack for the allocator and the connections' buffers.
 const BURST_BOUND_KIB: u64 = 128 * 1024;

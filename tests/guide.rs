@@ -1,11 +1,15 @@
-//! The README's guide cannot drift from the pages the browser tests run: every code block marked
-//! `<!-- snippet: examples/PAGE -->` is an excerpt of that page (each line, trimmed, is a line of
-//! the page, in the page's order), and every example page has a snippet in the README.
+//! The guide cannot drift from the pages the browser tests run: every code block marked
+//! `<!-- snippet: examples/PAGE -->` in the README or the browser guide (`docs/browser.md`) is an
+//! excerpt of that page (each line, trimmed, is a line of the page, in the page's order), and every
+//! example page has a snippet in one of them.
 
 use std::path::Path;
 
-/// The README's marked snippets: (page path, the lines of its code block).
-fn snippets(readme: &str) -> Vec<(String, Vec<String>)> {
+/// The documents whose snippets are checked.
+const GUIDES: [&str; 2] = ["README.md", "docs/browser.md"];
+
+/// A document's marked snippets: (page path, the lines of its code block).
+fn snippets_of(readme: &str) -> Vec<(String, Vec<String>)> {
     let mut found = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
@@ -48,23 +52,26 @@ fn first_drift<'a>(block: &'a [String], page: &str) -> Option<&'a str> {
 #[test]
 fn every_guide_snippet_is_an_excerpt_of_its_tested_example_page() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
-    let snippets = snippets(&readme);
-    for (path, block) in &snippets {
+    let mut snippets = Vec::new();
+    for doc in GUIDES {
+        let text = std::fs::read_to_string(repo.join(doc)).unwrap();
+        snippets.extend(snippets_of(&text).into_iter().map(|(p, b)| (doc, p, b)));
+    }
+    for (doc, path, block) in &snippets {
         let page = std::fs::read_to_string(repo.join(path))
-            .unwrap_or_else(|e| panic!("README snippet of {path}: {e}"));
+            .unwrap_or_else(|e| panic!("{doc} snippet of {path}: {e}"));
         assert!(!block.is_empty(), "{path}: empty snippet");
         if let Some(line) = first_drift(block, &page) {
             panic!(
-                "README snippet of {path} has a line the page does not (or not in this order): {line:?}"
+                "{doc} snippet of {path} has a line the page does not (or not in this order): {line:?}"
             );
         }
     }
     for entry in std::fs::read_dir(repo.join("examples")).unwrap() {
         let name = format!("examples/{}", entry.unwrap().file_name().to_string_lossy());
         assert!(
-            snippets.iter().any(|(p, _)| *p == name),
-            "{name} has no snippet in the README"
+            snippets.iter().any(|(_, p, _)| *p == name),
+            "{name} has no snippet in {GUIDES:?}"
         );
     }
 }

@@ -3,8 +3,8 @@
 //! A Debian bookworm root made with `debootstrap` (Debian's packages only, from the mirror this
 //! machine's apt uses; cached under [`CACHE`], outside the checkout, keyed by suite, mirror and
 //! package list) is copied and booted with `systemd-nspawn` on a private network, and driven with
-//! `nsenter`. The package built from this checkout is installed, and the README's deployment
-//! blocks marked `<!-- host-test: NAME -->` run as written (with `YOUR.NAME` filled in and certbot
+//! `nsenter`. The package built from this checkout is installed, and the deployment guide's
+//! (docs/deployment.md) blocks marked `<!-- host-test: NAME -->` run as written (with `YOUR.NAME` filled in and certbot
 //! emulated by `tests/host/prelude.sh`), so the docs a user follows are the ones tested. Then the
 //! checks: health direct and through nginx, a WebSocket message through nginx, `STATUS=`, the node
 //! id, the journal at start, reload, renewal, the watchdog, stop, restart and `apt remove`.
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 const CACHE: &str = "/var/cache/wsline-host-test";
 const SUITE: &str = "bookworm";
 /// What the host has besides a minimal Debian: systemd as init, what a cloud image has (procps),
-/// the README's `apt install` lines (nginx, certbot, ssl-cert: they run offline, the packages are
+/// the deployment guide's `apt install` lines (nginx, certbot, ssl-cert: they run offline, the packages are
 /// here already), curl and openssl.
 const PACKAGES: &[&str] = &[
     "systemd",
@@ -37,7 +37,7 @@ const PACKAGES: &[&str] = &[
     "ca-certificates",
     "openssl",
 ];
-/// The public name, for `YOUR.NAME` in the README (resolved to the host's loopback).
+/// The public name, for `YOUR.NAME` in the deployment guide (resolved to the host's loopback).
 const NAME: &str = "chat.example.test";
 const HOSTNAME: &str = "wsline-host";
 /// Bound on one command run inside the host.
@@ -175,10 +175,11 @@ fn build_deb(out: &Path) -> PathBuf {
         .expect("cargo deb wrote a .deb")
 }
 
-/// The README's blocks marked `<!-- host-test: NAME -->`, in order: (NAME, shell text).
+/// The deployment guide's blocks marked `<!-- host-test: NAME -->`, in order: (NAME, shell text).
 fn readme_blocks() -> Vec<(String, String)> {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deployment.md"))
+            .unwrap();
     let mut blocks = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
@@ -353,14 +354,17 @@ impl Host {
         text(&out.stdout)
     }
 
-    /// Runs a README block as a user would paste it into a root shell: `set -e`, so the first
+    /// Runs a deployment guide block as a user would paste it into a root shell: `set -e`, so the first
     /// failing line fails the step.
     fn step(&self, name: &str, body: &str) -> String {
         let started = Instant::now();
         let out = self.ok(&format!(
             "set -e\n. /root/host-test/prelude.sh\ncd /root\n{body}"
         ));
-        eprintln!("host: README step {name:?} took {:.1?}", started.elapsed());
+        eprintln!(
+            "host: deployment step {name:?} took {:.1?}",
+            started.elapsed()
+        );
         out
     }
 
@@ -512,7 +516,7 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
             "check",
             "renew"
         ],
-        "the README's host-test blocks"
+        "the deployment guide's host-test blocks"
     );
     let block = |name: &str| {
         blocks
@@ -527,7 +531,7 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
     let deb = build_deb(deb_dir.path());
     let host = Host::boot(&cached);
 
-    // The package where the README's `apt install ./target/debian/wsline_*.deb` finds it.
+    // The package where the deployment guide's `apt install ./target/debian/wsline_*.deb` finds it.
     let debian = host.root.join("root/target/debian");
     std::fs::create_dir_all(&debian).unwrap();
     std::fs::copy(&deb, debian.join(deb.file_name().unwrap())).unwrap();
@@ -551,7 +555,7 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
     );
     assert_eq!(host.sh("systemctl is-enabled wsline").stdout, b"disabled\n");
 
-    // 2. nginx and the certificate; the README's `nginx -t` is part of the block.
+    // 2. nginx and the certificate; the guide's `nginx -t` is part of the block.
     host.step("nginx", block("nginx"));
     assert!(host.ok("ls /etc/letsencrypt/live/").contains(NAME));
 
@@ -654,7 +658,7 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
         "ok\n"
     );
 
-    // The hardening as systemd rates it (README, Deployment).
+    // The hardening as systemd rates it (docs/deployment.md).
     let security = host.ok("systemd-analyze security --no-pager wsline 2>&1");
     let score = security
         .lines()
@@ -684,7 +688,7 @@ fn the_deb_under_systemd_behind_nginx_follows_the_readme() {
                 -e 's|^key = .*|key = \"/run/credentials/wsline.service/privkey.pem\"|' \
                 /etc/wsline/wsline.toml"
     ));
-    // By hand the files are not there (exit 78, EX_CONFIG); the README's command checks the sources.
+    // By hand the files are not there (exit 78, EX_CONFIG); the deployment guide's command checks the sources.
     let plain = host.sh("wsline --check-config --config /etc/wsline/wsline.toml");
     assert_eq!(plain.status.code(), Some(78), "{}", text(&plain.stderr));
     let output = host.step("credentials-check", block("credentials-check"));

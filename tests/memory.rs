@@ -17,7 +17,7 @@ const MESSAGES: usize = 3000;
 const SIZE: usize = 8 * 1024;
 /// How far the publisher may run ahead of the fast reader.
 const WINDOW: usize = 32;
-/// The bound on the daemon's peak resident memory (README, "Security").
+/// The bound on the daemon's peak resident memory (docs/security.md).
 const PEAK_RSS_BOUND_MIB: u64 = 160;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +182,7 @@ async fn one_16_mib_message_to_100_members_is_held_once() {
 
 /// Idle members in the idle-memory test.
 const IDLE_WSS: usize = 2000;
-/// What one idle wss connection may hold (README, "Performance"): the connection's task, rustls'
+/// What one idle wss connection may hold (docs/performance.md): the connection's task, rustls'
 /// keys and state, the socket. No TLS buffer stays allocated while nothing is in flight. Release
 /// builds measure about 7.6 KiB (`wsline-bench idle`, 10 000 connections); this bound leaves room
 /// for an unoptimized build and the allocator's slack.

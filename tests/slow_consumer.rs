@@ -65,7 +65,7 @@ fn server_tx_queue(server_port: u16, client_port: u16) -> Option<u64> {
 }
 
 /// What the kernel may hold for a stalled socket: `SO_SNDBUF` as the kernel doubles it (2 x 64 KiB)
-/// plus the one 64 KiB segment being filled when the buffer ran full (README, "Security"). Without
+/// plus the one 64 KiB segment being filled when the buffer ran full (docs/security.md). Without
 /// the bound, Linux autotunes a socket's send buffer up to 4 MiB.
 const KERNEL_QUEUE_BOUND: u64 = 192 * 1024;
 

@@ -185,7 +185,7 @@ fn corrupt(msg: &mut [u8], k: u32) {
 const SLOW_HELLOS: usize = 40;
 /// Records each sends before the measurement: 76 KiB of records, short of the ceiling.
 const RECORDS_HELD: usize = 13_000;
-/// The bound per connection on what such a hello costs (README, "Security"): the 82 KiB
+/// The bound per connection on what such a hello costs (docs/security.md): the 82 KiB
 /// ceiling of the TLS read buffer, the connection's own state, the allocator's slack.
 const SLOW_HELLO_KIB: f64 = 100.0;
 
