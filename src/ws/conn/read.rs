@@ -97,7 +97,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.next_heard(|| {}).await
     }
 
-    /// [`Reader::next`], calling `heard` whenever bytes arrive: a client sending a large message
+    /// The next message or control frame, calling `heard` whenever bytes arrive: a client sending a large message
     /// slowly is heard from all along, not only when the message completes.
     pub async fn next_heard(&mut self, heard: impl Fn()) -> Result<Incoming, ReadEnd> {
         loop {
