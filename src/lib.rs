@@ -13,6 +13,8 @@
 //! - [`observe`]: counters behind `/stats` and `/metrics`.
 //! - [`web`]: the browser client module (`web.client`) and the demo page (`web.enabled`).
 //! - [`runtime`]: binding, accept loops, the drain, signals, systemd, logging.
+//!
+//! This file only names the layers and the state the HTTP side shares; it must hold no logic.
 #![forbid(unsafe_code)]
 
 pub mod cluster;

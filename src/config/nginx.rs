@@ -1,6 +1,8 @@
 //! What `--check-config` says about running behind nginx: the upstream and location block that
 //! fit this configuration, and a warning when the heartbeat would not keep nginx from cutting
 //! idle sockets (the most common WebSocket-behind-nginx failure).
+//!
+//! Advice only: it must not change or refuse a configuration (that is `validate`'s job).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;

@@ -12,6 +12,8 @@
 //! complete within `limits.keepalive_timeout` of the response before it (hyper's header timer
 //! starts when it waits for the next head, so idle time counts), and a connection carries at most
 //! `limits.keepalive_requests` requests.
+//!
+//! It must not spawn (an upgrade is handed to the runtime's spawner) nor relay anything itself.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -13,6 +13,9 @@
 //! progress), then the close frame, then the client's close reply is awaited while whatever it
 //! still sends is read and discarded (at most [`LINGER_BYTES`]: the lingering close), so the
 //! client reads the close code instead of a reset.
+//!
+//! It must not admit, parse HTTP or know the server's state: it gets the counters and the drain's
+//! token, nothing more.
 
 pub mod read;
 pub mod write;

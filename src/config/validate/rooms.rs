@@ -1,6 +1,8 @@
 //! The rules of `[[rooms]]` entries: a `match` that is a room name or a prefix, no entry hidden
 //! behind an earlier one, and the configuration each entry makes for its rooms held to the global
 //! rules.
+//!
+//! Rules only: it must not apply an entry to a room (that is `config::rooms`).
 
 use crate::proto::names::is_room_name;
 
