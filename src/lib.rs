@@ -7,14 +7,15 @@
 //! - [`proto`]: the message type and the rules for room and member names (imports nothing).
 //! - [`config`]: the TOML file to a typed, validated [`Config`], problems with line and column.
 //! - [`cluster`]: several nodes through Redis: relay, presence, names, liveness, degraded mode.
+//! - [`web`]: the browser client module (`web.client`) and the demo page (`web.enabled`).
+//! - [`observe`]: the counters, and the snapshot behind `/stats` and `/metrics`, built from parts.
 //! - [`relay`]: rooms: registry, fan-out into outboxes, presence, history, recovery, envelope.
 //! - [`ws`]: frame headers and the connection task (read, write, heartbeat, close).
 //! - [`net`]: TLS, HTTP routing, the backend API, request parsing, tokens, admission, limits.
-//! - [`observe`]: counters behind `/stats` and `/metrics`.
-//! - [`web`]: the browser client module (`web.client`) and the demo page (`web.enabled`).
 //! - [`runtime`]: binding, accept loops, the drain, signals, systemd, logging.
 //!
-//! This file only names the layers and the state the HTTP side shares; it must hold no logic.
+//! This file only names the layers and the state the HTTP side shares; it holds no logic but
+//! choosing the process's crypto provider.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
