@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Measures wsline and the tutorial Node `ws` server side by side, on this machine, in one run:
-#   bench/run.sh                       # the five short scenarios, defaults of the issue (about 4 minutes)
+# Measures wsline side by side with the servers users pick instead, on this machine, in one run:
+# uWebSockets.js and Bun (the fastest relays; bench/uws, bench/bun) and the tutorial Node `ws`
+# server (bench/node).
+#   bench/run.sh                       # the five short scenarios, all four servers (about 8 minutes)
+#   SERVERS="wsline uws" bench/run.sh  # a subset (wsline first: the report's ratios are to it)
+#   SERVER_CORES=2 bench/run.sh        # the server on two cores (see below)
 #   SCENARIOS="fanout chat" bench/run.sh
 #   SCENARIOS=scale bench/run.sh       # connections to the open-files limit (about 6 minutes)
 #   SCENARIOS=cluster bench/run.sh     # fan-out over two nodes through Redis, then the same with
@@ -11,8 +15,13 @@
 # scenarios get a table of their own, ratios of wsline-2 to the other setups).
 # Result lines are kept in bench/results/LAST.jsonl. Needs cargo, node and npm, openssl, taskset.
 #
-# `scale` pins the server to SERVER_CPUS (default core 0) and the load generator to the other
-# cores, and runs against a fresh server each: presence off (open, hold, broadcast), then counts
+# Every scenario pins the server to SERVER_CORES cores (default 1: cores 0..SERVER_CORES-1) and
+# the load generator to the others, as uWebSockets.js and Bun serve every socket from one thread.
+# When SERVER_CORES takes every core, the load generator shares them and the header says so:
+# such figures measure the pair, not the server alone. SERVER_CPUS and LOADGEN_CPUS (taskset
+# lists) override the split.
+#
+# `scale` runs against a fresh server each: presence off (open, hold, broadcast), then counts
 # on (the same, then a presence storm, then /stats and /metrics at 10 000 rooms, wsline only:
 # the tutorial server has neither rooms nor /stats). Knobs: SCALE_N (default: the open-files
 # limit less 1000), SCALE_HOLD (seconds at rest, default 35: one 30 s heartbeat round),
@@ -43,7 +52,7 @@ SCALE_HOLD="${SCALE_HOLD:-35}"
 SCALE_STORM="${SCALE_STORM:-10000}"
 SCALE_ROOMS="${SCALE_ROOMS:-10000}"
 SCALE_OPEN_TIMEOUT="${SCALE_OPEN_TIMEOUT:-60}"
-SERVER_CPUS="${SERVER_CPUS:-0}"
+SERVERS="${SERVERS:-wsline uws bun node}"
 WSLINE_PORT_B="${WSLINE_PORT_B:-4458}"
 NODE_PORT_B="${NODE_PORT_B:-4459}"
 REDIS_PORT="${REDIS_PORT:-4460}"
@@ -52,9 +61,21 @@ CLUSTER_RATE="${CLUSTER_RATE:-1000}"
 CLUSTER_ROOMS="${CLUSTER_ROOMS:-10000}"
 HOP_US="${HOP_US:-1000}"
 PROXY_PORT="${PROXY_PORT:-4461}"
-# The load generator gets the cores the server does not (all of them on a one-core machine).
+# The server gets SERVER_CORES cores, the load generator the rest (all of them when none is left).
 cores=$(nproc)
-LOADGEN_CPUS="${LOADGEN_CPUS:-$(if [ "$cores" -gt 2 ]; then echo "1-$((cores - 1))"; elif [ "$cores" -eq 2 ]; then echo 1; else echo 0; fi)}"
+SERVER_CORES="${SERVER_CORES:-1}"
+[ "$SERVER_CORES" -gt "$cores" ] && SERVER_CORES=$cores
+SERVER_CPUS="${SERVER_CPUS:-0-$((SERVER_CORES - 1))}"
+shared_cores=false
+if [ -z "${LOADGEN_CPUS:-}" ]; then
+    if [ "$SERVER_CORES" -lt "$cores" ]; then
+        LOADGEN_CPUS="$SERVER_CORES-$((cores - 1))"
+    else
+        LOADGEN_CPUS="0-$((cores - 1))"
+        shared_cores=true
+    fi
+fi
+has() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
 # BUILD=debug for a quick smoke run on a busy machine (figures are then not comparable).
 BUILD="${BUILD:-release}"
 
@@ -67,7 +88,11 @@ bin="target/$BUILD"
 # The Node comparators (not needed when only the cluster at scale is measured).
 node_too=true
 [ "$SCENARIOS" = cluster-rooms ] && node_too=false
-$node_too && (cd bench/node && [ -d node_modules/ws ] || npm ci --no-audit --no-fund >&2)
+if $node_too; then
+    has node && (cd bench/node && [ -d node_modules/ws ] || npm ci --no-audit --no-fund >&2)
+    has uws && (cd bench/uws && [ -d node_modules/@trufflesuite ] || npm ci --no-audit --no-fund >&2)
+    has bun && (cd bench/bun && [ -x node_modules/.bin/bun ] || npm ci --no-audit --no-fund >&2)
+fi
 case " $SCENARIOS " in
     *" cluster "* | *" cluster-max "*) (cd bench/node-cluster && [ -d node_modules/socket.io ] || npm ci --no-audit --no-fund >&2) ;;
 esac
@@ -129,22 +154,24 @@ bench() { # scenario label port pid [scale options]
     local scenario=$1 label=$2 port=$3 pid=$4
     shift 4
     local common=(--url "wss://127.0.0.1:$port/bench" --insecure --server-pid "$pid" --label "$label")
+    local gen=(taskset -c "$LOADGEN_CPUS" $bin/wsline-bench)
     case "$scenario" in
-        fanout) $bin/wsline-bench fanout "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        fanout-max) $bin/wsline-bench fanout --max "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        chat) $bin/wsline-bench chat "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        idle) $bin/wsline-bench idle "${common[@]}" ;;
-        connect) $bin/wsline-bench connect "${common[@]}" -t "$SECONDS_PER_RUN" ;;
-        scale*) taskset -c "$LOADGEN_CPUS" $bin/wsline-bench scale "${common[@]}" \
+        fanout) "${gen[@]}" fanout "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        fanout-max) "${gen[@]}" fanout --max "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        chat) "${gen[@]}" chat "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        idle) "${gen[@]}" idle "${common[@]}" ;;
+        connect) "${gen[@]}" connect "${common[@]}" -t "$SECONDS_PER_RUN" ;;
+        scale*) "${gen[@]}" scale "${common[@]}" \
             ${SCALE_N:+-n "$SCALE_N"} --hold "$SCALE_HOLD" --storm "$SCALE_STORM" \
             --rooms "$SCALE_ROOMS" --open-timeout "$SCALE_OPEN_TIMEOUT" "$@" ;;
     esac
 }
 
-# Starts a fresh server for `scenario` (sets pid and port); `scale` pins it to SERVER_CPUS.
+# Starts a fresh server for `scenario` (sets pid and port), pinned to SERVER_CPUS.
 start() { # server scenario
-    local pin=()
-    case "$2" in scale*) pin=(taskset -c "$SERVER_CPUS") ;; esac
+    local pin=(taskset -c "$SERVER_CPUS") count=1
+    # The count on every join and leave, except where wsline's presence is off.
+    case "$2" in idle | scale) count=0 ;; esac
     case "$1" in
         wsline)
             wsline_config "$2" > "$work/wsline.toml"
@@ -155,10 +182,21 @@ start() { # server scenario
         node)
             # The count on every join and leave, except where wsline's presence is off; scale
             # adds the ws README's 30 s heartbeat, as wsline pings every 30 s by default.
-            local count=1 heartbeat=0
-            case "$2" in idle | scale) count=0 ;; esac
+            local heartbeat=0
             case "$2" in scale*) heartbeat=30000 ;; esac
             COUNT=$count HEARTBEAT_MS=$heartbeat "${pin[@]}" node bench/node/server.js \
+                "$NODE_PORT" "$work/cert.pem" "$work/key.pem" >/dev/null &
+            pid=$!
+            port=$NODE_PORT
+            ;;
+        uws)
+            COUNT=$count "${pin[@]}" node bench/uws/server.js \
+                "$NODE_PORT" "$work/cert.pem" "$work/key.pem" >/dev/null &
+            pid=$!
+            port=$NODE_PORT
+            ;;
+        bun)
+            COUNT=$count "${pin[@]}" bench/bun/node_modules/.bin/bun bench/bun/server.js \
                 "$NODE_PORT" "$work/cert.pem" "$work/key.pem" >/dev/null &
             pid=$!
             port=$NODE_PORT
@@ -315,10 +353,10 @@ rooms_line=
 for scenario in $SCENARIOS; do
     case "$scenario" in
         scale)
-            for server in wsline node; do
+            for server in $SERVERS; do
                 measure "$server" scale --presence off
             done
-            for server in wsline node; do
+            for server in $SERVERS; do
                 measure "$server" scale-count --presence count
                 measure "$server" scale-count --presence count --phases storm
             done
@@ -332,7 +370,7 @@ for scenario in $SCENARIOS; do
             ;;
         cluster-rooms) measure_cluster_rooms ;;
         *)
-            for server in wsline node; do
+            for server in $SERVERS; do
                 measure "$server" "$scenario"
             done
             ;;
@@ -340,9 +378,17 @@ for scenario in $SCENARIOS; do
 done
 
 echo
-echo "$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)$($node_too && echo ", node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version')")"
+versions="$(nproc) cores, $(uname -r), $(date -u +%Y-%m-%d)"
+if $node_too; then
+    versions="$versions, node $(node --version)"
+    has node && versions="$versions, ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version')"
+    has uws && versions="$versions, uWebSockets.js $(node -p 'require("./bench/uws/node_modules/@trufflesuite/uws-js-unofficial/package.json").version')"
+    has bun && versions="$versions, bun $(bench/bun/node_modules/.bin/bun --version)"
+fi
+echo "$versions"
+echo "server on CPU $SERVER_CPUS ($SERVER_CORES core(s)), load generator on CPU $LOADGEN_CPUS$($shared_cores && echo ' (SHARED with the server: these figures measure the pair)')"
 case " $SCENARIOS " in
-    *" scale "*) echo "scale: server on CPU $SERVER_CPUS, load generator on CPU $LOADGEN_CPUS, $(ulimit -n) open files each, hold ${SCALE_HOLD}s" ;;
+    *" scale "*) echo "scale: $(ulimit -n) open files each, hold ${SCALE_HOLD}s" ;;
 esac
 case " $SCENARIOS " in
     *" cluster "* | *" cluster-max "*)
