@@ -2,7 +2,7 @@
 # Measures wsline side by side with the servers users pick instead, on this machine, in one run:
 # uWebSockets.js and Bun (the fastest relays; bench/uws, bench/bun) and the tutorial Node `ws`
 # server (bench/node).
-#   bench/run.sh                       # the five short scenarios, all four servers (about 8 minutes)
+#   bench/run.sh                       # the five short scenarios, all four servers (about 4 minutes)
 #   SERVERS="wsline uws" bench/run.sh  # a subset (wsline first: the report's ratios are to it)
 #   SERVER_CORES=2 bench/run.sh        # the server on two cores (see below)
 #   SCENARIOS="fanout chat" bench/run.sh
