@@ -620,3 +620,48 @@ async fn a_publish_on_one_node_reaches_members_on_both_once_in_order() {
     })
     .await;
 }
+
+/// An API message too large for the room's history is relayed but kept out of the room's Redis
+/// stream, as a member's is, so it evicts none of the messages before it from another node's
+/// replay: with members on the publishing node (the fan-out) and without any (straight to Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_message_larger_than_the_history_budget_evicts_nothing_from_the_cluster_replay() {
+    let redis = redis_server::Redis::start().await;
+    let node = |id: &str| {
+        format!(
+            "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nnode_timeout = \"2s\"\n\
+             [relay]\nhistory = 5\nhistory_bytes = \"16KiB\"\n[api]\nkeys = [\"{KEY}\"]\n",
+            redis.url()
+        )
+    };
+    let a = Daemon::start(&node("a"), &[]).await;
+    a.wait_log("cluster connected").await;
+    let b = Daemon::start(&node("b"), &[]).await;
+    b.wait_log("cluster connected").await;
+    let mut here = a.connect("/kept").await;
+    let huge = "x".repeat(20_000);
+    for room in ["kept", "nobody"] {
+        for body in ["m1", "m2", "m3", "m4", "m5", huge.as_str()] {
+            let (status, _, answer) = call_on(
+                a.tls().await,
+                "POST",
+                &format!("/api/rooms/{room}/messages"),
+                Some(KEY),
+                "text/plain; charset=utf-8",
+                body.as_bytes(),
+            )
+            .await;
+            assert_eq!(status, 200, "{room}: {answer}");
+        }
+    }
+    let got = within("the member on a gets all six", relayed(&mut here, 6)).await;
+    assert_eq!(got[5], Message::text(huge.clone()), "relayed all the same");
+    // A member joining on the other node replays each room from Redis: the five before it, all
+    // `history` places (the large one took none).
+    for room in ["kept", "nobody"] {
+        let mut joiner = b.connect(&format!("/{room}")).await;
+        let replay = within("the replay", relayed(&mut joiner, 5)).await;
+        let want: Vec<Message> = ["m1", "m2", "m3", "m4", "m5"].map(Message::text).to_vec();
+        assert_eq!(replay, want, "{room}");
+    }
+}

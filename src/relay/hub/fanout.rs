@@ -62,9 +62,17 @@ impl Hub {
         queued
     }
 
-    /// `msg` in the envelope the other nodes read, when there are any and Redis is up.
-    fn encode(&self, msg: &Message) -> Option<Bytes> {
-        self.shared.cluster.as_ref().and_then(|c| c.encode(msg))
+    /// `msg` in the envelope the other nodes read, when there are any and Redis is up, with how
+    /// many messages the room's stream keeps along with it: none when `msg` is too large for the
+    /// history, where it would take one of the `history` places from the messages before it.
+    fn encode(
+        &self,
+        msg: &Message,
+        (history, history_bytes): (usize, usize),
+    ) -> Option<(Bytes, usize)> {
+        let data = self.shared.cluster.as_ref()?.encode(msg)?;
+        let fits = crate::relay::history::fits(msg, history_bytes);
+        Some((data, if fits { history } else { 0 }))
     }
 
     /// `msg` numbered for recovery when `room` numbers its messages (single node only: a
@@ -88,14 +96,13 @@ impl Hub {
     /// the other nodes. Returns how many local members it was queued to.
     pub fn publish_api(&self, room: &str, msg: Message) -> usize {
         let bounds = self.shared.settings.load().history_for(room);
-        let encoded = self.encode(&msg);
+        let publish = self.encode(&msg, bounds);
         let Some(local) = self.find(room) else {
-            if let (Some(cluster), Some(data)) = (&self.shared.cluster, encoded) {
-                cluster.publish(&Arc::from(room), data, bounds.0);
+            if let (Some(cluster), Some((data, kept))) = (&self.shared.cluster, publish) {
+                cluster.publish(&Arc::from(room), data, kept);
             }
             return 0;
         };
-        let publish = encoded.map(|data| (data, bounds.0));
         let delivery = Delivery {
             msg,
             skip: None,
@@ -112,12 +119,7 @@ impl Membership {
     /// The room's history keeps it within the bounds in force (the hub's settings).
     pub fn publish(&self, msg: Message, echo: bool) {
         let bounds = self.hub.shared.settings.load().history_for(&self.room.name);
-        // A message too large for the history is not appended to the room's stream either,
-        // where it would take one of the `history` places from the messages before it.
-        let publish = self.hub.encode(&msg).map(|data| {
-            let fits = crate::relay::history::fits(&msg, bounds.1);
-            (data, if fits { bounds.0 } else { 0 })
-        });
+        let publish = self.hub.encode(&msg, bounds);
         let delivery = Delivery {
             msg,
             skip: (!echo).then_some(self.id),
