@@ -665,3 +665,71 @@ async fn an_api_message_larger_than_the_history_budget_evicts_nothing_from_the_c
         assert_eq!(replay, want, "{room}");
     }
 }
+
+/// `GET /api/rooms/ROOM` on node a, as (status, body).
+async fn presence_on(node: &Daemon, room: &str) -> (u16, String) {
+    let path = format!("/api/rooms/{room}");
+    let (status, _, body) =
+        call_on(node.tls().await, "GET", &path, Some(KEY), "text/plain", b"").await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_presence_is_read_from_redis_on_a_node_without_its_members() {
+    let mut redis = redis_server::Redis::start().await;
+    let node = |id: &str| {
+        format!(
+            "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nnode_timeout = \"2s\"\n\
+             [api]\nkeys = [\"{KEY}\"]\n",
+            redis.url()
+        )
+    };
+    let a = Daemon::start(&node("a"), &[]).await;
+    a.wait_log("cluster connected").await;
+    let b = Daemon::start(&node("b"), &[]).await;
+    b.wait_log("cluster connected").await;
+
+    // Ann and Bob are on node b only; node a has no member of the room.
+    let ann = b.connect("/far?name=ann").await;
+    let mut bob = b.connect("/far?name=bob").await;
+    within("bob sees both", async {
+        while bob.recv_presence().await["count"] != 2 {}
+    })
+    .await;
+    let want = serde_json::json!({"room":"far","count":2,"names":["ann","bob"]});
+    within(
+        "node a to read both members of the room from redis",
+        async {
+            loop {
+                let (status, body) = presence_on(&a, "far").await;
+                assert_eq!(status, 200, "{body}");
+                if json(&body) == want {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+
+    // Once they leave, node a reads an empty room.
+    ann.close().await;
+    bob.close().await;
+    let empty = serde_json::json!({"room":"far","count":0,"names":[]});
+    within("node a to read the room empty", async {
+        loop {
+            let (status, body) = presence_on(&a, "far").await;
+            assert_eq!(status, 200, "{body}");
+            if json(&body) == empty {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Without Redis node a cannot know: 503, never a count it made up.
+    redis.stop().await;
+    let (status, body) = within("the answer without redis", presence_on(&a, "far")).await;
+    assert_eq!((status, body.as_str()), (503, "cluster unavailable\n"));
+}

@@ -13,13 +13,15 @@
 //!
 //! Before a join, two bounded waits for Redis: the name claim ([`Cluster::claim`]) and, for the
 //! first member of a room on this node, the first read of the room's remote presence
-//! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]. The connections, worker and
-//! publisher live in [`redis`], the receive path in `receive`, the heartbeat task in
-//! `liveness`, sweep, totals and claims in [`presence`], releases and their reconciliation in
-//! `names`, the history stream in [`history`], the Lua scripts in `scripts`, the way to the
-//! primary (a URL or Sentinel) in `source`; the pure rules (keys, envelope, entries, backoff) in
-//! [`wire`]. The worker reaches this node's rooms only through the [`Rooms`] trait, which the hub
-//! implements: nothing here names the hub, and this folder imports only `proto` and `config`.
+//! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]; and, for the backend API, the read
+//! of a room this node has no member of ([`Cluster::read_presence`], bounded by
+//! [`PRESENCE_READ_TIMEOUT`]). The connections, worker and publisher live in [`redis`], the
+//! receive path in `receive`, the heartbeat task in `liveness`, sweep, totals and claims in
+//! [`presence`], releases and their reconciliation in `names`, the history stream in [`history`],
+//! the Lua scripts in `scripts`, the way to the primary (a URL or Sentinel) in `source`; the pure
+//! rules (keys, envelope, entries, backoff) in [`wire`]. The worker reaches this node's rooms only
+//! through the [`Rooms`] trait, which the hub implements: nothing here names the hub, and this
+//! folder imports only `proto` and `config`.
 
 pub mod history;
 pub(crate) mod liveness;
@@ -49,6 +51,8 @@ use wire::{Keys, Payload};
 
 /// How long a join waits for Redis to claim a name before it falls back to this node's own rule.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the backend API waits for Redis to read a room's presence ([`Cluster::read_presence`]).
+pub const PRESENCE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages waiting for the publisher task, and their bytes: past either bound (Redis slower than
 /// the senders), further messages are dropped and counted, never buffered without bound.
 const PUBLISH_QUEUE: usize = 65_536;
@@ -149,6 +153,10 @@ pub enum Claim {
     /// Redis did not answer: only this node's rule applies.
     Unavailable,
 }
+
+/// Redis is down or did not answer in time: what it holds is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
 
 /// The cluster state shown in `/stats`.
 #[derive(Debug, serde::Serialize)]
@@ -341,6 +349,26 @@ impl Cluster {
     pub fn take_first_read(&self, room: &str) -> Option<(usize, Vec<Arc<str>>)> {
         let read = self.shared.first_reads.lock().remove(room)?;
         (read.at.elapsed() < CLAIM_TIMEOUT).then_some((read.count, read.names))
+    }
+
+    /// The members of `room` on the other nodes (count, sorted names), read from Redis for the
+    /// backend API on a node without local members of the room: the room's presence hash as it
+    /// is (dead instances' entries are swept by liveness). `Err` while Redis is down or slower
+    /// than [`PRESENCE_READ_TIMEOUT`]: the caller cannot know the room, and says so.
+    pub async fn read_presence(&self, room: &str) -> Result<(usize, Vec<Arc<str>>), Unavailable> {
+        if !self.is_up() {
+            return Err(Unavailable);
+        }
+        let conn = self.shared.commands.load_full().ok_or(Unavailable)?;
+        let read = presence::read_room(&self.shared, (*conn).clone(), room);
+        match tokio::time::timeout(PRESENCE_READ_TIMEOUT, read).await {
+            Ok(Ok(presence)) => Ok(presence),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "presence read failed");
+                Err(Unavailable)
+            }
+            Err(_) => Err(Unavailable),
+        }
     }
 
     pub fn status(&self) -> Status {

@@ -13,6 +13,10 @@
 //!   an invalid room name `400`, a body over `relay.max_message_size` `413`, a content type that
 //!   is neither `text/plain` nor `application/octet-stream` `415`.
 //!
+//! A room's presence is cluster-wide: a room with no member on this node is read from Redis
+//! (through the cluster handle, bounded), and answers `503` while Redis cannot be read. The room
+//! list is this node's rooms only.
+//!
 //! Keys are secrets: they are never logged, and no answer repeats what the client sent in its
 //! `Authorization` header.
 
@@ -110,7 +114,10 @@ pub async fn respond(
             _ => not_allowed("GET"),
         },
         ["rooms", room] => match method {
-            Method::GET => with_room(room, |room| one(room, state)),
+            Method::GET => match room_from_path(room) {
+                Some(room) => one(room, state, &config).await,
+                None => bad_room(),
+            },
             _ => not_allowed("GET"),
         },
         ["rooms", room, "messages"] => match method {
@@ -261,9 +268,27 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// `GET /api/rooms/ROOM`: the room's presence (count and names); an empty room is count 0.
-fn one(room: String, state: &State) -> Response<Body> {
-    let (count, names, more) = state.hub.room_presence(&room).unwrap_or_default();
+/// `GET /api/rooms/ROOM`: the room's presence (count and names), cluster-wide. A room with
+/// members on this node answers from the hub, which merges the other nodes' members into it; a
+/// room without, from Redis with a cluster (`503` while Redis is down or slow: never a wrong
+/// zero), else it is empty (count 0).
+async fn one(room: String, state: &State, config: &Arc<Config>) -> Response<Body> {
+    let (count, names, more) = match (state.hub.room_presence(&room), state.hub.cluster()) {
+        (Some(here), _) => here,
+        (None, None) => Default::default(),
+        (None, Some(cluster)) => match cluster.read_presence(&room).await {
+            Ok((count, mut names)) => {
+                let max = config.for_room(&room).presence.max_names;
+                let more = names.len().saturating_sub(max);
+                names.truncate(max);
+                (count, names.iter().map(|n| n.to_string()).collect(), more)
+            }
+            Err(_) => {
+                debug!(%room, status = 503, "api presence not read: cluster unavailable");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "cluster unavailable\n");
+            }
+        },
+    };
     json(&Presence {
         room: &room,
         count,
