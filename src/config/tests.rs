@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::problems::mentions;
 use super::*;
 
-fn problems(text: &str) -> Vec<Problem> {
+/// The problems of `text`, located (also used by the rule files' own tests).
+pub(crate) fn problems(text: &str) -> Vec<Problem> {
     Config::from_toml(text).expect_err("config should be rejected")
 }
 
@@ -258,115 +259,6 @@ fn keys_and_lines(p: &[Problem]) -> Vec<(usize, usize, &str)> {
         .collect()
 }
 
-const ROOMS: &str = "[tls]\nenabled = false\n\
-    [[rooms]]\nmatch = \"count-*\"\npresence = { format = \"plain\" }\n\
-    [[rooms]]\nmatch = \"chat-*\"\nrelay = { envelope = \"json\", history = 50 }\n\
-    presence = { require_name = true }\n\
-    [[rooms]]\nmatch = \"我的房间\"\nheartbeat = { app_ping = \"p\", app_pong = \"q\" }\n";
-
-#[test]
-fn rooms_by_pattern_first_match_wins_and_the_rest_use_the_globals() {
-    let config = std::sync::Arc::new(Config::from_toml(ROOMS).unwrap());
-    let count = config.for_room("count-1");
-    assert_eq!(count.presence.format, PresenceFormat::Plain);
-    assert_eq!(count.relay.envelope, Envelope::None);
-    let chat = config.for_room("chat-general");
-    assert_eq!(chat.relay.envelope, Envelope::Json);
-    assert_eq!(chat.relay.history, 50);
-    assert!(chat.presence.require_name);
-    assert_eq!(chat.presence.format, PresenceFormat::Json, "not overridden");
-    assert_eq!(config.for_room("我的房间").heartbeat.app_ping, "p");
-    assert_eq!(
-        config.for_room("我的房间2").heartbeat.app_ping,
-        "",
-        "exact match only"
-    );
-    assert!(
-        std::sync::Arc::ptr_eq(&count, &config.for_room("count-2")),
-        "one copy per entry, shared by its rooms"
-    );
-    let other = config.for_room("lobby");
-    assert!(
-        std::sync::Arc::ptr_eq(&other, &config),
-        "no entry: the same configuration"
-    );
-    // "chat" alone is not "chat-*".
-    assert_eq!(config.for_room("chat").relay.envelope, Envelope::None);
-}
-
-#[test]
-fn room_entries_are_checked_like_the_globals_at_their_line() {
-    let p = problems(concat!(
-        "[tls]\nenabled = false\n",
-        "[limits]\nqueue_messages = 10\n",
-        "[[rooms]]\n",
-        "match = \"a-*\"\n",
-        "relay = { history = 20, colour = 1 }\n",
-        "[[rooms]]\n",
-        "match = \"b b\"\n",
-        "[[rooms]]\n",
-        "match = \"c\"\n",
-        "heartbeat = { app_ping = \"x\" }\n",
-        "presence = { format = \"loud\" }\n",
-        "volume = 11\n",
-        "[[rooms]]\n",
-        "relay = { echo = false }\n",
-        "[[rooms]]\n",
-        "match = \"a-b*\"\n",
-    ));
-    let got: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.message.as_str())).collect();
-    let has = |line: usize, needle: &str| {
-        assert!(
-            got.iter().any(|(l, m)| *l == line && m.contains(needle)),
-            "line {line}: {needle:?} in {got:#?}"
-        )
-    };
-    has(
-        7,
-        "[[rooms]] #1: relay.colour: unknown key; [[rooms]] may set relay.{echo, envelope",
-    );
-    has(
-        7,
-        "[[rooms]] #1 (match = \"a-*\"): relay.history: must be below limits.queue_messages",
-    );
-    has(
-        9,
-        "[[rooms]] #2 (match = \"b b\"): match: \"b b\" is neither a room name",
-    );
-    has(
-        12,
-        "heartbeat.app_ping: heartbeat.app_ping and heartbeat.app_pong must be set together",
-    );
-    has(13, "[[rooms]] #3: presence.format: unknown variant `loud`");
-    has(
-        14,
-        "[[rooms]] #3: volume: unknown key; an entry has match, relay, presence, heartbeat",
-    );
-    has(15, "[[rooms]] #4 (match = \"\"): match: is required");
-    has(
-        18,
-        "[[rooms]] #5 (match = \"a-b*\"): match: every room it matches is matched by the earlier entry \"a-*\"",
-    );
-    assert_eq!(p.len(), 8, "{got:#?}");
-    // The globals' own problems are not repeated for each entry.
-    let p = problems("[tls]\nenabled = false\n[server]\nbacklog = 0\n[[rooms]]\nmatch = \"x\"\n");
-    assert_eq!(p.len(), 1, "{p:?}");
-    // A replay must fit the queue in a room that turns history on.
-    let p = problems(concat!(
-        "[tls]\nenabled = false\n[limits]\nqueue_bytes = \"1MiB\"\n",
-        "[[rooms]]\nmatch = \"h-*\"\nrelay = { history = 10, history_bytes = \"900KiB\" }\n",
-    ));
-    assert!(
-        p[0].message.contains("relay.history_bytes: a replay of"),
-        "{p:?}"
-    );
-    assert!(
-        problems("rooms = 3\n[tls]\nenabled = false\n")[0]
-            .message
-            .contains("written [[rooms]]")
-    );
-}
-
 #[test]
 fn every_unknown_key_type_error_and_range_problem_in_one_run() {
     let p = problems(concat!(
@@ -523,63 +415,4 @@ fn relative_certificate_paths_are_taken_from_the_config_directory() {
         c.origin.describe("tls.self_signed", "x"),
         format!("{}: x", path.display())
     );
-}
-
-/// The messages of the problems of `text` after a plain-TCP `[tls]`; none when it is valid.
-fn messages(text: &str) -> Vec<String> {
-    match Config::from_toml(&format!("[tls]\nenabled = false\n{text}")) {
-        Ok(_) => Vec::new(),
-        Err(p) => p.into_iter().map(|p| p.message).collect(),
-    }
-}
-
-#[test]
-fn a_presence_state_must_fit_the_queue() {
-    // 200 names: 200 x 259 + 512 = 52 312 bytes, within 64 KiB; 300 are not.
-    assert!(
-        messages("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty()
-    );
-    let p = messages("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\n");
-    assert!(p[0].starts_with("presence.max_names: "), "{p:?}");
-    // Plain and off carry no names.
-    assert!(
-        messages(
-            "[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\nformat = \"plain\"\n"
-        )
-        .is_empty()
-    );
-}
-
-#[test]
-fn a_full_replay_and_a_state_must_fit_the_queue() {
-    let base = "[limits]\nqueue_bytes = \"1MiB\"\n[presence]\nmax_names = 1000\n";
-    // 1000 names take 259 256 bytes; 800 KiB of history on top is more than 1 MiB.
-    let p = messages(&format!(
-        "{base}[relay]\nhistory = 10\nhistory_bytes = \"800KiB\"\n"
-    ));
-    assert!(p[0].starts_with("relay.history_bytes: "), "{p:?}");
-    assert!(
-        messages(&format!(
-            "{base}[relay]\nhistory = 10\nhistory_bytes = \"512KiB\"\n"
-        ))
-        .is_empty()
-    );
-    // No history: its bytes do not matter.
-    assert!(messages(&format!("{base}[relay]\nhistory_bytes = \"800KiB\"\n")).is_empty());
-}
-
-#[test]
-fn the_config_check_makes_a_queue_hold_one_wrapped_message() {
-    let base =
-        "[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\nmax_message_size = \"1MiB\"\n";
-    let problems = Config::from_toml(base).unwrap_err();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.message.contains("limits.queue_bytes")),
-        "{:?}",
-        problems.iter().map(|p| &p.message).collect::<Vec<_>>()
-    );
-    assert!(Config::from_toml(&format!("{base}[limits]\nqueue_bytes = \"7MiB\"\n")).is_ok());
-    assert!(Config::from_toml("[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\n").is_ok());
 }

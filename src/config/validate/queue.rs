@@ -56,3 +56,69 @@ pub(super) fn check(raw: &RawConfig) -> Vec<(&'static str, String)> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// The messages of the problems of `text` after a plain-TCP `[tls]`; none when it is valid.
+    fn messages(text: &str) -> Vec<String> {
+        match Config::from_toml(&format!("[tls]\nenabled = false\n{text}")) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|p| p.message).collect(),
+        }
+    }
+
+    #[test]
+    fn a_presence_state_must_fit_the_queue() {
+        // 200 names: 200 x 259 + 512 = 52 312 bytes, within 64 KiB; 300 are not.
+        assert!(
+            messages("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 200\n").is_empty()
+        );
+        let p = messages("[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\n");
+        assert!(p[0].starts_with("presence.max_names: "), "{p:?}");
+        // Plain and off carry no names.
+        assert!(
+            messages(
+                "[limits]\nqueue_bytes = \"64KiB\"\n[presence]\nmax_names = 300\nformat = \"plain\"\n"
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_full_replay_and_a_state_must_fit_the_queue() {
+        let base = "[limits]\nqueue_bytes = \"1MiB\"\n[presence]\nmax_names = 1000\n";
+        // 1000 names take 259 256 bytes; 800 KiB of history on top is more than 1 MiB.
+        let p = messages(&format!(
+            "{base}[relay]\nhistory = 10\nhistory_bytes = \"800KiB\"\n"
+        ));
+        assert!(p[0].starts_with("relay.history_bytes: "), "{p:?}");
+        assert!(
+            messages(&format!(
+                "{base}[relay]\nhistory = 10\nhistory_bytes = \"512KiB\"\n"
+            ))
+            .is_empty()
+        );
+        // No history: its bytes do not matter.
+        assert!(messages(&format!("{base}[relay]\nhistory_bytes = \"800KiB\"\n")).is_empty());
+    }
+
+    #[test]
+    fn the_config_check_makes_a_queue_hold_one_wrapped_message() {
+        let base =
+            "[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\nmax_message_size = \"1MiB\"\n";
+        let problems = Config::from_toml(base).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("limits.queue_bytes")),
+            "{:?}",
+            problems.iter().map(|p| &p.message).collect::<Vec<_>>()
+        );
+        assert!(Config::from_toml(&format!("{base}[limits]\nqueue_bytes = \"7MiB\"\n")).is_ok());
+        assert!(
+            Config::from_toml("[tls]\nenabled = false\n[relay]\nenvelope = \"json\"\n").is_ok()
+        );
+    }
+}
