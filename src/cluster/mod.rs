@@ -15,7 +15,7 @@
 //! first member of a room on this node, the first read of the room's remote presence
 //! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]; and, for the backend API, the read
 //! of a room this node has no member of ([`Cluster::read_presence`], bounded by
-//! [`PRESENCE_READ_TIMEOUT`]). The connections, worker and publisher live in [`redis`], the
+//! [`PRESENCE_READ_TIMEOUT`]). The connections and worker live in [`redis`], the publisher in `publisher`, the
 //! receive path in `receive`, the heartbeat task in `liveness`, sweep, totals and claims in
 //! [`presence`], releases and their reconciliation in `names`, the history stream in [`history`],
 //! the Lua scripts in `scripts`, the way to the primary (a URL or Sentinel) in `source`; the pure
@@ -27,6 +27,7 @@ pub mod history;
 pub(crate) mod liveness;
 pub(crate) mod names;
 pub mod presence;
+pub(crate) mod publisher;
 pub(crate) mod receive;
 pub mod redis;
 pub mod rooms;
@@ -51,6 +52,8 @@ use wire::{Keys, Payload};
 
 /// How long a join waits for Redis to claim a name before it falls back to this node's own rule.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection attempt or one round of commands to Redis may take.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the backend API waits for Redis to read a room's presence ([`Cluster::read_presence`]).
 pub const PRESENCE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages waiting for the publisher task, and their bytes: past either bound (Redis slower than

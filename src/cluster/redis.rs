@@ -1,6 +1,7 @@
 //! The cluster's I/O: the worker that keeps subscriptions, presence entries and names in step on
-//! one subscriber and one command connection, and the publisher. The heartbeat has its own task
-//! and connection (`super::liveness`), the receive path its own tasks (`super::receive`).
+//! one subscriber and one command connection; it also starts the publisher (`super::publisher`).
+//! The heartbeat has its own task and connection (`super::liveness`), the receive path its own
+//! tasks (`super::receive`).
 //!
 //! Each turn the worker reconciles its channel subscriptions with the rooms that have local
 //! members (subscribe on the first local member, unsubscribe after the last), reads the history
@@ -37,20 +38,17 @@ use tracing::{debug, info, warn};
 
 use super::history::replay_history;
 use super::presence::{store_remote_total, sweep, ttl_ms};
+use super::publisher::publisher;
 use super::receive::{self, SharedReceipts};
 use super::scripts::{self, Call, Op};
 use super::source::Source;
 use super::wire::{self, Payload};
-use super::{Cluster, Out, Rooms, Shared, liveness, names};
+use super::{Cluster, IO_TIMEOUT, Rooms, Shared, liveness, names};
 
-/// How long one connection attempt or one round of commands may take.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rooms per `SUBSCRIBE` and per pipeline of a sync.
 pub const SYNC_BATCH: usize = 1000;
 /// The worker looks at its duties at least this often (retries, a reload of the room settings).
 const TURN_EVERY: Duration = Duration::from_millis(500);
-/// Messages sent to Redis in one pipeline, at most.
-const PUBLISH_BATCH: usize = 512;
 
 /// Starts the worker, the liveness task and the publisher on `tracker` (the shutdown's); each
 /// ends once `stop` (the drain) is cancelled. The worker reaches this node's rooms through `rooms`.
@@ -471,64 +469,5 @@ impl Sync<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Sends queued messages to Redis in order, in pipelines of at most [`PUBLISH_BATCH`]; what
-/// fails is dropped (counted), never retried later.
-async fn publisher(
-    s: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::Receiver<Out>,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    loop {
-        let received = tokio::select! {
-            _ = stop.cancelled() => return,
-            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
-        };
-        if received == 0 {
-            return;
-        }
-        let messages = batch.len() as u64;
-        let bytes: usize = batch.iter().map(|out: &Out| out.data.len()).sum();
-        s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        let Some(conn) = s.commands.load_full() else {
-            s.dropped.fetch_add(messages, Ordering::Relaxed);
-            batch.clear();
-            continue;
-        };
-        let mut conn = (*conn).clone();
-        let ttl = ttl_ms(s.history_ttl);
-        let ops: Vec<Op> = batch
-            .drain(..)
-            .map(|out| match out.history {
-                0 => {
-                    let mut publish = redis::cmd("PUBLISH");
-                    publish.arg(s.keys.channel(&out.room)).arg(&out.data[..]);
-                    Op::Cmd(publish)
-                }
-                history => Op::Call(Call::new(
-                    &scripts::PUBLISH_KEPT,
-                    (
-                        s.keys.history(&out.room),
-                        s.keys.channel(&out.room),
-                        s.keys.presence(&out.room),
-                    ),
-                    (history, &out.data[..], ttl),
-                )),
-            })
-            .collect();
-        match tokio::time::timeout(IO_TIMEOUT, scripts::run(&mut conn, ops)).await {
-            Ok(Ok(results)) => {
-                let sent = results.iter().filter(|r| r.is_ok()).count() as u64;
-                s.published.fetch_add(sent, Ordering::Relaxed);
-                s.dropped.fetch_add(messages - sent, Ordering::Relaxed);
-            }
-            failed => {
-                s.dropped.fetch_add(messages, Ordering::Relaxed);
-                debug!(failed = ?failed.err().map(|_| "timeout"), "publish to redis failed; dropped");
-            }
-        }
     }
 }

@@ -1,0 +1,77 @@
+//! The publisher: the one task that sends this node's messages to Redis, in the order the rooms
+//! queued them (under their locks), in pipelines. A message kept in history goes through the
+//! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), any other as a plain
+//! `PUBLISH`. What fails is dropped and counted, never retried: a late message would arrive out
+//! of order. It must not read rooms or touch the subscriber connection.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::presence::ttl_ms;
+use super::scripts::{self, Call, Op};
+use super::{IO_TIMEOUT, Out, Shared};
+
+/// Messages sent to Redis in one pipeline, at most.
+const PUBLISH_BATCH: usize = 512;
+
+/// Sends queued messages to Redis in order, in pipelines of at most [`PUBLISH_BATCH`]; what
+/// fails is dropped (counted), never retried later.
+pub(super) async fn publisher(
+    s: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
+        };
+        if received == 0 {
+            return;
+        }
+        let messages = batch.len() as u64;
+        let bytes: usize = batch.iter().map(|out: &Out| out.data.len()).sum();
+        s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let Some(conn) = s.commands.load_full() else {
+            s.dropped.fetch_add(messages, Ordering::Relaxed);
+            batch.clear();
+            continue;
+        };
+        let mut conn = (*conn).clone();
+        let ttl = ttl_ms(s.history_ttl);
+        let ops: Vec<Op> = batch
+            .drain(..)
+            .map(|out| match out.history {
+                0 => {
+                    let mut publish = redis::cmd("PUBLISH");
+                    publish.arg(s.keys.channel(&out.room)).arg(&out.data[..]);
+                    Op::Cmd(publish)
+                }
+                history => Op::Call(Call::new(
+                    &scripts::PUBLISH_KEPT,
+                    (
+                        s.keys.history(&out.room),
+                        s.keys.channel(&out.room),
+                        s.keys.presence(&out.room),
+                    ),
+                    (history, &out.data[..], ttl),
+                )),
+            })
+            .collect();
+        match tokio::time::timeout(IO_TIMEOUT, scripts::run(&mut conn, ops)).await {
+            Ok(Ok(results)) => {
+                let sent = results.iter().filter(|r| r.is_ok()).count() as u64;
+                s.published.fetch_add(sent, Ordering::Relaxed);
+                s.dropped.fetch_add(messages - sent, Ordering::Relaxed);
+            }
+            failed => {
+                s.dropped.fetch_add(messages, Ordering::Relaxed);
+                debug!(failed = ?failed.err().map(|_| "timeout"), "publish to redis failed; dropped");
+            }
+        }
+    }
+}
