@@ -289,7 +289,6 @@ async fn upgrade(
         config,
         peer,
         client,
-        room,
         membership,
         outbox,
         envelope,

@@ -9,14 +9,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::future::Future;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
-use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::State;
 use crate::config::Config;
@@ -38,7 +38,6 @@ pub struct Upgrade {
     pub(crate) config: Arc<Config>,
     pub(crate) peer: SocketAddr,
     pub(crate) client: IpAddr,
-    pub(crate) room: String,
     /// `None`: the name is taken, and the connection is closed with `1008` at once.
     pub(crate) membership: Option<Membership>,
     pub(crate) outbox: OutboxRx,
@@ -48,7 +47,12 @@ pub struct Upgrade {
 
 impl Upgrade {
     /// Serves the WebSocket until it closes, or until the drain is over and the server stops.
-    pub async fn run(self) {
+    ///
+    /// Not an `async fn`: everything the connection keeps is moved into one [`conn::Next`] here,
+    /// before the future exists, and the future holds it once and lends it to the layers below
+    /// (an `async fn`'s arguments stay in its future for its whole life, so a value passed down
+    /// by value would be held once per level: about 1.5 KiB per connection).
+    pub fn run(self) -> impl Future<Output = ()> + Send + 'static {
         let Upgrade {
             on_upgrade,
             state,
@@ -57,42 +61,48 @@ impl Upgrade {
             config,
             peer,
             client,
-            room,
             membership,
             outbox,
             envelope,
             expires,
         } = self;
-        let _slots = (socket, admission);
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
-        };
         let max_message = config.relay.max_message_size;
-        let opened = Instant::now();
-        let next = match membership {
+        let stopped = state.shutdown.stopped_token();
+        let mut next = match membership {
             Some(membership) => conn::Next::Run(Conn {
                 stats: state.stats.clone(),
                 draining: state.shutdown.draining_token(),
+                stopped: stopped.clone(),
                 config,
                 peer,
                 client,
-                membership,
+                room: membership.room_name(),
+                membership: Some(membership),
                 outbox,
                 envelope,
                 expires,
             }),
-            None => conn::Next::Refuse(1008, "name taken", outbox),
+            None => conn::Next::Refuse(1008, "name taken", outbox, stopped.clone()),
         };
-        tokio::select! {
-            () = serve(upgraded, max_message, next) => {}
-            () = state.shutdown.stopped() => warn!(
-                %client,
-                %peer,
-                %room,
-                duration_ms = opened.elapsed().as_millis() as u64,
-                "connection cut at drain timeout"
-            ),
+        drop(state);
+        async move {
+            // The slots are held for as long as this future lives.
+            let _held = (&socket, &admission);
+            let upgraded = tokio::select! {
+                upgraded = on_upgrade => match upgraded {
+                    Ok(u) => u,
+                    Err(e) => return debug!(%peer, error = %e, "upgrade failed"),
+                },
+                () = stopped.cancelled() => return,
+            };
+            match split(upgraded) {
+                (Halves::Tls(rd, wr), early) => {
+                    conn::drive(rd, wr, early, max_message, &mut next).await;
+                }
+                (Halves::Other(rd, wr), early) => {
+                    conn::drive(rd, wr, early, max_message, &mut next).await;
+                }
+            }
         }
     }
 }
@@ -105,17 +115,10 @@ enum Halves {
     Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
 }
 
-/// Serves an upgraded stream. The TLS stream is unwrapped from hyper's box (bytes hyper read past
-/// the request head come along), so the connection reads and writes wsline's TLS stream directly.
-async fn serve(upgraded: Upgraded, max_message: u64, next: conn::Next) {
-    match split(upgraded) {
-        (Halves::Tls(rd, wr), early) => conn::drive(rd, wr, early, max_message, next).await,
-        (Halves::Other(rd, wr), early) => conn::drive(rd, wr, early, max_message, next).await,
-    }
-}
-
-/// Moves the stream (about 1 KiB of TLS state) to the heap behind its two halves. Not `async`, so
-/// that no copy of it stays in the connection's future for the connection's lifetime.
+/// Moves the stream (about 1 KiB of TLS state) to the heap behind its two halves; the TLS stream
+/// is unwrapped from hyper's box (bytes hyper read past the request head come along), so the
+/// connection reads and writes wsline's TLS stream directly. Not `async`, so that no copy of the
+/// stream stays in the connection's future for the connection's lifetime.
 fn split(upgraded: Upgraded) -> (Halves, Bytes) {
     match upgraded.downcast::<TokioIo<TlsStream>>() {
         Ok(parts) => {

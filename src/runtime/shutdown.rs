@@ -54,6 +54,11 @@ impl Shutdown {
         self.stopped.cancel();
     }
 
+    /// The token [`Shutdown::stopped`] waits for, for a closing connection to be cut by.
+    pub fn stopped_token(&self) -> CancellationToken {
+        self.stopped.clone()
+    }
+
     pub async fn stopped(&self) {
         self.stopped.cancelled().await
     }

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::observe::stats::Stats;
@@ -96,19 +96,26 @@ impl End {
 
 /// Everything a connection needs, prepared before the upgrade.
 ///
-/// It gets only what a connection uses (the counters and the drain's token), not the server's
-/// state: the connection task knows nothing of listeners, TLS or admission.
+/// It gets only what a connection uses (the counters and the drain's tokens), not the server's
+/// state: the connection task knows nothing of listeners, TLS or admission. The task's future owns
+/// it once and lends it to [`drive`] (see `net::upgrade`: a value passed down by value would be
+/// held again by every level's future).
 pub struct Conn {
     /// The counters the connection bumps (opened, messages in, slow consumers).
     pub stats: Arc<Stats>,
     /// Cancelled when the server drains: tells a drain (close `1001`) from an eviction.
     pub draining: CancellationToken,
+    /// Cancelled when the drain is over: a connection still closing is cut.
+    pub stopped: CancellationToken,
     pub config: Arc<Config>,
     /// The TCP peer (a proxy, when there is one).
     pub peer: SocketAddr,
     /// The client's address (from `X-Forwarded-For` when `peer` is a trusted proxy).
     pub client: IpAddr,
-    pub membership: Membership,
+    /// The room's name, for the log lines (the membership is gone by the close phase).
+    pub room: Arc<str>,
+    /// Taken (the member leaves the room) when the connection starts to close.
+    pub membership: Option<Membership>,
     pub outbox: OutboxRx,
     /// Wraps this sender's text messages (`relay.envelope = "json"`); `None` for raw relay.
     pub envelope: Option<Envelope>,
@@ -121,13 +128,14 @@ pub struct Conn {
 pub enum Next {
     /// Serve the admitted connection.
     Run(Conn),
-    /// Close at once with this code and reason (e.g. `1008` name taken).
-    Refuse(u16, &'static str, OutboxRx),
+    /// Close at once with this code and reason (e.g. `1008` name taken); the token is the drain's
+    /// end (see [`Conn::stopped`]).
+    Refuse(u16, &'static str, OutboxRx, CancellationToken),
 }
 
 /// Serves an upgraded stream, given as its two halves and the bytes read past the request head
 /// (`early`), until it closes: the admitted connection, or a refusal's close frame.
-pub async fn drive<R, W>(rd: R, wr: W, early: Bytes, max_message: u64, next: Next)
+pub async fn drive<R, W>(rd: R, wr: W, early: Bytes, max_message: u64, next: &mut Next)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -136,51 +144,33 @@ where
     let mut writer = Writer::new(wr);
     match next {
         Next::Run(conn) => conn.run(&mut reader, &mut writer).await,
-        Next::Refuse(code, reason, outbox) => {
-            close(&mut reader, &mut writer, &outbox, End::Close(code, reason)).await
+        Next::Refuse(code, reason, outbox, stopped) => {
+            let end = End::Close(*code, reason);
+            close(&mut reader, &mut writer, outbox, end, stopped).await;
         }
     }
 }
 
 impl Conn {
-    async fn run<R, W>(self, reader: &mut Reader<R>, writer: &mut Writer<W>)
+    async fn run<R, W>(&mut self, reader: &mut Reader<R>, writer: &mut Writer<W>)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let opened = Instant::now();
-        let room = self.membership.room().to_owned();
-        let (peer, client) = (self.peer, self.client);
+        let (peer, client, room) = (self.peer, self.client, &self.room);
         info!(%client, %peer, %room, "connection opened");
         self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
 
-        let Conn {
-            stats,
-            draining,
-            config,
-            membership,
-            outbox,
-            envelope,
-            expires,
-            ..
-        } = self;
-        // A wall-clock instant turned into a timer now; far in the future when there is none.
-        let expired = async move {
-            match expires {
-                Some(at) => {
-                    let left = at
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or_default();
-                    tokio::time::sleep(left).await;
-                }
-                None => std::future::pending().await,
-            }
+        let Some(membership) = &self.membership else {
+            return;
         };
+        let (stats, outbox, config) = (&self.stats, &self.outbox, &self.config);
         let seen = Seen::since(opened);
         let closing = outbox.closing();
         let end = tokio::select! {
             biased;
-            _ = closing.cancelled() => if draining.is_cancelled() {
+            _ = closing.cancelled() => if self.draining.is_cancelled() {
                 End::Close(1001, "server shutting down")
             } else if outbox.replaced() {
                 End::Close(crate::relay::hub::REPLACED.0, crate::relay::hub::REPLACED.1)
@@ -189,34 +179,29 @@ impl Conn {
             } else {
                 End::Evicted
             },
-            end = read_loop(reader, &membership, &outbox, &stats, &config, &seen, envelope.as_ref()) => end,
-            end = writer.run(&outbox) => match end {
+            end = read_loop(reader, membership, outbox, stats, config, &seen, self.envelope.as_ref()) => end,
+            end = writer.run(outbox) => match end {
                 WriteEnd::Gone => End::Gone,
                 WriteEnd::Stalled => End::Evicted,
             },
-            end = heartbeat(&outbox, &seen, &config) => end,
-            () = expired => End::Close(close::EXPIRED.0, close::EXPIRED.1),
+            end = heartbeat(outbox, &seen, config, self.expires) => end,
         };
         if matches!(end, End::Evicted) {
             stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
         }
-        drop(membership);
+        self.membership = None;
         // The close code whoever closed: ours, the client's (1005: it gave none), or none at all.
         let (code, closed_by) = match &end {
             End::PeerClosed(code) => (Some(code.unwrap_or(1005)), "client"),
             End::Gone => (None, "transport"),
             _ => (end.code(), "server"),
         };
-        close(reader, writer, &outbox, end).await;
-        info!(
-            %client,
-            %peer,
-            %room,
-            duration_ms = opened.elapsed().as_millis() as u64,
-            code,
-            closed_by,
-            "connection closed"
-        );
+        let duration_ms = opened.elapsed().as_millis() as u64;
+        if close(reader, writer, outbox, end, &self.stopped).await {
+            info!(%client, %peer, %room, duration_ms, code, closed_by, "connection closed");
+        } else {
+            warn!(%client, %peer, %room, duration_ms, "connection cut at drain timeout");
+        }
     }
 }
 
@@ -298,18 +283,38 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-/// The heartbeat, on one timer: asks the writer for a ping every `heartbeat.ping_interval`, and
-/// resolves once nothing has arrived from the client for `heartbeat.idle_timeout`. The timer is
-/// set for whichever comes first and re-armed from the last arrival, not once per message.
-async fn heartbeat(outbox: &OutboxRx, seen: &Seen, config: &Config) -> End {
+/// The connection's one timer: asks the writer for a ping every `heartbeat.ping_interval`,
+/// resolves once nothing has arrived from the client for `heartbeat.idle_timeout`, or when the
+/// member's token expires (`expires`). The timer is set for whichever comes first and re-armed
+/// from the last arrival, not once per message.
+async fn heartbeat(
+    outbox: &OutboxRx,
+    seen: &Seen,
+    config: &Config,
+    expires: Option<std::time::SystemTime>,
+) -> End {
     let (ping_interval, idle_timeout) = (
         config.heartbeat.ping_interval,
         config.heartbeat.idle_timeout,
     );
+    // A wall-clock instant as a deadline on the monotonic clock; none: never.
+    let expiry = expires.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Instant::now() + left
+    });
     let mut next_ping = seen.opened + ping_interval;
     loop {
-        tokio::time::sleep_until(on_tick(next_ping.min(seen.last() + idle_timeout)).into()).await;
+        let mut due = next_ping.min(seen.last() + idle_timeout);
+        if let Some(expiry) = expiry {
+            due = due.min(expiry);
+        }
+        tokio::time::sleep_until(on_tick(due).into()).await;
         let now = Instant::now();
+        if expiry.is_some_and(|at| at <= now) {
+            return End::Close(close::EXPIRED.0, close::EXPIRED.1);
+        }
         if seen.last() + idle_timeout <= now {
             return End::Close(1000, "idle timeout");
         }
@@ -336,8 +341,15 @@ fn on_tick(t: Instant) -> Instant {
 }
 
 /// The close phase, bounded by [`CLOSE_TIMEOUT`]: what was queued, the close frame `end` calls
-/// for, the peer's close reply, then the end of the TLS stream.
-async fn close<R, W>(reader: &mut Reader<R>, writer: &mut Writer<W>, outbox: &OutboxRx, end: End)
+/// for, the peer's close reply, then the end of the TLS stream. `false` when the drain's end
+/// (`stopped`) cut it first.
+async fn close<R, W>(
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+    outbox: &OutboxRx,
+    end: End,
+    stopped: &CancellationToken,
+) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -375,7 +387,11 @@ where
         reader.linger(LINGER_BYTES).await;
         writer.shutdown().await;
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+    tokio::select! {
+        biased;
+        _ = tokio::time::timeout(CLOSE_TIMEOUT, finish) => true,
+        () = stopped.cancelled() => false,
+    }
 }
 
 #[cfg(test)]

@@ -344,6 +344,11 @@ impl Membership {
         &self.room.name
     }
 
+    /// The room's name, shared (for a connection's log lines after it left).
+    pub fn room_name(&self) -> Arc<str> {
+        self.room.name.clone()
+    }
+
     /// Queues a message for this member alone (the app-level pong).
     pub fn reply(&self, msg: Message) {
         self.outbox.push(msg);
