@@ -788,6 +788,12 @@ async fn all_pages(node: &Daemon, limit: usize) -> (Vec<(String, u64)>, usize) {
     }
 }
 
+/// How many rooms Redis's index of rooms holds (`ZCARD`).
+async fn indexed(redis: &redis_server::Redis) -> u64 {
+    let reply = redis.command(&["ZCARD", "wsline:rooms"]).await;
+    reply.trim().trim_start_matches(':').parse().unwrap()
+}
+
 /// Waits until every page of node's room list, at `limit`, is `want`.
 async fn list_becomes(node: &Daemon, limit: usize, want: &[(String, u64)]) {
     within("the room list", async {
@@ -842,6 +848,21 @@ async fn the_room_list_pages_through_every_node_s_rooms_from_any_node() {
     }
     want.retain(|(r, _)| r != "bravo");
     list_becomes(&a, 2, &want).await;
+    assert_eq!(
+        indexed(&redis).await,
+        6,
+        "the index holds no room without members"
+    );
+    // A node killed outright: once liveness sweeps it (node_timeout 2 s), its rooms leave too.
+    b.signal("-KILL");
+    let want = [
+        room("Zulu", 1),
+        room("alpha", 1),
+        room("charlie", 1),
+        room("echo", 1),
+    ];
+    list_becomes(&a, 2, &want).await;
+    assert_eq!(indexed(&redis).await, 4);
 
     // Without Redis no node can know the cluster's rooms: 503, never a partial list.
     redis.stop().await;
