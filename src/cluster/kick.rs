@@ -117,11 +117,14 @@ pub(crate) async fn ask<C: ConnectionLike + Send>(
         .arg(&data[..])
         .query_async(&mut conn)
         .await?;
+    if heard == 0 {
+        return Ok(Kicked::default());
+    }
     let hash = s.keys.kick(&id);
     let deadline = Instant::now() + KICK_WAIT;
     let mut answers = Answers::default();
     let mut wait = POLL_FIRST;
-    while heard > 0 {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut hmget = redis::cmd("HMGET");
         hmget.arg(&hash).arg("own").arg("nodes").arg("closed");
