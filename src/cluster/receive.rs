@@ -54,8 +54,8 @@ pub struct Receipts {
 pub type SharedReceipts = Arc<Mutex<Receipts>>;
 
 impl Receipts {
-    /// One message from a room's channel: a relayed message for local members, or a notice to
-    /// re-read presence.
+    /// One message from a room's channel: a relayed message for local members, a notice to
+    /// re-read presence, or a kick of the backend API (answered when its asker waits for it).
     fn receive(&mut self, s: &Shared, rooms: &dyn Rooms, room: Arc<str>, raw: Bytes) {
         if let Some(held) = self.replaying.get_mut(&room) {
             if self.held_bytes + raw.len() <= HELD_BYTES {
