@@ -373,8 +373,24 @@ async fn a_room_s_presence_and_a_kick_that_closes_that_member_with_4003() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_rooms_page_correctly_a_bounded_page_at_a_time() {
+    ten_thousand_rooms_page_correctly(None).await;
+}
+
+/// The same through a cluster: the pages come from Redis's index of rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rooms_page_correctly_through_redis_too() {
+    let redis = redis_server::Redis::start().await;
+    ten_thousand_rooms_page_correctly(Some(redis.url())).await;
+}
+
+/// Pages through 10 000 rooms, 1 000 at a time, on a single node or (`redis`) a one-node cluster.
+async fn ten_thousand_rooms_page_correctly(redis: Option<String>) {
+    let cluster = redis.is_some();
     let (server, handle) = start_with_handle(|c| {
         c.api.keys = vec![KEY.into()];
+        if let Some(url) = redis {
+            c.cluster.redis = url;
+        }
     })
     .await;
     // 10 000 rooms held through the hub (10 000 TLS clients would test the machine, not paging);
@@ -389,34 +405,52 @@ async fn ten_thousand_rooms_page_correctly_a_bounded_page_at_a_time() {
     let _second = server.connect("/room00042").await;
     api_count_is(&server, "room09999", 1).await;
 
-    let mut seen = Vec::new();
-    let mut after = String::new();
-    let mut calls = 0;
-    loop {
-        let path = format!("/api/rooms?limit=1000&after={after}");
-        let (status, _, body) = call(&server, "GET", &path, Some(KEY), "").await;
-        assert_eq!(status, 200, "{body}");
-        let page = json(&body);
-        let rooms = page["rooms"].as_array().unwrap();
-        assert!(rooms.len() <= 1000);
-        calls += 1;
-        for r in rooms {
-            let name = r["room"].as_str().unwrap().to_owned();
-            let expected = if name == "room00042" { 2 } else { 1 };
-            assert_eq!(r["count"], expected, "{r}");
-            seen.push(name);
-        }
-        match page["next"].as_str() {
-            Some(next) => {
-                assert_eq!(next, seen.last().unwrap());
-                after = next.to_owned();
-            }
-            None => break,
-        }
-    }
-    assert_eq!(calls, 10, "1000 a page");
     let expected: Vec<String> = (0..10_000).map(|i| format!("room{i:05}")).collect();
-    assert_eq!(seen, expected, "every room once, sorted by name");
+    let all_pages = || async {
+        let (mut seen, mut after, mut calls) = (Vec::new(), String::new(), 0);
+        loop {
+            let path = format!("/api/rooms?limit=1000&after={after}");
+            let (status, _, body) = call(&server, "GET", &path, Some(KEY), "").await;
+            assert_eq!(status, 200, "{body}");
+            let page = json(&body);
+            let rooms = page["rooms"].as_array().unwrap();
+            assert!(rooms.len() <= 1000);
+            calls += 1;
+            for r in rooms {
+                let name = r["room"].as_str().unwrap().to_owned();
+                seen.push((name, r["count"].as_u64().unwrap()));
+            }
+            match page["next"].as_str() {
+                Some(next) => {
+                    assert_eq!(next, seen.last().unwrap().0);
+                    after = next.to_owned();
+                }
+                None => return (seen, calls),
+            }
+        }
+    };
+    // A single node lists its rooms at once; a cluster once the worker has written them.
+    let (seen, calls) = within("every room listed", async {
+        loop {
+            let (seen, calls) = all_pages().await;
+            if !cluster || seen.len() == expected.len() && seen.iter().all(|(_, c)| *c > 0) {
+                return (seen, calls);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(calls, 10, "1000 a page");
+    let names: Vec<&String> = seen.iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        expected.iter().collect::<Vec<_>>(),
+        "every room once, sorted by name"
+    );
+    for (name, count) in &seen {
+        let want = if name == "room00042" { 2 } else { 1 };
+        assert_eq!(*count, want, "{name}");
+    }
     // The default page is 100.
     let (_, _, body) = call(&server, "GET", "/api/rooms", Some(KEY), "").await;
     let page = json(&body);
