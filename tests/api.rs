@@ -959,6 +959,44 @@ async fn a_kick_through_a_node_without_the_member_counts_what_the_other_node_clo
         serde_json::json!({"closed":0,"nodes":1,"unanswered":0})
     );
 
+    // A subscriber that is no node (here a bare Redis client on the room's channel) never
+    // answers: after the bounded wait, the answer counts it as unanswered.
+    let mut foreign = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
+    let channel = "wsline:room:team";
+    let subscribe = format!(
+        "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    foreign.write_all(subscribe.as_bytes()).await.unwrap();
+    within("the subscription", async {
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(":1\r\n") {
+            let mut buf = [0u8; 256];
+            let n = tokio::io::AsyncReadExt::read(&mut foreign, &mut buf)
+                .await
+                .unwrap();
+            assert!(n > 0, "redis closed the subscriber");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let (status, _, body) = kick("nobody").await;
+    let waited = t0.elapsed();
+    assert_eq!(
+        (status, json(&body)),
+        (
+            200,
+            serde_json::json!({"closed":0,"nodes":2,"unanswered":1})
+        )
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(3),
+        "the wait for answers is bounded by 1 s: {waited:?}"
+    );
+    drop(foreign);
+
     // Without Redis the kick reaches this node only, and the answer says so.
     redis.stop().await;
     let (status, _, body) = within("the kick without redis", kick("bob")).await;
