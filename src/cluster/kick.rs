@@ -4,14 +4,14 @@
 //! room's channel, so `PUBLISH`'s reply says how many subscriber connections heard it: one per
 //! node with members in the room, this node's own among them when it has some. Each of them
 //! closes its members of that name and counts its answer in the kick's reply hash
-//! ([`Keys::kick`], by [`scripts::KICK_REPLY`] through its publisher queue): `nodes` and `closed`
+//! ([`Keys::kick`], by `scripts::KICK_REPLY` through its publisher queue): `nodes` and `closed`
 //! up, or only `own` for the asking node hearing its own kick (it counted its closes before
 //! asking). The asking node reads the hash until every subscriber that heard the kick answered or
 //! [`KICK_WAIT`] passed, then answers with what it has, saying how many nodes did not answer in
 //! time (their closes still happen; only the count misses them).
 //!
-//! Each answer sets the hash to expire [`REPLY_TTL`] later, so a late answer leaves nothing
-//! behind. The reads back off from [`POLL_FIRST`] to [`POLL_CAP`]: at most a few dozen small
+//! Each answer sets the hash to expire `REPLY_TTL` (10 s) later, so a late answer leaves nothing
+//! behind. The reads back off from `POLL_FIRST` to `POLL_CAP`: at most a few dozen small
 //! reads per kick, and kicks are bounded by `api.requests_per_second`.
 
 use std::sync::atomic::Ordering;
@@ -30,7 +30,7 @@ use super::{Out, Shared};
 pub const KICK_WAIT: Duration = Duration::from_secs(1);
 /// A reply hash expires this long after its last answer.
 const REPLY_TTL: Duration = Duration::from_secs(10);
-/// The first wait between two reads of the reply hash, doubled up to [`POLL_CAP`].
+/// The first wait between two reads of the reply hash, doubled up to `POLL_CAP`.
 const POLL_FIRST: Duration = Duration::from_millis(2);
 const POLL_CAP: Duration = Duration::from_millis(50);
 

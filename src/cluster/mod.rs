@@ -15,8 +15,9 @@
 //! first member of a room on this node, the first read of the room's remote presence
 //! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]; and, for the backend API, the read
 //! of a room this node has no member of ([`Cluster::read_presence`]) and of a page of the
-//! cluster's rooms ([`Cluster::rooms_after`]), both bounded by [`PRESENCE_READ_TIMEOUT`]. The connections and worker live in [`redis`], the publisher in `publisher`, the
-//! receive path in `receive`, the heartbeat task in `liveness`, sweep, totals and claims in
+//! cluster's rooms ([`Cluster::rooms_after`]), both bounded by [`PRESENCE_READ_TIMEOUT`]. The
+//! connections and worker live in [`redis`], the publisher in `publisher`, the receive path in
+//! `receive`, the heartbeat task in `liveness`, sweep, totals and claims in
 //! [`presence`], releases and their reconciliation in `names`, the history stream in [`history`],
 //! the backend API's kick and its count across the nodes in [`kick`],
 //! the Lua scripts in `scripts`, the way to the primary (a URL or Sentinel) in `source`; the pure
@@ -299,7 +300,7 @@ impl Cluster {
     }
 
     /// Asks the other nodes to kick the members of `room` whose name has `key` (the backend API),
-    /// and waits, at most [`kick::KICK_WAIT`], for what each closed ([`kick::ask`]). The caller has
+    /// and waits, at most [`kick::KICK_WAIT`], for what each closed (`kick::ask`). The caller has
     /// kicked this node's members already. `Err` while Redis is down or does not take the kick:
     /// then no other node heard it.
     pub async fn kick(&self, room: &str, key: &str) -> Result<kick::Kicked, Unavailable> {
@@ -408,7 +409,7 @@ impl Cluster {
         }
     }
 
-    /// A page of the rooms with members on any node ([`presence::read_rooms`]), for the backend
+    /// A page of the rooms with members on any node (`presence::read_rooms`), for the backend
     /// API on any node: up to `limit` rooms named after `after`, each with its members on every
     /// node as their presence entries say. `Err` while Redis is down or slower than
     /// [`PRESENCE_READ_TIMEOUT`], like [`Cluster::read_presence`].

@@ -2,7 +2,8 @@
 //! queued them (under their locks), in pipelines. A message kept in history goes through the
 //! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), any other as a plain
 //! `PUBLISH`; this node's answers to kicks ([`super::kick`]) go the same way. What fails is
-//! dropped and counted, never retried: a late message would arrive out of order. It must not read rooms or touch the subscriber connection.
+//! dropped and counted, never retried: a late message would arrive out of order. It must not read
+//! rooms or touch the subscriber connection.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -4,8 +4,8 @@
 //! Envelope (binary-safe, one per relayed message or presence notice):
 //! `[1][kind][len(instance)][instance bytes][payload]`, where kind is `T` (text), `B` (binary),
 //! `P` (the sender's presence entry for this room changed: re-read it), or a kick of the backend
-//! API: `K` (payload: the name key) or `k` (`[len(reply)][reply][name key]`: each node that hears it
-//! counts what it closed under the reply id, see [`Keys::kick`]). With `relay.history`, a
+//! API: `K` (payload: the name key) or `k` (`[len(reply)][reply][name key]`: each node that hears
+//! it counts what it closed under the reply id, see [`Keys::kick`]). With `relay.history`, a
 //! message is also appended to the room's Redis stream by the same script that publishes it, and
 //! published as `[1][H][len(id)][stream id][envelope]`, so a node that replays the stream after
 //! subscribing drops exactly the live messages the replay already held. The instance id is the node

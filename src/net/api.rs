@@ -402,7 +402,7 @@ async fn kick(req: &Request<Incoming>, room: String, state: &State) -> Response<
             })
         }
         Err(_) => {
-            info!(%room, closed = here, status = 503, "api kick reached this node only: cluster unavailable");
+            info!(%room, closed = here, status = 503, "api kick reached this node only");
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
