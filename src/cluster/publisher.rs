@@ -34,7 +34,12 @@ pub(super) async fn publisher(
         if received == 0 {
             return;
         }
-        let messages = batch.len() as u64;
+        // The counters are of messages: a kick's answer that fails only leaves its asker waiting.
+        let is_message: Vec<bool> = batch
+            .iter()
+            .map(|out| matches!(out, Out::Message { .. }))
+            .collect();
+        let messages = is_message.iter().filter(|m| **m).count() as u64;
         let bytes: usize = batch.iter().map(Out::size).sum();
         s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let Some(conn) = s.commands.load_full() else {
@@ -74,7 +79,11 @@ pub(super) async fn publisher(
             .collect();
         match tokio::time::timeout(IO_TIMEOUT, scripts::run(&mut conn, ops)).await {
             Ok(Ok(results)) => {
-                let sent = results.iter().filter(|r| r.is_ok()).count() as u64;
+                let sent = results
+                    .iter()
+                    .zip(&is_message)
+                    .filter(|(r, message)| **message && r.is_ok())
+                    .count() as u64;
                 s.published.fetch_add(sent, Ordering::Relaxed);
                 s.dropped.fetch_add(messages - sent, Ordering::Relaxed);
             }
