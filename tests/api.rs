@@ -373,8 +373,24 @@ async fn a_room_s_presence_and_a_kick_that_closes_that_member_with_4003() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_rooms_page_correctly_a_bounded_page_at_a_time() {
+    ten_thousand_rooms_page_correctly(None).await;
+}
+
+/// The same through a cluster: the pages come from Redis's index of rooms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rooms_page_correctly_through_redis_too() {
+    let redis = redis_server::Redis::start().await;
+    ten_thousand_rooms_page_correctly(Some(redis.url())).await;
+}
+
+/// Pages through 10 000 rooms, 1 000 at a time, on a single node or (`redis`) a one-node cluster.
+async fn ten_thousand_rooms_page_correctly(redis: Option<String>) {
+    let cluster = redis.is_some();
     let (server, handle) = start_with_handle(|c| {
         c.api.keys = vec![KEY.into()];
+        if let Some(url) = redis {
+            c.cluster.redis = url;
+        }
     })
     .await;
     // 10 000 rooms held through the hub (10 000 TLS clients would test the machine, not paging);
@@ -389,34 +405,49 @@ async fn ten_thousand_rooms_page_correctly_a_bounded_page_at_a_time() {
     let _second = server.connect("/room00042").await;
     api_count_is(&server, "room09999", 1).await;
 
-    let mut seen = Vec::new();
-    let mut after = String::new();
-    let mut calls = 0;
-    loop {
-        let path = format!("/api/rooms?limit=1000&after={after}");
-        let (status, _, body) = call(&server, "GET", &path, Some(KEY), "").await;
-        assert_eq!(status, 200, "{body}");
-        let page = json(&body);
-        let rooms = page["rooms"].as_array().unwrap();
-        assert!(rooms.len() <= 1000);
-        calls += 1;
-        for r in rooms {
-            let name = r["room"].as_str().unwrap().to_owned();
-            let expected = if name == "room00042" { 2 } else { 1 };
-            assert_eq!(r["count"], expected, "{r}");
-            seen.push(name);
-        }
-        match page["next"].as_str() {
-            Some(next) => {
-                assert_eq!(next, seen.last().unwrap());
-                after = next.to_owned();
+    // Every room once, sorted by name, with its count.
+    let expected: Vec<(String, u64)> = (0..10_000)
+        .map(|i| (format!("room{i:05}"), if i == 42 { 2 } else { 1 }))
+        .collect();
+    let all_pages = || async {
+        let (mut seen, mut after, mut calls) = (Vec::new(), String::new(), 0);
+        loop {
+            let path = format!("/api/rooms?limit=1000&after={after}");
+            let (status, _, body) = call(&server, "GET", &path, Some(KEY), "").await;
+            assert_eq!(status, 200, "{body}");
+            let page = json(&body);
+            let rooms = page["rooms"].as_array().unwrap();
+            assert!(rooms.len() <= 1000);
+            calls += 1;
+            for r in rooms {
+                let name = r["room"].as_str().unwrap().to_owned();
+                seen.push((name, r["count"].as_u64().unwrap()));
             }
-            None => break,
+            match page["next"].as_str() {
+                Some(next) => {
+                    assert_eq!(next, seen.last().unwrap().0);
+                    after = next.to_owned();
+                }
+                None => return (seen, calls),
+            }
         }
-    }
+    };
+    // A single node lists its rooms at once; a cluster once the worker has written them all.
+    let (seen, calls) = within("every room listed with its count", async {
+        loop {
+            let (seen, calls) = all_pages().await;
+            if !cluster || seen == expected {
+                return (seen, calls);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert_eq!(calls, 10, "1000 a page");
-    let expected: Vec<String> = (0..10_000).map(|i| format!("room{i:05}")).collect();
-    assert_eq!(seen, expected, "every room once, sorted by name");
+    assert!(
+        seen == expected,
+        "every room once, sorted by name, with its count"
+    );
     // The default page is 100.
     let (_, _, body) = call(&server, "GET", "/api/rooms", Some(KEY), "").await;
     let page = json(&body);
@@ -607,8 +638,11 @@ async fn a_publish_on_one_node_reaches_members_on_both_once_in_order() {
     .await;
     assert_eq!(
         (status, json(&body)),
-        (200, serde_json::json!({"closed":0})),
-        "none on a"
+        (
+            200,
+            serde_json::json!({"closed":1,"nodes":1,"unanswered":0})
+        ),
+        "none on a, one on b, which answered"
     );
     let frame = on_b.closed().await;
     assert_eq!(
@@ -666,7 +700,7 @@ async fn an_api_message_larger_than_the_history_budget_evicts_nothing_from_the_c
     }
 }
 
-/// `GET /api/rooms/ROOM` on node a, as (status, body).
+/// `GET /api/rooms/ROOM` on `node`, as (status, body).
 async fn presence_on(node: &Daemon, room: &str) -> (u16, String) {
     let path = format!("/api/rooms/{room}");
     let (status, _, body) =
@@ -677,26 +711,38 @@ async fn presence_on(node: &Daemon, room: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rooms_presence_is_read_from_redis_on_a_node_without_its_members() {
     let mut redis = redis_server::Redis::start().await;
-    let node = |id: &str| {
+    // Each node lists at most its own `presence.max_names` names: 2 on node a, 1 on node b.
+    let node = |id: &str, max_names: usize| {
         format!(
             "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nnode_timeout = \"2s\"\n\
-             [api]\nkeys = [\"{KEY}\"]\n",
+             [presence]\nmax_names = {max_names}\n[api]\nkeys = [\"{KEY}\"]\n",
             redis.url()
         )
     };
-    let a = Daemon::start(&node("a"), &[]).await;
+    let a = Daemon::start(&node("a", 2), &[]).await;
     a.wait_log("cluster connected").await;
-    let b = Daemon::start(&node("b"), &[]).await;
+    let b = Daemon::start(&node("b", 1), &[]).await;
     b.wait_log("cluster connected").await;
 
-    // Ann and Bob are on node b only; node a has no member of the room.
+    // Ann, Bob and Cy are on node b only; node a has no member of the room.
     let ann = b.connect("/far?name=ann").await;
     let mut bob = b.connect("/far?name=bob").await;
-    within("bob sees both", async {
-        while bob.recv_presence().await["count"] != 2 {}
+    let cy = b.connect("/far?name=cy").await;
+    within("bob sees all three", async {
+        while bob.recv_presence().await["count"] != 3 {}
     })
     .await;
-    let want = serde_json::json!({"room":"far","count":2,"names":["ann","bob"]});
+    // Node b answers from its own view of the room, capped at its own max_names ...
+    let (status, body) = presence_on(&b, "far").await;
+    assert_eq!(
+        (status, json(&body)),
+        (
+            200,
+            serde_json::json!({"room":"far","count":3,"names":["ann"],"more":2})
+        )
+    );
+    // ... node a from Redis, where node b's entry holds every name, capped at node a's.
+    let want = serde_json::json!({"room":"far","count":3,"names":["ann","bob"],"more":1});
     within(
         "node a to read both members of the room from redis",
         async {
@@ -715,6 +761,7 @@ async fn a_rooms_presence_is_read_from_redis_on_a_node_without_its_members() {
     // Once they leave, node a reads an empty room.
     ann.close().await;
     bob.close().await;
+    cy.close().await;
     let empty = serde_json::json!({"room":"far","count":0,"names":[]});
     within("node a to read the room empty", async {
         loop {
@@ -732,4 +779,232 @@ async fn a_rooms_presence_is_read_from_redis_on_a_node_without_its_members() {
     redis.stop().await;
     let (status, body) = within("the answer without redis", presence_on(&a, "far")).await;
     assert_eq!((status, body.as_str()), (503, "cluster unavailable\n"));
+}
+
+/// A node of a two-node cluster on `redis` with the API on.
+fn api_node(redis: &redis_server::Redis, id: &str) -> String {
+    format!(
+        "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nnode_timeout = \"2s\"\n\
+         [api]\nkeys = [\"{KEY}\"]\n",
+        redis.url()
+    )
+}
+
+/// Every page of `GET /api/rooms?limit=LIMIT` on `node` from the first: the rooms with their
+/// counts, and how many pages it took. Each page is checked: at most `limit` rooms, `next` the
+/// last of a full page while more follow.
+async fn all_pages(node: &Daemon, limit: usize) -> (Vec<(String, u64)>, usize) {
+    let (mut rooms, mut after, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let path = format!("/api/rooms?limit={limit}&after={after}");
+        let (status, _, body) =
+            call_on(node.tls().await, "GET", &path, Some(KEY), "text/plain", b"").await;
+        assert_eq!(status, 200, "{body}");
+        let page = json(&body);
+        let listed = page["rooms"].as_array().unwrap();
+        assert!(listed.len() <= limit, "{body}");
+        pages += 1;
+        assert!(pages <= 100, "paging never ends: {body}");
+        for r in listed {
+            let count = r["count"].as_u64().unwrap();
+            rooms.push((r["room"].as_str().unwrap().to_owned(), count));
+        }
+        match page["next"].as_str() {
+            Some(next) => {
+                let last = rooms.last().map(|(r, _)| r.as_str());
+                if listed.len() == limit {
+                    assert_eq!(Some(next), last, "{body}");
+                } else {
+                    // A room emptied between the page's two reads: left out, `next` past it.
+                    assert!(last.is_none_or(|last| last < next), "{body}");
+                }
+                after = next.to_owned();
+            }
+            None => return (rooms, pages),
+        }
+    }
+}
+
+/// How many rooms Redis's index of rooms holds (`ZCARD`).
+async fn indexed(redis: &redis_server::Redis) -> u64 {
+    let reply = redis.command(&["ZCARD", "wsline:rooms"]).await;
+    reply.trim().trim_start_matches(':').parse().unwrap()
+}
+
+/// Waits until every page of node's room list, at `limit`, is `want`.
+async fn list_becomes(node: &Daemon, limit: usize, want: &[(String, u64)]) {
+    within("the room list", async {
+        while all_pages(node, limit).await.0 != want {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_pages_through_every_node_s_rooms_from_any_node() {
+    let mut redis = redis_server::Redis::start().await;
+    let a = Daemon::start(&api_node(&redis, "a"), &[]).await;
+    a.wait_log("cluster connected").await;
+    let b = Daemon::start(&api_node(&redis, "b"), &[]).await;
+    b.wait_log("cluster connected").await;
+    // Rooms only on a, only on b, and on both (names in byte order: `Z` < `a`, `-` < `r`).
+    let mut members = Vec::new();
+    for path in ["/alpha", "/Zulu", "/charlie", "/echo"] {
+        members.push(a.connect(path).await);
+    }
+    let mut bravo = Vec::new();
+    for _ in 0..2 {
+        bravo.push(b.connect("/bravo").await);
+    }
+    for path in ["/b-team", "/delta", "/charlie", "/charlie", "/echo"] {
+        members.push(b.connect(path).await);
+    }
+    let room = |name: &str, count: u64| (name.to_owned(), count);
+    let mut want = vec![
+        room("Zulu", 1),
+        room("alpha", 1),
+        room("b-team", 1),
+        room("bravo", 2),
+        room("charlie", 3),
+        room("delta", 1),
+        room("echo", 2),
+    ];
+    list_becomes(&a, 1000, &want).await;
+    // Every room exactly once, in order, with its count, at every page size, from either node.
+    for limit in [1, 2, 3, 7] {
+        let (rooms, pages) = all_pages(&a, limit).await;
+        assert_eq!(rooms, want, "limit {limit}");
+        assert_eq!(pages, want.len().div_ceil(limit), "limit {limit}");
+    }
+    assert_eq!(all_pages(&b, 2).await.0, want);
+
+    // A room whose last member leaves (on node b) leaves the list.
+    for c in bravo {
+        c.close().await;
+    }
+    want.retain(|(r, _)| r != "bravo");
+    list_becomes(&a, 2, &want).await;
+    assert_eq!(
+        indexed(&redis).await,
+        6,
+        "the index holds no room without members"
+    );
+    // A node killed outright: once liveness sweeps it (node_timeout 2 s), its rooms leave too.
+    b.signal("-KILL");
+    let want = [
+        room("Zulu", 1),
+        room("alpha", 1),
+        room("charlie", 1),
+        room("echo", 1),
+    ];
+    list_becomes(&a, 2, &want).await;
+    assert_eq!(indexed(&redis).await, 4);
+
+    // Without Redis no node can know the cluster's rooms: 503, never a partial list.
+    redis.stop().await;
+    let (status, _, body) = within(
+        "the answer without redis",
+        call_on(
+            a.tls().await,
+            "GET",
+            "/api/rooms",
+            Some(KEY),
+            "text/plain",
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (503, "cluster unavailable\n"));
+    drop(members);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_through_a_node_without_the_member_counts_what_the_other_node_closed() {
+    let mut redis = redis_server::Redis::start().await;
+    let a = Daemon::start(&api_node(&redis, "a"), &[]).await;
+    a.wait_log("cluster connected").await;
+    let b = Daemon::start(&api_node(&redis, "b"), &[]).await;
+    b.wait_log("cluster connected").await;
+    // Ann is on node b only; node a has nobody in the room.
+    let mut ann = b.connect("/team?name=ann").await;
+    let mut bob = b.connect("/team?name=bob").await;
+    within("node a to read both from redis", async {
+        while json(&presence_on(&a, "team").await.1)["count"] != 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let kick = |name: &'static str| {
+        let a = &a;
+        async move {
+            let path = format!("/api/rooms/team/kick?name={name}");
+            call_on(a.tls().await, "POST", &path, Some(KEY), "text/plain", b"").await
+        }
+    };
+    let (status, _, body) = kick("Ann").await;
+    assert_eq!(
+        (status, json(&body)),
+        (
+            200,
+            serde_json::json!({"closed":1,"nodes":1,"unanswered":0})
+        )
+    );
+    let frame = ann.closed().await;
+    assert_eq!(
+        (u16::from(frame.code), frame.reason.as_str()),
+        (4003, "kicked")
+    );
+    // A name nobody has: node b heard it and closed nothing.
+    let (_, _, body) = kick("nobody").await;
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"closed":0,"nodes":1,"unanswered":0})
+    );
+
+    // A subscriber that is no node (here a bare Redis client on the room's channel) never
+    // answers: after the bounded wait, the answer counts it as unanswered.
+    let mut foreign = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
+    let channel = "wsline:room:team";
+    let subscribe = format!(
+        "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+        channel.len()
+    );
+    foreign.write_all(subscribe.as_bytes()).await.unwrap();
+    within("the subscription", async {
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(":1\r\n") {
+            let mut buf = [0u8; 256];
+            let n = tokio::io::AsyncReadExt::read(&mut foreign, &mut buf)
+                .await
+                .unwrap();
+            assert!(n > 0, "redis closed the subscriber");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let (status, _, body) = kick("nobody").await;
+    let waited = t0.elapsed();
+    assert_eq!(
+        (status, json(&body)),
+        (
+            200,
+            serde_json::json!({"closed":0,"nodes":2,"unanswered":1})
+        )
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(3),
+        "the wait for answers is bounded by 1 s: {waited:?}"
+    );
+    drop(foreign);
+
+    // Without Redis the kick reaches this node only, and the answer says so.
+    redis.stop().await;
+    let (status, _, body) = within("the kick without redis", kick("bob")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("cluster unavailable"), "{body}");
+    bob.send_text("still here").await;
+    assert_eq!(bob.recv_relayed().await, Message::text("still here"));
 }

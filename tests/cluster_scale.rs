@@ -203,7 +203,12 @@ fn presence(m: &Message) -> Option<Value> {
 
 /// Redis's answer to `SCARD key`, through a direct connection (not the proxy).
 async fn scard(redis: &Redis, key: &str) -> u64 {
-    let reply = redis.command(&["SCARD", key]).await;
+    card(redis, "SCARD", key).await
+}
+
+/// Redis's answer to a cardinality command (`SCARD`, `ZCARD`) on `key`.
+async fn card(redis: &Redis, command: &str, key: &str) -> u64 {
+    let reply = redis.command(&[command, key]).await;
     reply
         .trim()
         .strip_prefix(':')
@@ -291,6 +296,8 @@ async fn ten_thousand_rooms_with_redis_one_hop_away_sync_relay_and_survive_a_res
     eprintln!(
         "{ROOMS} rooms opened on A in {opened:?}; A's presence in all of them {sync:?} later (Redis {HOP:?} away each way)"
     );
+    // The index of rooms (the backend API's room list) holds each of them once.
+    assert_eq!(card(&redis, "ZCARD", "wsline:rooms").await, ROOMS as u64);
 
     // A joiner on B sees the cluster-wide count in its first state; relay crosses both ways.
     let mut on_b = Vec::new();
@@ -325,6 +332,11 @@ async fn ten_thousand_rooms_with_redis_one_hop_away_sync_relay_and_survive_a_res
     let t0 = Instant::now();
     redis.restart().await;
     let resync = synced(&redis, &a_id, ROOMS as u64, Duration::from_secs(20)).await;
+    assert_eq!(
+        card(&redis, "ZCARD", "wsline:rooms").await,
+        ROOMS as u64,
+        "the index of rooms is written again with the entries"
+    );
     for (k, i) in checked.into_iter().enumerate() {
         let left = Duration::from_secs(20).saturating_sub(t0.elapsed());
         relay_works(&mut on_b[k], &mut on_a[k], &format!("again r{i}"), left).await;

@@ -14,16 +14,19 @@
 //! Before a join, two bounded waits for Redis: the name claim ([`Cluster::claim`]) and, for the
 //! first member of a room on this node, the first read of the room's remote presence
 //! ([`Cluster::first_read`]), both bounded by [`CLAIM_TIMEOUT`]; and, for the backend API, the read
-//! of a room this node has no member of ([`Cluster::read_presence`], bounded by
-//! [`PRESENCE_READ_TIMEOUT`]). The connections and worker live in [`redis`], the publisher in `publisher`, the
-//! receive path in `receive`, the heartbeat task in `liveness`, sweep, totals and claims in
+//! of a room this node has no member of ([`Cluster::read_presence`]) and of a page of the
+//! cluster's rooms ([`Cluster::rooms_after`]), both bounded by [`PRESENCE_READ_TIMEOUT`]. The
+//! connections and worker live in [`redis`], the publisher in `publisher`, the receive path in
+//! `receive`, the heartbeat task in `liveness`, sweep, totals and claims in
 //! [`presence`], releases and their reconciliation in `names`, the history stream in [`history`],
+//! the backend API's kick and its count across the nodes in [`kick`],
 //! the Lua scripts in `scripts`, the way to the primary (a URL or Sentinel) in `source`; the pure
 //! rules (keys, envelope, entries, backoff) in [`wire`]. The worker reaches this node's rooms only
 //! through the [`Rooms`] trait, which the hub implements: nothing here names the hub, and this
 //! folder imports only `proto` and `config`.
 
 pub mod history;
+pub mod kick;
 pub(crate) mod liveness;
 pub(crate) mod names;
 pub mod presence;
@@ -54,7 +57,8 @@ use wire::{Keys, Payload};
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one connection attempt or one round of commands to Redis may take.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the backend API waits for Redis to read a room's presence ([`Cluster::read_presence`]).
+/// How long the backend API waits for Redis to read a room's presence ([`Cluster::read_presence`])
+/// or a page of rooms ([`Cluster::rooms_after`]).
 pub const PRESENCE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages waiting for the publisher task, and their bytes: past either bound (Redis slower than
 /// the senders), further messages are dropped and counted, never buffered without bound.
@@ -104,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) releases: Mutex<names::Releases>,
     /// Wakes claims waiting for a release of their name to finish.
     pub(crate) released: Notify,
+    /// Numbers this instance's kicks, so each has its own reply hash ([`kick`]).
+    pub(crate) kicks: AtomicU64,
     /// Set by the liveness task: this instance's key had expired (it may have been swept), so
     /// the worker writes all its entries and names again.
     pub(crate) rewrite: AtomicBool,
@@ -125,12 +131,46 @@ struct FirstRead {
     names: Vec<Arc<str>>,
 }
 
-/// What the publisher task sends: a message for a room's channel.
-pub(crate) struct Out {
-    room: Arc<str>,
-    data: Bytes,
-    /// The room keeps this many messages in its stream (0: none).
-    history: usize,
+/// What the publisher task sends.
+pub(crate) enum Out {
+    /// A message for a room's channel.
+    Message {
+        room: Arc<str>,
+        data: Bytes,
+        /// The room keeps this many messages in its stream (0: none).
+        history: usize,
+    },
+    /// This node's answer to a kick of the backend API ([`kick`]).
+    KickReply(kick::Reply),
+}
+
+impl Out {
+    /// What it weighs in the queue's byte bound ([`PUBLISH_QUEUE_BYTES`]).
+    fn size(&self) -> usize {
+        match self {
+            Out::Message { data, .. } => data.len(),
+            Out::KickReply(reply) => reply.size(),
+        }
+    }
+}
+
+impl Shared {
+    /// Queues `out` for the publisher task; `false` (counted as dropped) when either of the
+    /// queue's bounds is reached.
+    pub(crate) fn queue(&self, out: Out) -> bool {
+        let size = out.size();
+        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.out_tx.try_send(out).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// The line `--check-config` prints about the cluster (the URL without its password).
@@ -214,6 +254,7 @@ impl Cluster {
                 commands: arc_swap::ArcSwapOption::empty(),
                 releases: Mutex::new(names::Releases::default()),
                 released: Notify::new(),
+                kicks: AtomicU64::new(0),
                 rewrite: AtomicBool::new(false),
                 liveness_lost: AtomicBool::new(false),
                 first_reads: Mutex::new(HashMap::new()),
@@ -251,34 +292,28 @@ impl Cluster {
 
     /// Queues an [`Cluster::encode`]d message for the other nodes; dropped when the queue is full.
     pub fn publish(&self, room: &Arc<str>, data: Bytes, history: usize) {
-        let s = &self.shared;
-        let size = data.len();
-        if s.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
-            s.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            s.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let out = Out {
+        self.shared.queue(Out::Message {
             room: room.clone(),
             data,
             history,
-        };
-        if s.out_tx.try_send(out).is_err() {
-            s.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            s.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        });
     }
 
-    /// Asks the other nodes to kick the members of `room` whose name has `key` (the backend API):
-    /// sent on the room's channel, so only nodes with members there hear it, and never kept in
-    /// its history. Dropped, like a message, while Redis is down.
-    pub fn kick(&self, room: &str, key: &str) {
+    /// Asks the other nodes to kick the members of `room` whose name has `key` (the backend API),
+    /// and waits, at most [`kick::KICK_WAIT`], for what each closed (`kick::ask`). The caller has
+    /// kicked this node's members already. `Err` while Redis is down or does not take the kick:
+    /// then no other node heard it.
+    pub async fn kick(&self, room: &str, key: &str) -> Result<kick::Kicked, Unavailable> {
         if !self.is_up() {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Err(Unavailable);
         }
-        let data = wire::encode(&self.shared.instance, &Payload::Kick(key.into()));
-        self.publish(&Arc::from(room), data, 0);
+        let conn = self.shared.commands.load_full().ok_or(Unavailable)?;
+        kick::ask(&self.shared, (*conn).clone(), room, key)
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "kick not sent to the other nodes");
+                Unavailable
+            })
     }
 
     /// Puts a room in the changed rooms: its local members changed (a join or a leave).
@@ -368,6 +403,30 @@ impl Cluster {
             Ok(Ok(presence)) => Ok(presence),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "presence read failed");
+                Err(Unavailable)
+            }
+            Err(_) => Err(Unavailable),
+        }
+    }
+
+    /// A page of the rooms with members on any node (`presence::read_rooms`), for the backend
+    /// API on any node: up to `limit` rooms named after `after`, each with its members on every
+    /// node as their presence entries say. `Err` while Redis is down or slower than
+    /// [`PRESENCE_READ_TIMEOUT`], like [`Cluster::read_presence`].
+    pub async fn rooms_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<presence::RoomPage, Unavailable> {
+        if !self.is_up() {
+            return Err(Unavailable);
+        }
+        let conn = self.shared.commands.load_full().ok_or(Unavailable)?;
+        let read = presence::read_rooms(&self.shared, (*conn).clone(), after, limit);
+        match tokio::time::timeout(PRESENCE_READ_TIMEOUT, read).await {
+            Ok(Ok(page)) => Ok(page),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "room list read failed");
                 Err(Unavailable)
             }
             Err(_) => Err(Unavailable),

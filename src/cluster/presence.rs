@@ -154,6 +154,59 @@ pub(crate) async fn read_room<C: ConnectionLike + Send>(
     ))
 }
 
+/// A page of the cluster's rooms: up to `limit` rooms named after `after` (byte order) from the
+/// index of rooms, each with its members on every node, and whether more follow. Two round trips
+/// whatever the number of rooms: one `ZRANGE` of `limit + 1` names, one pipeline of `limit`
+/// `HVALS`. A room whose hash is empty (its last entry went between the two) is left out, so a
+/// page may hold fewer than `limit` rooms; the last name read is returned to page on from.
+pub(crate) async fn read_rooms<C: ConnectionLike + Send>(
+    s: &Shared,
+    mut conn: C,
+    after: Option<&str>,
+    limit: usize,
+) -> RedisResult<RoomPage> {
+    let mut names: Vec<String> = redis::cmd("ZRANGE")
+        .arg(s.keys.rooms())
+        .arg(wire::lex_after(after))
+        .arg("+")
+        .arg("BYLEX")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit.saturating_add(1))
+        .query_async(&mut conn)
+        .await?;
+    let more = names.len() > limit;
+    names.truncate(limit);
+    let mut pipe = redis::pipe();
+    for room in &names {
+        pipe.cmd("HVALS").arg(s.keys.presence(room));
+    }
+    let entries: Vec<Vec<String>> = if names.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(&mut conn).await?
+    };
+    let last = names.last().cloned();
+    let rooms = names
+        .into_iter()
+        .zip(entries)
+        .filter(|(_, entries)| !entries.is_empty())
+        .map(|(room, entries)| (room, wire::members(&entries)))
+        .collect();
+    Ok(RoomPage { rooms, last, more })
+}
+
+/// A page of the cluster's rooms ([`Cluster::rooms_after`](super::Cluster::rooms_after)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPage {
+    /// Rooms and their members on every node, sorted by name.
+    pub rooms: Vec<(String, usize)>,
+    /// The last room name the page read (listed or not): the next page starts after it.
+    pub last: Option<String>,
+    /// Whether rooms follow `last`.
+    pub more: bool,
+}
+
 /// After a reconnect (Redis may have restarted empty): claims again the names local members hold.
 pub(super) async fn reclaim_names<C: ConnectionLike + Send>(
     s: &Shared,

@@ -1,8 +1,9 @@
 //! The publisher: the one task that sends this node's messages to Redis, in the order the rooms
 //! queued them (under their locks), in pipelines. A message kept in history goes through the
 //! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), any other as a plain
-//! `PUBLISH`. What fails is dropped and counted, never retried: a late message would arrive out
-//! of order. It must not read rooms or touch the subscriber connection.
+//! `PUBLISH`; this node's answers to kicks ([`super::kick`]) go the same way. What fails is
+//! dropped and counted, never retried: a late message would arrive out of order. It must not read
+//! rooms or touch the subscriber connection.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,8 +34,13 @@ pub(super) async fn publisher(
         if received == 0 {
             return;
         }
-        let messages = batch.len() as u64;
-        let bytes: usize = batch.iter().map(|out: &Out| out.data.len()).sum();
+        // The counters are of messages: a kick's answer that fails only leaves its asker waiting.
+        let is_message: Vec<bool> = batch
+            .iter()
+            .map(|out| matches!(out, Out::Message { .. }))
+            .collect();
+        let messages = is_message.iter().filter(|m| **m).count() as u64;
+        let bytes: usize = batch.iter().map(Out::size).sum();
         s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let Some(conn) = s.commands.load_full() else {
             s.dropped.fetch_add(messages, Ordering::Relaxed);
@@ -45,26 +51,39 @@ pub(super) async fn publisher(
         let ttl = ttl_ms(s.history_ttl);
         let ops: Vec<Op> = batch
             .drain(..)
-            .map(|out| match out.history {
-                0 => {
+            .map(|out| match out {
+                Out::Message {
+                    room,
+                    data,
+                    history: 0,
+                } => {
                     let mut publish = redis::cmd("PUBLISH");
-                    publish.arg(s.keys.channel(&out.room)).arg(&out.data[..]);
+                    publish.arg(s.keys.channel(&room)).arg(&data[..]);
                     Op::Cmd(publish)
                 }
-                history => Op::Call(Call::new(
+                Out::Message {
+                    room,
+                    data,
+                    history,
+                } => Op::Call(Call::new(
                     &scripts::PUBLISH_KEPT,
                     (
-                        s.keys.history(&out.room),
-                        s.keys.channel(&out.room),
-                        s.keys.presence(&out.room),
+                        s.keys.history(&room),
+                        s.keys.channel(&room),
+                        s.keys.presence(&room),
                     ),
-                    (history, &out.data[..], ttl),
+                    (history, &data[..], ttl),
                 )),
+                Out::KickReply(reply) => Op::Call(reply.call(&s.keys)),
             })
             .collect();
         match tokio::time::timeout(IO_TIMEOUT, scripts::run(&mut conn, ops)).await {
             Ok(Ok(results)) => {
-                let sent = results.iter().filter(|r| r.is_ok()).count() as u64;
+                let sent = results
+                    .iter()
+                    .zip(&is_message)
+                    .filter(|(r, message)| **message && r.is_ok())
+                    .count() as u64;
                 s.published.fetch_add(sent, Ordering::Relaxed);
                 s.dropped.fetch_add(messages - sent, Ordering::Relaxed);
             }

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use super::wire::{self, Payload};
-use super::{Rooms, Shared};
+use super::{Rooms, Shared, kick};
 
 /// Messages from Redis waiting for delivery, at most.
 pub const RECEIVE_QUEUE: usize = 16_384;
@@ -54,8 +54,8 @@ pub struct Receipts {
 pub type SharedReceipts = Arc<Mutex<Receipts>>;
 
 impl Receipts {
-    /// One message from a room's channel: a relayed message for local members, or a notice to
-    /// re-read presence.
+    /// One message from a room's channel: a relayed message for local members, a notice to
+    /// re-read presence, or a kick of the backend API (answered when its asker waits for it).
     fn receive(&mut self, s: &Shared, rooms: &dyn Rooms, room: Arc<str>, raw: Bytes) {
         if let Some(held) = self.replaying.get_mut(&room) {
             if self.held_bytes + raw.len() <= HELD_BYTES {
@@ -81,10 +81,16 @@ impl Receipts {
             }
             *last = id;
         }
-        if &from[..] == s.instance.as_bytes() {
-            return;
-        }
+        let own = &from[..] == s.instance.as_bytes();
         match payload {
+            // This node's own kick: its closes were counted when it asked; it answers only
+            // that it heard it, as the asker waits for every subscriber `PUBLISH` counted.
+            Payload::Kick { reply, .. } if own => {
+                if let Some(id) = reply {
+                    kick::answer(s, id, 0, true);
+                }
+            }
+            _ if own => {}
             Payload::Message(m) => {
                 s.received.fetch_add(1, Ordering::Relaxed);
                 rooms.deliver_remote(&room, m);
@@ -94,8 +100,11 @@ impl Receipts {
                     s.wake.notify_one();
                 }
             }
-            Payload::Kick(key) => {
-                rooms.kick_key(&room, &key);
+            Payload::Kick { key, reply } => {
+                let closed = rooms.kick_key(&room, &key);
+                if let Some(id) = reply {
+                    kick::answer(s, id, closed, false);
+                }
             }
         }
     }

@@ -386,7 +386,7 @@ impl Sync<'_> {
         let notice = wire::encode(&s.instance, &Payload::Presence);
         let index = s.keys.node_rooms(&s.instance);
         for (i, chunk) in ready.chunks(SYNC_BATCH).enumerate() {
-            let mut ops = Vec::with_capacity(chunk.len() * 4 + 2);
+            let mut ops = Vec::with_capacity(chunk.len() * 5 + 2);
             for room in chunk {
                 let presence = s.keys.presence(room);
                 match rooms.local_presence(room) {
@@ -395,15 +395,19 @@ impl Sync<'_> {
                         hset.arg(&presence)
                             .arg(&s.instance)
                             .arg(wire::entry(count, &names));
+                        // After the entry: a CLOSE of the room's last other entry in between
+                        // sees this one and leaves the room indexed.
+                        let mut zadd = redis::cmd("ZADD");
+                        zadd.arg(s.keys.rooms()).arg(0).arg(&**room);
                         let mut sadd = redis::cmd("SADD");
                         sadd.arg(&index).arg(&**room);
                         let mut persist = redis::cmd("PERSIST");
                         persist.arg(s.keys.history(room));
-                        ops.extend([Op::Cmd(hset), Op::Cmd(sadd), Op::Cmd(persist)]);
+                        ops.extend([hset, zadd, sadd, persist].map(Op::Cmd));
                     }
                     _ => ops.push(Op::Call(Call::new(
                         &scripts::CLOSE,
-                        (&presence, &index, s.keys.history(room)),
+                        (&presence, &index, s.keys.history(room), s.keys.rooms()),
                         (&s.instance, &**room, ttl),
                     ))),
                 }

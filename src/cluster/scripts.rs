@@ -62,6 +62,14 @@ end
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1";
+    /// Counts one node's answer to a kick in its reply hash (KEYS[1]): field ARGV[1] (`nodes`, or
+    /// `own` for the asking node itself) up by one, `closed` up by ARGV[2], the hash expiring after
+    /// ARGV[3] ms (so a late answer leaves nothing behind).
+    KICK_REPLY = r"
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[1], 'closed', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1";
     /// Frees a name if this instance holds it.
     RELEASE = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -70,7 +78,8 @@ end
 redis.call('SREM', KEYS[2], ARGV[3])
 return 1";
     /// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms. A room left
-    /// without members on any node has its history expire after ARGV[3] ms.
+    /// without members on any node has its history expire after ARGV[3] ms and leaves the index of
+    /// rooms.
     SWEEP = r"
 local p, d = ARGV[1], ARGV[2]
 local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
@@ -78,6 +87,7 @@ for _, r in ipairs(rooms) do
   redis.call('HDEL', p .. ':presence:' .. r, d)
   if redis.call('HLEN', p .. ':presence:' .. r) == 0 then
     redis.call('PEXPIRE', p .. ':history:' .. r, ARGV[3])
+    redis.call('ZREM', p .. ':rooms', r)
   end
 end
 local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
@@ -96,12 +106,14 @@ redis.call('DEL', p .. ':node:' .. d .. ':rooms', p .. ':node:' .. d .. ':names'
 redis.call('SREM', p .. ':nodes', d)
 return rooms";
     /// Removes this instance's (ARGV[1]) presence entry of a room it left; when no node has members
-    /// there any more, the room's history stream (KEYS[3]) expires after ARGV[3] ms.
+    /// there any more, the room's history stream (KEYS[3]) expires after ARGV[3] ms and the room
+    /// (ARGV[2]) leaves the index of rooms (KEYS[4]).
     CLOSE = r"
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[2])
 end
 return 1";
 }

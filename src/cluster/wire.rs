@@ -2,8 +2,10 @@
 //! the diff of remote names, and the reconnect backoff. No I/O here, so all of it is unit-tested.
 //!
 //! Envelope (binary-safe, one per relayed message or presence notice):
-//! `[1][kind][len(instance)][instance bytes][payload]`, where kind is `T` (text), `B` (binary) or
-//! `P` (the sender's presence entry for this room changed: re-read it). With `relay.history`, a
+//! `[1][kind][len(instance)][instance bytes][payload]`, where kind is `T` (text), `B` (binary),
+//! `P` (the sender's presence entry for this room changed: re-read it), or a kick of the backend
+//! API: `K` (payload: the name key) or `k` (`[len(reply)][reply][name key]`: each node that hears
+//! it counts what it closed under the reply id, see [`Keys::kick`]). With `relay.history`, a
 //! message is also appended to the room's Redis stream by the same script that publishes it, and
 //! published as `[1][H][len(id)][stream id][envelope]`, so a node that replays the stream after
 //! subscribing drops exactly the live messages the replay already held. The instance id is the node
@@ -54,6 +56,12 @@ impl Keys {
         format!("{}:presence:{room}", self.prefix)
     }
 
+    /// Sorted set, every score 0: the rooms with a presence entry of any node, so a page of them
+    /// by name (`ZRANGE .. BYLEX`, byte order) costs the page, not the number of rooms.
+    pub fn rooms(&self) -> String {
+        format!("{}:rooms", self.prefix)
+    }
+
     /// Hash: name key (`request::name_key`) -> the instance whose member holds it.
     pub fn names(&self, room: &str) -> String {
         format!("{}:names:{room}", self.prefix)
@@ -79,6 +87,12 @@ impl Keys {
         format!("{}:node:{instance}:names", self.prefix)
     }
 
+    /// Hash (`nodes`, `own`, `closed`) with a short TTL: the answers to one kick of the backend
+    /// API, counted up by the nodes that heard it (`reply` names the kick).
+    pub fn kick(&self, reply: &str) -> String {
+        format!("{}:kick:{reply}", self.prefix)
+    }
+
     /// Stream: the room's last messages (`relay.history`), each field `m` an envelope.
     pub fn history(&self, room: &str) -> String {
         format!("{}:history:{room}", self.prefix)
@@ -96,8 +110,12 @@ pub enum Payload {
     Message(Message),
     /// The sender's presence entry for the channel's room changed.
     Presence,
-    /// The backend API kicked the member whose name has this key (`request::name_key`).
-    Kick(Box<str>),
+    /// The backend API kicked the members whose name has `key` (`request::name_key`); with
+    /// `reply`, the asking node waits for each node's count under [`Keys::kick`]`(reply)`.
+    Kick {
+        key: Box<str>,
+        reply: Option<Box<str>>,
+    },
 }
 
 /// Wraps a relayed message (or a presence notice) with the sending instance.
@@ -107,14 +125,30 @@ pub fn encode(instance: &str, payload: &Payload) -> Bytes {
         Payload::Message(Message::Text(t)) => (b'T', t.as_bytes()),
         // Pings, pongs, closes and raw frames are never relayed.
         Payload::Message(_) | Payload::Presence => (b'P', &[]),
-        Payload::Kick(key) => (b'K', key.as_bytes()),
+        Payload::Kick { key, reply: None } => (b'K', key.as_bytes()),
+        // `[len(reply)][reply][key]`, the reply id cut like the instance (ours are far shorter).
+        Payload::Kick {
+            key,
+            reply: Some(_),
+        } => (b'k', key.as_bytes()),
+    };
+    let reply = match payload {
+        Payload::Kick {
+            reply: Some(reply), ..
+        } => Some(&reply.as_bytes()[..reply.len().min(255)]),
+        _ => None,
     };
     let id = &instance.as_bytes()[..instance.len().min(255)];
-    let mut out = BytesMut::with_capacity(3 + id.len() + data.len());
+    let extra = reply.map_or(0, |r| 1 + r.len());
+    let mut out = BytesMut::with_capacity(3 + id.len() + extra + data.len());
     out.put_u8(VERSION);
     out.put_u8(kind);
     out.put_u8(id.len() as u8);
     out.put_slice(id);
+    if let Some(reply) = reply {
+        out.put_u8(reply.len() as u8);
+        out.put_slice(reply);
+    }
     out.put_slice(data);
     out.freeze()
 }
@@ -179,14 +213,25 @@ pub fn decode(raw: Bytes) -> Result<(Bytes, Payload), BadEnvelope> {
             Payload::Message(Message::Text(text))
         }
         b'P' => Payload::Presence,
-        b'K' => Payload::Kick(
-            std::str::from_utf8(&data)
-                .map_err(|_| BadEnvelope::NotUtf8)?
-                .into(),
-        ),
+        b'K' => Payload::Kick {
+            key: utf8(&data)?.into(),
+            reply: None,
+        },
+        b'k' => {
+            let len = *data.first().ok_or(BadEnvelope::Short)? as usize;
+            let reply = data.get(1..1 + len).ok_or(BadEnvelope::Short)?;
+            Payload::Kick {
+                key: utf8(&data[1 + len..])?.into(),
+                reply: Some(utf8(reply)?.into()),
+            }
+        }
         _ => return Err(BadEnvelope::Unknown),
     };
     Ok((instance, payload))
+}
+
+fn utf8(data: &[u8]) -> Result<&str, BadEnvelope> {
+    std::str::from_utf8(data).map_err(|_| BadEnvelope::NotUtf8)
 }
 
 /// One node's presence entry for a room: its member count, then one name per line (names cannot
@@ -229,6 +274,20 @@ pub fn remote<'a>(
     }
     names.sort();
     (count, names)
+}
+
+/// The members of a room on every node: the sum of the counts of its presence entries (the
+/// hash's values, as `HVALS` gives them); a malformed entry counts as none.
+pub fn members(entries: impl IntoIterator<Item = impl AsRef<str>>) -> usize {
+    entries.into_iter().fold(0, |sum, e| {
+        let count = e.as_ref().split('\n').next().and_then(|c| c.parse().ok());
+        sum.saturating_add(count.unwrap_or(0))
+    })
+}
+
+/// The `min` of a `ZRANGE .. BYLEX` that starts after `after` (exclusive), or at the first.
+pub fn lex_after(after: Option<&str>) -> String {
+    after.map_or_else(|| "-".to_owned(), |a| format!("({a}"))
 }
 
 /// What changed between two sorted multisets of names: `(joined, left)`.
@@ -317,8 +376,18 @@ mod tests {
             assert_eq!(&from[..], b"n1:42");
             assert_eq!(payload, Payload::Message(msg));
         }
-        let kick = Payload::Kick("bob".into());
-        assert_eq!(decode(encode("x", &kick)).unwrap().1, kick);
+        for reply in [None, Some("n1:42-7:3".into())] {
+            let kick = Payload::Kick {
+                key: "bob".into(),
+                reply,
+            };
+            assert_eq!(decode(encode("x", &kick)).unwrap().1, kick);
+        }
+        assert_eq!(
+            decode(Bytes::from_static(b"\x01k\x00\x09ab")),
+            Err(BadEnvelope::Short),
+            "a reply id longer than the envelope"
+        );
         let (from, p) = decode(encode("x", &Payload::Presence)).unwrap();
         assert_eq!((&from[..], p), (&b"x"[..], Payload::Presence));
     }
@@ -366,6 +435,7 @@ mod tests {
         assert_eq!(k.room_of("blue:room:lobby"), Some("lobby"));
         assert_eq!(k.room_of("green:room:lobby"), None);
         assert_eq!(k.presence("a"), "blue:presence:a");
+        assert_eq!(k.rooms(), "blue:rooms");
         assert_eq!(k.alive("n:1"), "blue:node:n:1:alive");
     }
 
@@ -380,6 +450,19 @@ mod tests {
         );
         assert_eq!(count, 3);
         assert_eq!(n, names(&["alice", "bob"]));
+    }
+
+    #[test]
+    fn a_rooms_members_are_the_sum_of_every_entry() {
+        let entries = [
+            entry(2, &names(&["bob", "ann"])),
+            entry(3, &[]),
+            "junk".into(),
+        ];
+        assert_eq!(members(&entries), 5);
+        assert_eq!(members(Vec::<String>::new()), 0);
+        assert_eq!(lex_after(None), "-");
+        assert_eq!(lex_after(Some("lobby")), "(lobby");
     }
 
     #[test]

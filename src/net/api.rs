@@ -13,9 +13,9 @@
 //!   an invalid room name `400`, a body over `relay.max_message_size` `413`, a content type that
 //!   is neither `text/plain` nor `application/octet-stream` `415`.
 //!
-//! A room's presence is cluster-wide: a room with no member on this node is read from Redis
-//! (through the cluster handle, bounded), and answers `503` while Redis cannot be read. The room
-//! list is this node's rooms only.
+//! A room's presence and the room list are cluster-wide: a room with no member on this node, and
+//! every page of rooms, is read from Redis (through the cluster handle, bounded), and answers
+//! `503` while Redis cannot be read.
 //!
 //! Keys are secrets: they are never logged, and no answer repeats what the client sent in its
 //! `Authorization` header.
@@ -39,7 +39,7 @@ use tracing::{debug, info};
 use crate::State;
 use crate::config::{Config, Envelope as Mode};
 use crate::net::limits::{TokenBucket, client_ip};
-use crate::proto::names::{presence_name, room_from_path};
+use crate::proto::names::{name_key, presence_name, room_from_path};
 use crate::relay::envelope::Envelope;
 
 type Body = Full<Bytes>;
@@ -110,7 +110,7 @@ pub async fn respond(
     let method = req.method().clone();
     match segments.as_slice() {
         ["rooms"] => match method {
-            Method::GET => list(&req, state),
+            Method::GET => list(&req, state).await,
             _ => not_allowed("GET"),
         },
         ["rooms", room] => match method {
@@ -128,7 +128,10 @@ pub async fn respond(
             _ => not_allowed("POST"),
         },
         ["rooms", room, "kick"] => match method {
-            Method::POST => with_room(room, |room| kick(&req, room, state)),
+            Method::POST => match room_from_path(room) {
+                Some(room) => kick(&req, room, state).await,
+                None => bad_room(),
+            },
             _ => not_allowed("POST"),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -150,13 +153,6 @@ fn key_ok(req: &Request<Incoming>, keys: &[String]) -> bool {
     keys.iter().fold(false, |found, key| {
         found | bool::from(given.as_bytes().ct_eq(key.as_bytes()))
     })
-}
-
-fn with_room(segment: &str, f: impl FnOnce(String) -> Response<Body>) -> Response<Body> {
-    match room_from_path(segment) {
-        Some(room) => f(room),
-        None => bad_room(),
-    }
 }
 
 fn bad_room() -> Response<Body> {
@@ -309,8 +305,11 @@ struct RoomCount {
     count: usize,
 }
 
-/// `GET /api/rooms?after=NAME&limit=N`: rooms sorted by name, a page at a time.
-fn list(req: &Request<Incoming>, state: &State) -> Response<Body> {
+/// `GET /api/rooms?after=NAME&limit=N`: rooms sorted by name (byte order), a page at a time.
+/// With a cluster, every room with members on any node, from Redis's index of rooms (`503` while
+/// Redis cannot be read); on a single node, this node's rooms. The work is bounded by `limit`
+/// either way.
+async fn list(req: &Request<Incoming>, state: &State) -> Response<Body> {
     let (mut after, mut limit) = (None, DEFAULT_PAGE);
     for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match &*key {
@@ -327,36 +326,91 @@ fn list(req: &Request<Incoming>, state: &State) -> Response<Body> {
             _ => {}
         }
     }
-    let (rooms, more) = state.hub.rooms_after(after.as_deref(), limit);
-    let next = more
-        .then(|| rooms.last().map(|(r, _)| r.to_string()))
-        .flatten();
-    let rooms = rooms
-        .into_iter()
-        .map(|(room, count)| RoomCount {
-            room: room.to_string(),
-            count,
-        })
-        .collect();
-    json(&Page { rooms, next })
+    let page = match state.hub.cluster() {
+        Some(cluster) => match cluster.rooms_after(after.as_deref(), limit).await {
+            Ok(page) => Page {
+                next: page.last.filter(|_| page.more),
+                rooms: page
+                    .rooms
+                    .into_iter()
+                    .map(|(room, count)| RoomCount { room, count })
+                    .collect(),
+            },
+            Err(_) => {
+                debug!(status = 503, "api room list not read: cluster unavailable");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "cluster unavailable\n");
+            }
+        },
+        None => {
+            let (rooms, more) = state.hub.rooms_after(after.as_deref(), limit);
+            Page {
+                next: more
+                    .then(|| rooms.last().map(|(r, _)| r.to_string()))
+                    .flatten(),
+                rooms: rooms
+                    .into_iter()
+                    .map(|(room, count)| RoomCount {
+                        room: room.to_string(),
+                        count,
+                    })
+                    .collect(),
+            }
+        }
+    };
+    json(&page)
 }
 
 #[derive(Serialize)]
 struct Kicked {
+    /// Connections closed: on this node and on the other nodes that answered.
     closed: usize,
+    /// In a cluster: the other nodes the kick reached (those with members in the room) ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// ... and how many of them did not answer within a second (their closes are not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unanswered: Option<usize>,
 }
 
-/// `POST /api/rooms/ROOM/kick?name=NAME`: closes that member's connections with `hub::KICKED`.
-fn kick(req: &Request<Incoming>, room: String, state: &State) -> Response<Body> {
+/// `POST /api/rooms/ROOM/kick?name=NAME`: closes that member's connections with `hub::KICKED`,
+/// here and, with a cluster, on every other node (whose counts it waits for, at most
+/// `cluster::kick::KICK_WAIT`). While Redis is down the kick reaches this node only: `503`.
+async fn kick(req: &Request<Incoming>, room: String, state: &State) -> Response<Body> {
     let name = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == "name")
         .map(|(_, v)| v.into_owned());
     let Some(Ok(name)) = name.as_deref().map(presence_name) else {
         return text(StatusCode::BAD_REQUEST, "?name= must be a valid name\n");
     };
-    let closed = state.hub.kick(&room, &name);
-    info!(%room, closed, "api kick");
-    json(&Kicked { closed })
+    let here = state.hub.kick(&room, &name);
+    let Some(cluster) = state.hub.cluster() else {
+        info!(%room, closed = here, "api kick");
+        return json(&Kicked {
+            closed: here,
+            nodes: None,
+            unanswered: None,
+        });
+    };
+    match cluster.kick(&room, &name_key(&name)).await {
+        Ok(there) => {
+            let closed = here + there.closed;
+            info!(%room, closed, nodes = there.nodes, unanswered = there.unanswered, "api kick");
+            json(&Kicked {
+                closed,
+                nodes: Some(there.nodes),
+                unanswered: Some(there.unanswered),
+            })
+        }
+        Err(_) => {
+            info!(%room, closed = here, status = 503, "api kick reached this node only");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "cluster unavailable: {here} closed on this node, the other nodes not reached\n"
+                ),
+            )
+        }
+    }
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {

@@ -327,15 +327,12 @@ impl Hub {
         (listed, more)
     }
 
-    /// Closes the connections of the members of `room` named `name` (by its uniqueness key) with
-    /// [`KICKED`](super::KICKED), on this node and (through the cluster) on the others; they leave the room as
-    /// their connections end. Returns how many were closed on this node.
+    /// Closes the connections of this node's members of `room` named `name` (by its uniqueness
+    /// key) with [`KICKED`](super::KICKED); they leave the room as their connections end. Returns
+    /// how many were closed. The other nodes are asked through the cluster handle
+    /// ([`Cluster::kick`](crate::cluster::Cluster::kick)), by the caller, which waits for them.
     pub fn kick(&self, room: &str, name: &str) -> usize {
-        let key = name_key(name);
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.kick(room, &key);
-        }
-        self.kick_key(room, &key)
+        self.kick_key(room, &name_key(name))
     }
 }
 
