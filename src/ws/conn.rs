@@ -240,8 +240,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     seen: &Seen,
     envelope: Option<&Envelope>,
 ) -> End {
-    let app_ping = config.heartbeat.app_ping.as_bytes();
-    let app_pong = Utf8Bytes::from(config.heartbeat.app_pong.clone());
+    // The app-level ping and pong are read from the config where used, not kept in this future.
+    let heartbeat = &config.heartbeat;
     let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
     loop {
@@ -269,8 +269,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return End::Close(1008, "rate limit");
         }
         match msg {
-            Message::Text(text) if !app_ping.is_empty() && text.as_bytes() == app_ping => {
-                membership.reply(Message::Text(app_pong.clone()));
+            Message::Text(text)
+                if !heartbeat.app_ping.is_empty()
+                    && text.as_bytes() == heartbeat.app_ping.as_bytes() =>
+            {
+                membership.reply(Message::Text(Utf8Bytes::from(heartbeat.app_pong.clone())));
             }
             msg => {
                 let Some(msg) = envelope::apply(envelope, msg) else {

@@ -16,10 +16,12 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::proto::message::Message;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 
 use crate::relay::outbox::OutboxRx;
 use crate::ws::frame::{self, OpCode};
@@ -51,6 +53,10 @@ pub struct Writer<W> {
     batch: VecDeque<Message>,
     /// Bytes of the first message's frame (header and payload) already handed to TLS.
     sent: usize,
+    /// The stall timer ([`WRITE_STALL_TIMEOUT`]), made the first time a write has to wait and
+    /// kept for the next: a connection whose socket never fills keeps none, and the connection's
+    /// future (which lives as long as the connection) holds a pointer instead of a timer.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 /// A message's opcode and payload.
@@ -76,6 +82,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             io,
             batch: VecDeque::new(),
             sent: 0,
+            stall: None,
         }
     }
 
@@ -132,7 +139,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let head = frame::header(OpCode::Close, payload.len());
         let mut out = head.as_bytes().to_vec();
         out.extend_from_slice(&payload);
-        stall_bound(self.io.write_all(&out)).await?;
+        stall_bound(&mut self.stall, self.io.write_all(&out)).await?;
         self.flush().await
     }
 
@@ -147,59 +154,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             if self.batch.is_empty() {
                 return self.flush().await;
             }
-            let n = stall_bound(self.write_some(first_only)).await?;
+            let Writer {
+                io,
+                batch,
+                sent,
+                stall,
+            } = self;
+            let n = stall_bound(stall, write_some(io, batch, *sent, first_only)).await?;
             let first_done = self.advance(n, outbox);
             if first_only && first_done {
                 return self.flush().await;
             }
         }
-    }
-
-    /// One vectored write of up to [`MAX_FRAMES_PER_WRITE`] frames from the front of the batch.
-    /// The headers and the slice list are built on the stack inside each poll, so they take no
-    /// room in the connection's future (which lives as long as the connection).
-    async fn write_some(&mut self, first_only: bool) -> io::Result<usize> {
-        let (io, batch, sent) = (&mut self.io, &self.batch, self.sent);
-        let take = if first_only { 1 } else { MAX_FRAMES_PER_WRITE };
-        let written = std::future::poll_fn(|cx| {
-            let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
-            let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
-            let (mut frames, mut gathered) = (0, 0);
-            for msg in batch.iter().take(take) {
-                let (opcode, payload) = parts(msg);
-                heads[frames] = frame::header(opcode, payload.len());
-                payloads[frames] = payload;
-                frames += 1;
-                // One write takes at most one TLS record: frames past it would wait anyway.
-                gathered += heads[frames - 1].len() + payload.len();
-                if gathered - sent >= MAX_RECORD_PLAINTEXT {
-                    break;
-                }
-            }
-            let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
-            let mut n = 0;
-            for (i, (head, payload)) in heads.iter().zip(payloads).take(frames).enumerate() {
-                let (mut head, mut payload) = (head.as_bytes(), payload);
-                if i == 0 {
-                    // Skip what an earlier write took.
-                    let skip_head = sent.min(head.len());
-                    head = &head[skip_head..];
-                    payload = &payload[sent - skip_head..];
-                }
-                for part in [head, payload] {
-                    if !part.is_empty() {
-                        iov[n] = IoSlice::new(part);
-                        n += 1;
-                    }
-                }
-            }
-            Pin::new(&mut *io).poll_write_vectored(cx, &iov[..n])
-        })
-        .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(written)
     }
 
     /// Moves past `n` written bytes; returns whether the first frame is now complete. Completed
@@ -230,17 +196,86 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     async fn flush(&mut self) -> Result<(), WriteEnd> {
-        stall_bound(self.io.flush()).await
+        stall_bound(&mut self.stall, self.io.flush()).await
     }
 }
 
-/// Runs one write step, which must make progress within [`WRITE_STALL_TIMEOUT`].
-async fn stall_bound<T>(step: impl Future<Output = io::Result<T>>) -> Result<T, WriteEnd> {
-    match tokio::time::timeout(WRITE_STALL_TIMEOUT, step).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(_)) => Err(WriteEnd::Gone),
-        Err(_) => Err(WriteEnd::Stalled),
+/// One vectored write of up to [`MAX_FRAMES_PER_WRITE`] frames from the front of the batch.
+/// The headers and the slice list are built on the stack inside each poll, so they take no
+/// room in the connection's future (which lives as long as the connection).
+async fn write_some<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    batch: &VecDeque<Message>,
+    sent: usize,
+    first_only: bool,
+) -> io::Result<usize> {
+    let take = if first_only { 1 } else { MAX_FRAMES_PER_WRITE };
+    let written = std::future::poll_fn(|cx| {
+        let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
+        let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
+        let (mut frames, mut gathered) = (0, 0);
+        for msg in batch.iter().take(take) {
+            let (opcode, payload) = parts(msg);
+            heads[frames] = frame::header(opcode, payload.len());
+            payloads[frames] = payload;
+            frames += 1;
+            // One write takes at most one TLS record: frames past it would wait anyway.
+            gathered += heads[frames - 1].len() + payload.len();
+            if gathered - sent >= MAX_RECORD_PLAINTEXT {
+                break;
+            }
+        }
+        let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
+        let mut n = 0;
+        for (i, (head, payload)) in heads.iter().zip(payloads).take(frames).enumerate() {
+            let (mut head, mut payload) = (head.as_bytes(), payload);
+            if i == 0 {
+                // Skip what an earlier write took.
+                let skip_head = sent.min(head.len());
+                head = &head[skip_head..];
+                payload = &payload[sent - skip_head..];
+            }
+            for part in [head, payload] {
+                if !part.is_empty() {
+                    iov[n] = IoSlice::new(part);
+                    n += 1;
+                }
+            }
+        }
+        Pin::new(&mut *io).poll_write_vectored(cx, &iov[..n])
+    })
+    .await?;
+    if written == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
     }
+    Ok(written)
+}
+
+/// Runs one write step, which must make progress within [`WRITE_STALL_TIMEOUT`]. The timer is
+/// armed only if the step has to wait (`stall` keeps it for the next time).
+async fn stall_bound<T>(
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    step: impl Future<Output = io::Result<T>>,
+) -> Result<T, WriteEnd> {
+    let mut step = std::pin::pin!(step);
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = step.as_mut().poll(cx) {
+            return Poll::Ready(done.map_err(|_| WriteEnd::Gone));
+        }
+        let deadline = || tokio::time::Instant::now() + WRITE_STALL_TIMEOUT;
+        let timer = match stall {
+            Some(timer) if armed => timer,
+            Some(timer) => {
+                timer.as_mut().reset(deadline());
+                timer
+            }
+            None => stall.insert(Box::pin(tokio::time::sleep_until(deadline()))),
+        };
+        armed = true;
+        timer.as_mut().poll(cx).map(|()| Err(WriteEnd::Stalled))
+    })
+    .await
 }
 
 #[cfg(test)]
