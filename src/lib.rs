@@ -11,11 +11,11 @@
 //! - [`observe`]: the counters, and the snapshot behind `/stats` and `/metrics`, built from parts.
 //! - [`relay`]: rooms: registry, fan-out into outboxes, presence, history, recovery, envelope.
 //! - [`ws`]: frame headers and the connection task (read, write, heartbeat, close).
-//! - [`net`]: TLS, HTTP routing, the backend API, request parsing, tokens, admission, limits.
+//! - [`net`]: TLS, HTTP routing, the backend API, request parsing, tokens, admission, limits; the
+//!   [`State`] connections share and the drain's [`Shutdown`] tokens.
 //! - [`runtime`]: binding, accept loops, the drain, signals, systemd, logging.
 //!
-//! This file only names the layers and the state the HTTP side shares; it holds no logic but
-//! choosing the process's crypto provider.
+//! This file only names the layers; it holds no logic but choosing the process's crypto provider.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
@@ -28,30 +28,10 @@ pub mod runtime;
 pub mod web;
 pub mod ws;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
 pub use config::Config;
+pub use net::shutdown::Shutdown;
+pub use net::state::State;
 pub use runtime::server::{Handle, Server};
-pub use runtime::shutdown::Shutdown;
-
-/// What every connection task shares with the server.
-pub struct State {
-    /// The configuration in force; connections take a snapshot when they are admitted.
-    pub config: ArcSwap<Config>,
-    pub hub: relay::hub::Hub,
-    /// Connection counts for `limits.max_connections` and `max_connections_per_ip`.
-    pub gate: net::limits::Gate,
-    pub stats: Arc<observe::stats::Stats>,
-    pub shutdown: Shutdown,
-    /// The TLS acceptor and its swappable certificate; `None` when `tls.enabled = false`.
-    pub tls: Option<net::tls::Tls>,
-    /// The backend API's request budget (`api.requests_per_second`).
-    pub api: net::api::Budget,
-    /// The signed-token verifier of `[security.jwt]` (`None`: off); rebuilt on SIGHUP.
-    pub jwt: arc_swap::ArcSwapOption<net::jwt::Verifier>,
-}
 
 /// Makes aws-lc-rs the process's rustls crypto provider; call once before any TLS.
 pub fn install_crypto_provider() {

@@ -23,11 +23,11 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::State;
 use crate::cluster::Claim;
 use crate::config::Config;
 use crate::net::limits::{self, Admission};
 use crate::net::request::{BadTarget, parse_target};
+use crate::net::state::State;
 use crate::relay::hub::{JoinError, Membership};
 use crate::relay::outbox::OutboxRx;
 

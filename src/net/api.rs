@@ -23,9 +23,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use std::time::Instant;
-
 use crate::proto::message::{Message, Utf8Bytes};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -36,9 +33,9 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tracing::{debug, info};
 
-use crate::State;
 use crate::config::{Config, Envelope as Mode};
-use crate::net::limits::{TokenBucket, client_ip};
+use crate::net::limits::client_ip;
+use crate::net::state::State;
 use crate::proto::names::{name_key, presence_name, room_from_path};
 use crate::relay::envelope::Envelope;
 
@@ -50,24 +47,6 @@ pub const PREFIX: &str = "/api/";
 const DEFAULT_PAGE: usize = 100;
 /// ... and never more than this, so one call's work is bounded whatever the number of rooms.
 const MAX_PAGE: usize = 1000;
-
-/// The API's request budget (`api.requests_per_second`), shared by every caller.
-#[derive(Default)]
-pub struct Budget {
-    /// The rate the bucket was made for, and the bucket; remade when a reload changes the rate.
-    bucket: Mutex<Option<(u32, TokenBucket)>>,
-}
-
-impl Budget {
-    /// Takes one request from the budget; `false` when it is spent.
-    fn take(&self, rate: u32) -> bool {
-        let mut bucket = self.bucket.lock();
-        if bucket.as_ref().is_none_or(|(r, _)| *r != rate) {
-            *bucket = Some((rate, TokenBucket::new(rate, rate)));
-        }
-        bucket.as_mut().is_some_and(|(_, b)| b.take(Instant::now()))
-    }
-}
 
 /// Whether `path` is the API's. `/api` alone is not: it is the page of room `api`, and no room
 /// name contains a `/`.
@@ -481,14 +460,5 @@ mod tests {
     fn only_paths_under_the_prefix_are_the_apis() {
         assert!(serves("/api/rooms") && serves("/api/"));
         assert!(!serves("/api") && !serves("/apiary") && !serves("/"));
-    }
-
-    #[test]
-    fn the_budget_refuses_past_its_rate_and_follows_a_new_one() {
-        let budget = Budget::default();
-        assert!(budget.take(2));
-        assert!(budget.take(2));
-        assert!(!budget.take(2), "two a second, both spent");
-        assert!(budget.take(5), "a new rate starts a full bucket");
     }
 }

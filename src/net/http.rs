@@ -32,9 +32,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioTimer;
 use tracing::{debug, info};
 
-use crate::State;
 use crate::net::admit::{Admitted, Refusal, Why, admit, has_token};
 use crate::net::limits::{self, Admission};
+use crate::net::state::State;
 use crate::net::upgrade::Upgrade;
 use crate::observe::stats::{Parts, Rooms, Snapshot};
 use crate::relay::envelope::Envelope;

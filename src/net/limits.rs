@@ -1,6 +1,7 @@
 //! Limits a client cannot talk its way past: connection counts (total and per client address),
 //! the per-connection message rate ([`TokenBucket`], kept in `ws::rate` where the connection
-//! takes it), and the real client address behind trusted proxies.
+//! takes it), the backend API's request budget ([`Budget`]), and the real client address behind
+//! trusted proxies.
 //!
 //! Admission hands out an [`Admission`] guard that the socket's task owns from `accept()` on; its
 //! `Drop` gives the slot back, so counts follow live sockets whatever way a connection ends.
@@ -272,10 +273,39 @@ pub fn connection_cap(limit: u64) -> usize {
     usize::try_from(limit.saturating_sub(reserve(limit)).max(1)).unwrap_or(usize::MAX)
 }
 
+/// The API's request budget (`api.requests_per_second`), shared by every caller.
+#[derive(Default)]
+pub struct Budget {
+    /// The rate the bucket was made for, and the bucket; remade when a reload changes the rate.
+    bucket: parking_lot::Mutex<Option<(u32, TokenBucket)>>,
+}
+
+impl Budget {
+    /// Takes one request from the budget; `false` when it is spent.
+    pub fn take(&self, rate: u32) -> bool {
+        let mut bucket = self.bucket.lock();
+        if bucket.as_ref().is_none_or(|(r, _)| *r != rate) {
+            *bucket = Some((rate, TokenBucket::new(rate, rate)));
+        }
+        bucket
+            .as_mut()
+            .is_some_and(|(_, b)| b.take(std::time::Instant::now()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn the_budget_refuses_past_its_rate_and_follows_a_new_one() {
+        let budget = Budget::default();
+        assert!(budget.take(2));
+        assert!(budget.take(2));
+        assert!(!budget.take(2), "two a second, both spent");
+        assert!(budget.take(5), "a new rate starts a full bucket");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

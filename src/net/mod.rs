@@ -1,5 +1,6 @@
 //! What happens on a socket before it is a WebSocket: TLS, HTTP routing, the backend API,
-//! request parsing, signed tokens, admission and the limits that count every socket.
+//! request parsing, signed tokens, admission and the limits that count every socket; and the
+//! [`state::State`] and [`shutdown::Shutdown`] every connection shares with the runtime.
 //!
 //! It must not import `runtime/`: tasks are spawned through the spawner the runtime passes in.
 pub mod admit;
@@ -8,5 +9,7 @@ pub mod http;
 pub mod jwt;
 pub mod limits;
 pub mod request;
+pub mod shutdown;
+pub mod state;
 pub mod tls;
 pub mod upgrade;

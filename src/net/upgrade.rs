@@ -7,9 +7,9 @@
 //! [`crate::net::http::serve`], so the task tree is spawned in one place (`runtime::tasks`). It must
 //! not admit, route or answer HTTP.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::future::Future;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -18,9 +18,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
 use tracing::debug;
 
-use crate::State;
 use crate::config::Config;
 use crate::net::limits::Admission;
+use crate::net::state::State;
 use crate::net::tls::TlsStream;
 use crate::relay::envelope::Envelope;
 use crate::relay::hub::Membership;

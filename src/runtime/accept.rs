@@ -12,9 +12,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::State;
 use crate::net::http::{SocketSlot, Spawn};
 use crate::net::limits::{self, Admission};
+use crate::net::state::State;
 
 /// How long the accept loop rests after an error such as running out of file descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

@@ -4,7 +4,7 @@
 //!
 //! # The task tree
 //!
-//! Two tokens in [`shutdown::Shutdown`] reach every task: `draining` (SIGTERM, SIGINT or
+//! Two tokens in [`crate::net::shutdown::Shutdown`] reach every task: `draining` (SIGTERM, SIGINT or
 //! `Handle::shutdown`) and `stopped` (the drain is over: every tracked task ended, or
 //! `server.drain_timeout` passed). "Tracked" tasks are in the shutdown's `TaskTracker`, which the
 //! drain waits for.
@@ -41,7 +41,6 @@
 pub mod accept;
 pub mod logging;
 pub mod server;
-pub mod shutdown;
 pub mod signals;
 pub mod systemd;
 pub mod tasks;

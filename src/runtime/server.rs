@@ -27,13 +27,13 @@ use tracing::{info, warn};
 
 use crate::net::limits::{self, Descriptors};
 
-use crate::State;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::net::shutdown::Shutdown;
+use crate::net::state::State;
 use crate::net::tls::{Tls, TlsError};
 use crate::observe::stats::Stats;
 use crate::relay::hub::{Hub, RoomSettings};
-use crate::runtime::shutdown::Shutdown;
 use crate::runtime::{systemd, tasks};
 
 /// After the drain timeout, how long the connections still open get to log that they were cut.

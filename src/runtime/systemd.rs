@@ -10,7 +10,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing::debug;
 
-use crate::State;
+use crate::net::state::State;
 
 /// How often the `STATUS=` line is refreshed while running (more often when the watchdog's half
 /// period is shorter: both go out on the same tick).

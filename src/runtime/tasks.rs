@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::State;
 use crate::net::http::Spawn;
 use crate::net::limits::Admission;
+use crate::net::state::State;
 use crate::net::upgrade::Upgrade;
 use crate::runtime::{accept, systemd};
 
