@@ -1,7 +1,7 @@
 //! The publisher: the one task that sends this node's messages to Redis, in the order the rooms
 //! queued them (under their locks), in pipelines. A message kept in history goes through the
-//! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), any other as a plain
-//! `PUBLISH`. What fails is dropped and counted, never retried: a late message would arrive out
+//! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), and so does a numbered
+//! room's message (the script numbers it), any other as a plain `PUBLISH`. What fails is dropped and counted, never retried: a late message would arrive out
 //! of order. It must not read rooms or touch the subscriber connection.
 
 use std::sync::Arc;
@@ -45,21 +45,33 @@ pub(super) async fn publisher(
         let ttl = ttl_ms(s.history_ttl);
         let ops: Vec<Op> = batch
             .drain(..)
-            .map(|out| match out.history {
-                0 => {
+            .map(|out| match (out.history, out.numbered) {
+                (0, None) => {
                     let mut publish = redis::cmd("PUBLISH");
                     publish.arg(s.keys.channel(&out.room)).arg(&out.data[..]);
                     Op::Cmd(publish)
                 }
-                history => Op::Call(Call::new(
-                    &scripts::PUBLISH_KEPT,
-                    (
-                        s.keys.history(&out.room),
-                        s.keys.channel(&out.room),
-                        s.keys.presence(&out.room),
-                    ),
-                    (history, &out.data[..], ttl),
-                )),
+                (history, numbered) => {
+                    // A numbered room's candidate epoch (used if the room has none in Redis) and
+                    // sender; empty for a room kept unnumbered.
+                    let (epoch, sender) = match numbered {
+                        None => (String::new(), String::new()),
+                        Some(sender) => (
+                            s.candidate_epoch(),
+                            sender.map(|id| id.to_string()).unwrap_or_default(),
+                        ),
+                    };
+                    Op::Call(Call::new(
+                        &scripts::PUBLISH_KEPT,
+                        (
+                            s.keys.history(&out.room),
+                            s.keys.channel(&out.room),
+                            s.keys.presence(&out.room),
+                            s.keys.seq(&out.room),
+                        ),
+                        (history, &out.data[..], ttl, epoch, sender),
+                    ))
+                }
             })
             .collect();
         match tokio::time::timeout(IO_TIMEOUT, scripts::run(&mut conn, ops)).await {

@@ -386,7 +386,7 @@ impl Sync<'_> {
         let notice = wire::encode(&s.instance, &Payload::Presence);
         let index = s.keys.node_rooms(&s.instance);
         for (i, chunk) in ready.chunks(SYNC_BATCH).enumerate() {
-            let mut ops = Vec::with_capacity(chunk.len() * 4 + 2);
+            let mut ops = Vec::with_capacity(chunk.len() * 5 + 2);
             for room in chunk {
                 let presence = s.keys.presence(room);
                 match rooms.local_presence(room) {
@@ -399,11 +399,13 @@ impl Sync<'_> {
                         sadd.arg(&index).arg(&**room);
                         let mut persist = redis::cmd("PERSIST");
                         persist.arg(s.keys.history(room));
-                        ops.extend([Op::Cmd(hset), Op::Cmd(sadd), Op::Cmd(persist)]);
+                        let mut persist_seq = redis::cmd("PERSIST");
+                        persist_seq.arg(s.keys.seq(room));
+                        ops.extend([hset, sadd, persist, persist_seq].map(Op::Cmd));
                     }
                     _ => ops.push(Op::Call(Call::new(
                         &scripts::CLOSE,
-                        (&presence, &index, s.keys.history(room)),
+                        (&presence, &index, s.keys.history(room), s.keys.seq(room)),
                         (&s.instance, &**room, ttl),
                     ))),
                 }

@@ -93,7 +93,9 @@ impl Hub {
             return;
         }
         let total = self.cluster_total();
-        let numbered = self.shared.cluster.is_none() && settings.numbered(&room.name);
+        // In a cluster, the epoch is Redis's: shown once the room has read it.
+        let numbered =
+            (self.shared.cluster.is_none() || state.synced) && settings.numbered(&room.name);
         let (mut full, mut change, mut plain) = (None, None, None);
         let mut sent = 0u64;
         let state = &mut *state;
