@@ -77,8 +77,7 @@ pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
         }
         let numbering = match numbered {
             true => {
-                let (epoch, n): (Option<String>, Option<u64>) =
-                    redis::from_redis_value(next()?)?;
+                let (epoch, n): (Option<String>, Option<u64>) = redis::from_redis_value(next()?)?;
                 epoch.map(|e| (e, n.unwrap_or(0)))
             }
             false => None,

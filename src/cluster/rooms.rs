@@ -44,8 +44,12 @@ pub trait Rooms: Send + Sync + 'static {
     /// The room's history as kept in Redis (oldest first), read just after this node subscribed
     /// to the room, with a numbered room's epoch and last number as Redis has them; `false` when
     /// it was not seeded (the room is gone or already live).
-    fn seed_history(&self, room: &str, messages: Vec<Message>, numbering: Option<(&str, u64)>)
-    -> bool;
+    fn seed_history(
+        &self,
+        room: &str,
+        messages: Vec<Message>,
+        numbering: Option<(&str, u64)>,
+    ) -> bool;
 
     /// Closes the connections of `room`'s members on this node whose name has uniqueness key
     /// `key` (another node's backend API asked); how many were closed.

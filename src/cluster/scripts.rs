@@ -257,6 +257,10 @@ mod tests {
     /// The script numbers a message exactly as `relay::recovery` reads a number back.
     #[test]
     fn the_script_appends_the_number_under_the_shared_key() {
-        assert!(super::PUBLISH_KEPT.source.contains(&format!("'{}'", super::super::wire::SEQ_KEY)));
+        assert!(
+            super::PUBLISH_KEPT
+                .source
+                .contains(&format!("'{}'", super::super::wire::SEQ_KEY))
+        );
     }
 }

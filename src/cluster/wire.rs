@@ -429,7 +429,10 @@ mod tests {
         let s = decode_stamped(Bytes::from(api)).unwrap();
         assert_eq!(s.numbered.unwrap().sender, None);
         for cut in 3..12 {
-            assert!(decode_stamped(Bytes::from(raw[..cut].to_vec())).is_err(), "{cut}");
+            assert!(
+                decode_stamped(Bytes::from(raw[..cut].to_vec())).is_err(),
+                "{cut}"
+            );
         }
         assert!(parse_stream_id("5-1") < parse_stream_id("5-10"));
     }
