@@ -294,3 +294,59 @@ async fn a_since_beyond_history_gets_the_history_notice_and_after_expiry_the_epo
     late.send_text("anew").await;
     assert_eq!(take(&mut late, 1).await, [("anew".to_owned(), 1)]);
 }
+
+async fn health(d: &Daemon) -> String {
+    d.http("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_messages_stay_local_unnumbered_and_an_emptied_redis_starts_the_room_over()
+{
+    let mut redis = Redis::start().await;
+    let a = start(&node(&redis, "a", 100, "", "")).await;
+    let mut ann = a.connect("/r?name=ann").await;
+    let mut bob = a.connect("/r?name=bob").await;
+    let epoch = ready(&mut ann, 2).await;
+    assert_eq!(ready(&mut bob, 2).await, epoch);
+    ann.send_text("one").await;
+    assert_eq!(take(&mut bob, 1).await, [("one".to_owned(), 1)]);
+
+    redis.stop().await;
+    within("a to notice redis is gone", async {
+        while !health(&a).await.contains("degraded") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Not lost: delivered here, without a number (no `since` can recover it), and counted.
+    ann.send_text("down").await;
+    let m = next(&mut bob).await;
+    assert_eq!((&m["data"], m.get("seq")), (&json!("down"), None), "{m}");
+    let (_, _, stats) = a
+        .http("GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert!(
+        stats["cluster"]["unnumbered"].as_u64() >= Some(1),
+        "{stats}"
+    );
+
+    // Redis comes back empty: the room's numbers start over under a new epoch, which the members
+    // are told in a new presence state.
+    redis.restart().await;
+    within("a to reconnect", async {
+        while health(&a).await != "ok\n" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let fresh = ready(&mut bob, 2).await;
+    assert_ne!(fresh, epoch);
+    ann.send_text("two").await;
+    assert_eq!(take(&mut bob, 1).await, [("two".to_owned(), 1)]);
+    // And a since from the old run is told so.
+    let mut cid = a.connect(&format!("/r?since={epoch}:1")).await;
+    assert_eq!(next(&mut cid).await["reason"], "epoch");
+}

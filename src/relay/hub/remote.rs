@@ -49,6 +49,22 @@ impl Hub {
         planned
     }
 
+    /// The room's numbers go on under `epoch` after `last`, as Redis has them now. A room that
+    /// had another epoch started over: its history (another run of numbers) is dropped. Members
+    /// still waiting for their `since` plan get it against what is left.
+    fn renumber(&self, room: &Arc<Room>, state: &mut RoomState, epoch: &str, last: u64) {
+        if state.synced {
+            state.history = History::default();
+        }
+        state.epoch = Arc::from(epoch);
+        state.seq = last;
+        state.synced = true;
+        let history = std::mem::take(&mut state.history);
+        self.plan_waiting(&room.name, state, &history);
+        state.history = history;
+        self.show_epoch(room, state);
+    }
+
     /// The room's numbering is known now: a presence state already sent went without its epoch,
     /// so every member gets the state again.
     fn show_epoch(&self, room: &Arc<Room>, state: &mut RoomState) {
@@ -104,16 +120,7 @@ impl Rooms for Hub {
             // Numbered before any seed (the room was not read from Redis: a reload gave it
             // history), or the room started over in Redis (its hash expired or Redis lost it):
             // the numbers go on from this message, under its epoch.
-            if state.synced {
-                state.history = History::default();
-            }
-            state.epoch = Arc::from(epoch);
-            state.seq = seq.saturating_sub(1);
-            state.synced = true;
-            let history = std::mem::take(&mut state.history);
-            self.plan_waiting(&room.name, &mut state, &history);
-            state.history = history;
-            self.show_epoch(&room, &mut state);
+            self.renumber(&room, &mut state, epoch, seq.saturating_sub(1));
         }
         state.seq = state.seq.max(seq);
         let delivery = Delivery {
@@ -162,6 +169,13 @@ impl Rooms for Hub {
         };
         let settings = self.shared.settings.load().for_room(&room.name);
         let mut state = room.lock();
+        if state.synced
+            && let Some((epoch, last)) = numbering
+            && *state.epoch != *epoch
+        {
+            // Read again after a reconnect, and Redis has another epoch (it lost the room).
+            self.renumber(&room, &mut state, epoch, last);
+        }
         if state.closed || (state.live && numbering.is_none()) || state.synced {
             return false;
         }
