@@ -65,13 +65,14 @@ impl Hub {
         self.show_epoch(room, state);
     }
 
-    /// The room's numbering is known now: a presence state already sent went without its epoch,
-    /// so every member gets the state again.
+    /// The room's numbering is known now: its presence, held back for it, goes out; a state
+    /// already sent went without this epoch (Redis was down, or the room started over), so every
+    /// member gets the state again.
     fn show_epoch(&self, room: &Arc<Room>, state: &mut RoomState) {
         if state.last_sent.is_some() {
             state.resync = true;
-            self.schedule(room, state);
         }
+        self.schedule(room, state);
     }
 }
 

@@ -77,6 +77,13 @@ impl Hub {
         if state.closed {
             return;
         }
+        // A cluster's numbered room waits for its numbering from Redis (one round trip after its
+        // first join here), so its first state carries the epoch a client keeps; its seed
+        // schedules it again. With Redis down it goes without.
+        let up = self.shared.cluster.as_ref().is_some_and(|c| c.is_up());
+        if up && !state.synced && settings.numbered(&room.name) {
+            return;
+        }
         let count = state.members.len() + state.remote_count;
         let pending = Pending {
             names: state.changes.len(),
