@@ -175,6 +175,12 @@ pub struct Stamped {
 /// JSON text, and what `relay::recovery` reads the number back by.
 pub const SEQ_KEY: &str = r#","seq":"#;
 
+/// An epoch as the nodes make them (`Shared::candidate_epoch`) and `?since=` takes them: 1-32
+/// ASCII letters, digits and `-`.
+pub fn is_epoch(e: &str) -> bool {
+    (1..=32).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// One length-prefixed field (`[len][bytes]`) at the head of `raw`, and the rest.
 fn field(raw: &Bytes) -> Result<(Bytes, Bytes), BadEnvelope> {
     let len = *raw.first().ok_or(BadEnvelope::Short)? as usize;
@@ -203,7 +209,11 @@ pub fn decode_stamped(raw: Bytes) -> Result<Stamped, BadEnvelope> {
             b'N' => {
                 let (epoch, rest) = field(&rest)?;
                 let (sender, rest) = field(&rest)?;
-                let epoch = std::str::from_utf8(&epoch).map_err(|_| BadEnvelope::NotUtf8)?;
+                // What `?since=` accepts (and what goes unescaped into presence JSON).
+                let epoch = std::str::from_utf8(&epoch)
+                    .ok()
+                    .filter(|e| is_epoch(e))
+                    .ok_or(BadEnvelope::Unknown)?;
                 let sender = std::str::from_utf8(&sender)
                     .ok()
                     .and_then(|s| s.parse().ok());
@@ -428,6 +438,13 @@ mod tests {
         api.extend_from_slice(&inner);
         let s = decode_stamped(Bytes::from(api)).unwrap();
         assert_eq!(s.numbered.unwrap().sender, None);
+        let mut forged = vec![1, b'N', 0, 3];
+        forged.extend_from_slice(b"a\"b\x00");
+        forged.extend_from_slice(&inner);
+        assert_eq!(
+            decode_stamped(Bytes::from(forged)),
+            Err(BadEnvelope::Unknown)
+        );
         for cut in 3..12 {
             assert!(
                 decode_stamped(Bytes::from(raw[..cut].to_vec())).is_err(),
