@@ -331,6 +331,13 @@ async fn with_redis_down_messages_stay_local_unnumbered_and_an_emptied_redis_sta
         stats["cluster"]["unnumbered"].as_u64() >= Some(1),
         "{stats}"
     );
+    let (_, _, metrics) = a
+        .http("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(
+        metrics.contains("wsline_cluster_unnumbered_messages_total 1"),
+        "{metrics}"
+    );
 
     // Redis comes back empty: the room's numbers start over under a new epoch, which the members
     // are told in a new presence state.
