@@ -20,7 +20,10 @@ use super::{Rooms, Shared};
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// Reads the last `relay.history` messages of each room from its stream, in one pipeline, into
-/// the rooms; returns per room the newest id seeded ((0, 0) if none, or not seeded).
+/// the rooms; returns per room the newest id seeded ((0, 0) if none, or not seeded). A numbered
+/// room's epoch and last number are read in the same pipeline, before its stream (so the stream
+/// holds every message numbered up to what was read), its epoch set first if it has none: the
+/// room's numbering on this node mirrors Redis from its seed on.
 pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
     s: &Shared,
     rooms: &dyn Rooms,
@@ -30,37 +33,69 @@ pub(super) async fn replay_history<C: redis::aio::ConnectionLike + Send>(
     // Each room's own `relay.history` (a `[[rooms]]` entry may set it); rooms without history
     // are not read.
     let rules = rooms.rules();
-    let keeps: Vec<usize> = opened.iter().map(|r| rules.history(r)).collect();
+    let reads: Vec<(usize, bool)> = opened
+        .iter()
+        .map(|r| (rules.history(r), rules.numbered(r)))
+        .collect();
     let mut pipe = redis::pipe();
-    for (room, &keep) in opened.iter().zip(&keeps) {
-        if keep > 0 {
-            pipe.cmd("XREVRANGE")
-                .arg(s.keys.history(room))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(keep);
+    for (room, &(keep, numbered)) in opened.iter().zip(&reads) {
+        if keep == 0 {
+            continue;
         }
+        if numbered {
+            let seq = s.keys.seq(room);
+            pipe.cmd("HSETNX")
+                .arg(&seq)
+                .arg("e")
+                .arg(s.candidate_epoch())
+                .ignore();
+            pipe.cmd("HMGET").arg(&seq).arg("e").arg("n");
+        }
+        pipe.cmd("XREVRANGE")
+            .arg(s.keys.history(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(keep);
     }
-    let mut streams: std::vec::IntoIter<Vec<StreamEntry>> = if pipe.is_empty() {
+    let mut replies: std::vec::IntoIter<redis::Value> = if pipe.is_empty() {
         Vec::new().into_iter()
     } else {
-        pipe.query_async::<Vec<Vec<StreamEntry>>>(conn)
+        pipe.query_async::<Vec<redis::Value>>(conn)
             .await?
             .into_iter()
     };
-    Ok(opened
-        .iter()
-        .zip(keeps)
-        .map(|(room, keep)| match keep {
-            0 => (0, 0),
-            _ => seed(rooms, room, streams.next().unwrap_or_default()),
-        })
-        .collect())
+    let mut next = || -> RedisResult<redis::Value> {
+        let short = (redis::ErrorKind::Client, "short pipeline reply");
+        replies.next().ok_or_else(|| short.into())
+    };
+    let mut lasts = Vec::with_capacity(opened.len());
+    for (room, (keep, numbered)) in opened.iter().zip(reads) {
+        if keep == 0 {
+            lasts.push((0, 0));
+            continue;
+        }
+        let numbering = match numbered {
+            true => {
+                let (epoch, n): (Option<String>, Option<u64>) = redis::from_redis_value(next()?)?;
+                epoch.map(|e| (e, n.unwrap_or(0)))
+            }
+            false => None,
+        };
+        let entries: Vec<StreamEntry> = redis::from_redis_value(next()?)?;
+        lasts.push(seed(rooms, room, entries, numbering));
+    }
+    Ok(lasts)
 }
 
-/// Seeds one room with its stream's entries (newest first); the newest id, or (0, 0).
-fn seed(rooms: &dyn Rooms, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::StreamId {
+/// Seeds one room with its stream's entries (newest first) and, when numbered, its epoch and last
+/// number; the newest id, or (0, 0).
+fn seed(
+    rooms: &dyn Rooms,
+    room: &Arc<str>,
+    entries: Vec<StreamEntry>,
+    numbering: Option<(String, u64)>,
+) -> wire::StreamId {
     let last = entries
         .first()
         .and_then(|(id, _)| wire::parse_stream_id(id))
@@ -78,7 +113,8 @@ fn seed(rooms: &dyn Rooms, room: &Arc<str>, entries: Vec<StreamEntry>) -> wire::
         .collect();
     // Not seeded (the room went live first): nothing of the stream was delivered, so no live
     // message may be dropped as already replayed.
-    if rooms.seed_history(room, messages) {
+    let numbering = numbering.as_ref().map(|(e, n)| (e.as_str(), *n));
+    if rooms.seed_history(room, messages, numbering) {
         last
     } else {
         (0, 0)

@@ -102,6 +102,13 @@ pub(crate) struct Shared {
     pub(crate) reconnects: AtomicU64,
     /// Messages from Redis dropped because the receive queue was full ([`receive`]).
     pub(crate) receive_dropped: AtomicU64,
+    /// Messages of numbered rooms delivered to this node's members only, without a number,
+    /// because Redis was down or the publish queue full ([`Cluster::publish_numbered`]).
+    pub(crate) unnumbered: AtomicU64,
+    /// This process's start (ms, hex) and pid (hex): with [`Shared::epochs`], the candidate epochs
+    /// this node offers Redis for a room that has none (`epoch_base-COUNTER`).
+    epoch_base: String,
+    epochs: AtomicU64,
     /// The command connection, once made (it reconnects by itself).
     pub(crate) commands: arc_swap::ArcSwapOption<::redis::aio::ConnectionManager>,
     /// Names given back but not yet released in Redis; claims consult it ([`names`]).
@@ -119,6 +126,16 @@ pub(crate) struct Shared {
     /// Remote presence read for a room's first local member before its join
     /// ([`Cluster::first_read`]), taken by the join; at most [`FIRST_READS`] entries.
     first_reads: Mutex<HashMap<Arc<str>, FirstRead>>,
+}
+
+impl Shared {
+    /// A new candidate epoch for a room that has none in Redis yet: unique to this process and
+    /// call, so a room that starts over never gets an epoch it had before. At most 32 characters
+    /// of `0-9 a-f -`, what `?since=` accepts.
+    pub(crate) fn candidate_epoch(&self) -> String {
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.epoch_base)
+    }
 }
 
 /// Bound of [`Shared::first_reads`]: reads whose join never came (refused) are forgotten past it.
@@ -139,6 +156,9 @@ pub(crate) enum Out {
         data: Bytes,
         /// The room keeps this many messages in its stream (0: none).
         history: usize,
+        /// A numbered room's message: Redis numbers it, and every node (this one too) delivers
+        /// it when it comes back, but to this member of this node (the sender, no echo).
+        numbered: Option<Option<u64>>,
     },
     /// This node's answer to a kick of the backend API ([`kick`]).
     KickReply(kick::Reply),
@@ -212,6 +232,7 @@ pub struct Status {
     pub received: u64,
     pub dropped: u64,
     pub receive_dropped: u64,
+    pub unnumbered: u64,
     pub reconnects: u64,
 }
 
@@ -251,6 +272,9 @@ impl Cluster {
                 queued_bytes: AtomicUsize::new(0),
                 reconnects: AtomicU64::new(0),
                 receive_dropped: AtomicU64::new(0),
+                unnumbered: AtomicU64::new(0),
+                epoch_base: format!("{:x}-{:x}", epoch / 1_000_000, std::process::id()),
+                epochs: AtomicU64::new(1),
                 commands: arc_swap::ArcSwapOption::empty(),
                 releases: Mutex::new(names::Releases::default()),
                 released: Notify::new(),
@@ -296,7 +320,33 @@ impl Cluster {
             room: room.clone(),
             data,
             history,
+            numbered: None,
         });
+    }
+
+    /// Queues an [`Cluster::encode`]d message of a numbered room: Redis numbers it and every node,
+    /// this one included, delivers it when it comes back on the room's channel (to every local
+    /// member but `sender`, when given). `false` when the queue is full: the caller delivers it
+    /// locally, unnumbered ([`Cluster::unnumbered`]).
+    pub fn publish_numbered(
+        &self,
+        room: &Arc<str>,
+        data: Bytes,
+        history: usize,
+        sender: Option<u64>,
+    ) -> bool {
+        self.shared.queue(Out::Message {
+            room: room.clone(),
+            data,
+            history,
+            numbered: Some(sender),
+        })
+    }
+
+    /// Counts a numbered room's message delivered to this node's members alone, without a number
+    /// (Redis down or the queue full): it cannot be recovered with `since`.
+    pub fn unnumbered(&self) {
+        self.shared.unnumbered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Asks the other nodes to kick the members of `room` whose name has `key` (the backend API),
@@ -444,6 +494,7 @@ impl Cluster {
             received: s.received.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             receive_dropped: s.receive_dropped.load(Ordering::Relaxed),
+            unnumbered: s.unnumbered.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
         }
     }

@@ -1,9 +1,10 @@
 //! The publisher: the one task that sends this node's messages to Redis, in the order the rooms
 //! queued them (under their locks), in pipelines. A message kept in history goes through the
-//! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), any other as a plain
-//! `PUBLISH`; this node's answers to kicks ([`super::kick`]) go the same way. What fails is
-//! dropped and counted, never retried: a late message would arrive out of order. It must not read
-//! rooms or touch the subscriber connection.
+//! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), and so does a numbered
+//! room's message (the script numbers it), any other as a plain `PUBLISH`; this node's answers to
+//! kicks ([`super::kick`]) go the same way. What fails is dropped and counted, never retried: a
+//! late message would arrive out of order. It must not read rooms or touch the subscriber
+//! connection.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -56,6 +57,7 @@ pub(super) async fn publisher(
                     room,
                     data,
                     history: 0,
+                    numbered: None,
                 } => {
                     let mut publish = redis::cmd("PUBLISH");
                     publish.arg(s.keys.channel(&room)).arg(&data[..]);
@@ -65,15 +67,28 @@ pub(super) async fn publisher(
                     room,
                     data,
                     history,
-                } => Op::Call(Call::new(
-                    &scripts::PUBLISH_KEPT,
-                    (
-                        s.keys.history(&room),
-                        s.keys.channel(&room),
-                        s.keys.presence(&room),
-                    ),
-                    (history, &data[..], ttl),
-                )),
+                    numbered,
+                } => {
+                    // A numbered room's candidate epoch (used if the room has none in Redis) and
+                    // sender; empty for a room kept unnumbered.
+                    let (epoch, sender) = match numbered {
+                        None => (String::new(), String::new()),
+                        Some(sender) => (
+                            s.candidate_epoch(),
+                            sender.map(|id| id.to_string()).unwrap_or_default(),
+                        ),
+                    };
+                    Op::Call(Call::new(
+                        &scripts::PUBLISH_KEPT,
+                        (
+                            s.keys.history(&room),
+                            s.keys.channel(&room),
+                            s.keys.presence(&room),
+                            s.keys.seq(&room),
+                        ),
+                        (history, &data[..], ttl, epoch, sender),
+                    ))
+                }
                 Out::KickReply(reply) => Op::Call(reply.call(&s.keys)),
             })
             .collect();

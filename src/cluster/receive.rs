@@ -10,7 +10,9 @@
 //!
 //! [`Receipts`] holds the history seam: a room whose stream is being read (subscribed, not yet
 //! replayed) holds its live messages (at most [`HELD_BYTES`] in all) until the replay is seeded,
-//! then they are delivered unless the replay held them already.
+//! then they are delivered unless the replay held them already. This hold is also what keeps a
+//! numbered room's `?since=` exact on a node that opens the room: nothing live reaches the room
+//! before its seed has set its epoch and last number.
 //!
 //! This file must not wait on the worker's sync or let any queue grow without a bound.
 
@@ -66,13 +68,13 @@ impl Receipts {
             }
             return;
         }
-        let (id, from, payload) = match wire::decode_stamped(raw) {
+        let stamped = match wire::decode_stamped(raw) {
             Ok(decoded) => decoded,
             Err(e) => {
                 return debug!(%room, error = %e, "ignored a message not in wsline's envelope");
             }
         };
-        if let Some(id) = id
+        if let Some(id) = stamped.id
             && let Some(last) = self.seen.get_mut(&room)
         {
             // Already in the replay this node read after subscribing.
@@ -81,26 +83,34 @@ impl Receipts {
             }
             *last = id;
         }
-        let own = &from[..] == s.instance.as_bytes();
-        match payload {
+        let own = &stamped.from[..] == s.instance.as_bytes();
+        match (stamped.payload, stamped.numbered) {
+            // A numbered room's message comes back to its own node too: Redis gave it its place.
+            (Payload::Message(m), Some(numbered)) => {
+                if !own {
+                    s.received.fetch_add(1, Ordering::Relaxed);
+                }
+                let sender = numbered.sender.filter(|_| own);
+                rooms.deliver_numbered(&room, m, &numbered.epoch, sender);
+            }
             // This node's own kick: its closes were counted when it asked; it answers only
             // that it heard it, as the asker waits for every subscriber `PUBLISH` counted.
-            Payload::Kick { reply, .. } if own => {
+            (Payload::Kick { reply, .. }, _) if own => {
                 if let Some(id) = reply {
                     kick::answer(s, id, 0, true);
                 }
             }
             _ if own => {}
-            Payload::Message(m) => {
+            (Payload::Message(m), None) => {
                 s.received.fetch_add(1, Ordering::Relaxed);
                 rooms.deliver_remote(&room, m);
             }
-            Payload::Presence => {
+            (Payload::Presence, _) => {
                 if self.stale.insert(room) {
                     s.wake.notify_one();
                 }
             }
-            Payload::Kick { key, reply } => {
+            (Payload::Kick { key, reply }, _) => {
                 let closed = rooms.kick_key(&room, &key);
                 if let Some(id) = reply {
                     kick::answer(s, id, closed, false);

@@ -403,11 +403,19 @@ impl Sync<'_> {
                         sadd.arg(&index).arg(&**room);
                         let mut persist = redis::cmd("PERSIST");
                         persist.arg(s.keys.history(room));
-                        ops.extend([hset, zadd, sadd, persist].map(Op::Cmd));
+                        let mut persist_seq = redis::cmd("PERSIST");
+                        persist_seq.arg(s.keys.seq(room));
+                        ops.extend([hset, zadd, sadd, persist, persist_seq].map(Op::Cmd));
                     }
                     _ => ops.push(Op::Call(Call::new(
                         &scripts::CLOSE,
-                        (&presence, &index, s.keys.history(room), s.keys.rooms()),
+                        (
+                            &presence,
+                            &index,
+                            s.keys.history(room),
+                            s.keys.rooms(),
+                            s.keys.seq(room),
+                        ),
                         (&s.instance, &**room, ttl),
                     ))),
                 }

@@ -28,6 +28,12 @@ pub trait Rooms: Send + Sync + 'static {
     /// and into the room's history. Nothing if the room has no member on this node.
     fn deliver_remote(&self, room: &str, msg: Message);
 
+    /// A numbered room's message as Redis numbered it (the number is in its text), from any node,
+    /// this one included: to every local member but `sender` (this node's member who sent it with
+    /// echo off) and into the room's history; the room's epoch and last number follow it (a new
+    /// `epoch`: the room started over in Redis). Nothing if the room has no member here.
+    fn deliver_numbered(&self, room: &str, msg: Message, epoch: &str, sender: Option<u64>);
+
     /// The other nodes' members of `room`, as read from Redis: names that appeared or went are
     /// presence changes like local joins and leaves.
     fn set_remote(&self, room: &str, count: usize, names: Vec<Arc<str>>);
@@ -36,8 +42,14 @@ pub trait Rooms: Send + Sync + 'static {
     fn clear_remote(&self);
 
     /// The room's history as kept in Redis (oldest first), read just after this node subscribed
-    /// to the room; `false` when it was not seeded (the room is gone or already live).
-    fn seed_history(&self, room: &str, messages: Vec<Message>) -> bool;
+    /// to the room, with a numbered room's epoch and last number as Redis has them; `false` when
+    /// it was not seeded (the room is gone or already live).
+    fn seed_history(
+        &self,
+        room: &str,
+        messages: Vec<Message>,
+        numbering: Option<(&str, u64)>,
+    ) -> bool;
 
     /// Closes the connections of `room`'s members on this node whose name has uniqueness key
     /// `key` (another node's backend API asked); how many were closed.
@@ -49,6 +61,10 @@ pub trait Rooms: Send + Sync + 'static {
 pub trait RoomRules: Send + Sync {
     /// How many messages `room` keeps in its history (0: none, its stream is not read).
     fn history(&self, room: &str) -> usize;
+
+    /// Whether `room` numbers its messages (history and the JSON envelope): Redis keeps its
+    /// counter and epoch.
+    fn numbered(&self, room: &str) -> bool;
 
     /// Whether names are unique in `room` (claimed cluster-wide).
     fn unique_names(&self, room: &str) -> bool;

@@ -41,15 +41,35 @@ macro_rules! scripts {
 }
 
 scripts! {
-    /// Appends a message to the room's stream and publishes it stamped with its id (`H`); a stream of
-    /// a room with no members on any node (no presence hash, KEYS[3]) expires after ARGV[3] ms.
-    PUBLISH_KEPT = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
-redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. ARGV[2])
+    /// Appends a message to the room's stream (KEYS[1], unless ARGV[1] is 0: too large to keep)
+    /// and publishes it on KEYS[2] stamped with its id (`H`). For a numbered room (ARGV[4], a
+    /// candidate epoch, not empty) it first numbers it from the room's hash KEYS[4] (epoch `e` set
+    /// if absent, `n` incremented): `,"seq":N}` replaces the final `}` of the JSON text (as
+    /// `relay::recovery::with_seq` does), and it goes out as `N` with the epoch and ARGV[5], the
+    /// sending member. A room with no members on any node (no presence hash, KEYS[3]) has its stream
+    /// and hash expire after ARGV[3] ms.
+    PUBLISH_KEPT = r#"
+local m, id, e = ARGV[2], '', ''
+if ARGV[4] ~= '' then
+  redis.call('HSETNX', KEYS[4], 'e', ARGV[4])
+  e = redis.call('HGET', KEYS[4], 'e')
+  local n = redis.call('HINCRBY', KEYS[4], 'n', 1)
+  if string.sub(m, -1) == '}' then m = string.sub(m, 1, -2) end
+  m = m .. ',"seq":' .. n .. '}'
+end
+if ARGV[1] ~= '0' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', m)
+end
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', KEYS[2], string.char(1) .. 'N' .. string.char(#id) .. id .. string.char(#e) .. e .. string.char(#ARGV[5]) .. ARGV[5] .. m)
+else
+  redis.call('PUBLISH', KEYS[2], string.char(1) .. 'H' .. string.char(#id) .. id .. m)
+end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-return id";
+return id"#;
     /// Sets a name if free, or keeps it if this instance (ARGV[2]) holds it already (a release of it
     /// was pending: `names`); records it under the instance for the sweep. 1 = won.
     CLAIM = r"
@@ -78,8 +98,8 @@ end
 redis.call('SREM', KEYS[2], ARGV[3])
 return 1";
     /// Removes every trace of instance ARGV[2] under prefix ARGV[1]; returns its rooms. A room left
-    /// without members on any node has its history expire after ARGV[3] ms and leaves the index of
-    /// rooms.
+    /// without members on any node has its history and numbering hash expire after ARGV[3] ms and
+    /// leaves the index of rooms.
     SWEEP = r"
 local p, d = ARGV[1], ARGV[2]
 local rooms = redis.call('SMEMBERS', p .. ':node:' .. d .. ':rooms')
@@ -88,6 +108,7 @@ for _, r in ipairs(rooms) do
   if redis.call('HLEN', p .. ':presence:' .. r) == 0 then
     redis.call('PEXPIRE', p .. ':history:' .. r, ARGV[3])
     redis.call('ZREM', p .. ':rooms', r)
+    redis.call('PEXPIRE', p .. ':seq:' .. r, ARGV[3])
   end
 end
 local names = redis.call('SMEMBERS', p .. ':node:' .. d .. ':names')
@@ -106,14 +127,15 @@ redis.call('DEL', p .. ':node:' .. d .. ':rooms', p .. ':node:' .. d .. ':names'
 redis.call('SREM', p .. ':nodes', d)
 return rooms";
     /// Removes this instance's (ARGV[1]) presence entry of a room it left; when no node has members
-    /// there any more, the room's history stream (KEYS[3]) expires after ARGV[3] ms and the room
-    /// (ARGV[2]) leaves the index of rooms (KEYS[4]).
+    /// there any more, the room's history stream (KEYS[3]) and numbering hash (KEYS[5]) expire
+    /// after ARGV[3] ms and the room (ARGV[2]) leaves the index of rooms (KEYS[4]).
     CLOSE = r"
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('PEXPIRE', KEYS[5], ARGV[3])
 end
 return 1";
 }
@@ -239,4 +261,17 @@ pub async fn run_all<C: ConnectionLike + Send>(
     ops: Vec<Op>,
 ) -> RedisResult<Vec<Value>> {
     run(conn, ops).await?.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The script numbers a message exactly as `relay::recovery` reads a number back.
+    #[test]
+    fn the_script_appends_the_number_under_the_shared_key() {
+        assert!(
+            super::PUBLISH_KEPT
+                .source
+                .contains(&format!("'{}'", super::super::wire::SEQ_KEY))
+        );
+    }
 }

@@ -8,7 +8,12 @@
 //! it counts what it closed under the reply id, see [`Keys::kick`]). With `relay.history`, a
 //! message is also appended to the room's Redis stream by the same script that publishes it, and
 //! published as `[1][H][len(id)][stream id][envelope]`, so a node that replays the stream after
-//! subscribing drops exactly the live messages the replay already held. The instance id is the node
+//! subscribing drops exactly the live messages the replay already held. A numbered room's message
+//! (history and the JSON envelope) is numbered by the same script from the room's hash in Redis
+//! ([`Keys::seq`]: `,"seq":N}` ends its text, [`SEQ_KEY`]) and published as
+//! `[1][N][len(id)][stream id][len(epoch)][epoch][len(sender)][sender][envelope]`: every node, its
+//! own included, delivers it as it comes back, and the sending node leaves out the member named by
+//! `sender` (no echo). The instance id is the node
 //! id plus a per-process epoch, so a node drops its own publications and a restarted node is a new
 //! instance whose predecessor's entries are swept, never counted twice.
 //!
@@ -98,6 +103,12 @@ impl Keys {
         format!("{}:history:{room}", self.prefix)
     }
 
+    /// Hash of a numbered room (history and the JSON envelope): `e` its epoch, `n` its last
+    /// number; it lives and expires with the room's history stream.
+    pub fn seq(&self, room: &str) -> String {
+        format!("{}:seq:{room}", self.prefix)
+    }
+
     /// String with a TTL of `node_timeout`: the instance is alive while it exists.
     pub fn alive(&self, instance: &str) -> String {
         format!("{}:node:{instance}:alive", self.prefix)
@@ -173,22 +184,96 @@ pub enum BadEnvelope {
     NotUtf8,
 }
 
-/// Like [`decode`], also reading the stream id of a message kept in history (`H`).
-pub fn decode_stamped(raw: Bytes) -> Result<(Option<StreamId>, Bytes, Payload), BadEnvelope> {
-    if raw.len() >= 3 && raw[0] == VERSION && raw[1] == b'H' {
-        let len = raw[2] as usize;
-        if raw.len() < 3 + len {
-            return Err(BadEnvelope::Short);
-        }
-        let id = std::str::from_utf8(&raw[3..3 + len])
-            .ok()
-            .and_then(parse_stream_id)
-            .ok_or(BadEnvelope::Unknown)?;
-        let (from, payload) = decode(raw.slice(3 + len..))?;
-        return Ok((Some(id), from, payload));
+/// What the `PUBLISH_KEPT` script says of a message of a numbered room (`N`): the room's epoch
+/// in Redis (its number is in the text, [`SEQ_KEY`]) and the local member who sent it, meaningful
+/// to the sending instance only (`None`: every member hears it, the API or echo on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbered {
+    pub epoch: Box<str>,
+    pub sender: Option<u64>,
+}
+
+/// A message as it came off a room's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    /// Its stream entry id (`H`, `N`), when it was kept in the room's history.
+    pub id: Option<StreamId>,
+    /// Set for a numbered room's message (`N`).
+    pub numbered: Option<Numbered>,
+    /// The sending instance.
+    pub from: Bytes,
+    pub payload: Payload,
+}
+
+/// What the `PUBLISH_KEPT` script puts before `,"seq":N}` at the end of a numbered message's
+/// JSON text, and what `relay::recovery` reads the number back by.
+pub const SEQ_KEY: &str = r#","seq":"#;
+
+/// An epoch as the nodes make them (`Shared::candidate_epoch`) and `?since=` takes them: 1-32
+/// ASCII letters, digits and `-`.
+pub fn is_epoch(e: &str) -> bool {
+    (1..=32).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// One length-prefixed field (`[len][bytes]`) at the head of `raw`, and the rest.
+fn field(raw: &Bytes) -> Result<(Bytes, Bytes), BadEnvelope> {
+    let len = *raw.first().ok_or(BadEnvelope::Short)? as usize;
+    if raw.len() < 1 + len {
+        return Err(BadEnvelope::Short);
+    }
+    Ok((raw.slice(1..1 + len), raw.slice(1 + len..)))
+}
+
+/// Like [`decode`], also reading the stream id of a message kept in history (`H`:
+/// `[1][H][len][id][envelope]`, an empty id when it was not kept) and, for a numbered room's
+/// message, its epoch and sender (`N`: `[1][N][len][id][len][epoch][len][sender][envelope]`).
+pub fn decode_stamped(raw: Bytes) -> Result<Stamped, BadEnvelope> {
+    if raw.len() >= 3 && raw[0] == VERSION && matches!(raw[1], b'H' | b'N') {
+        let (id, rest) = field(&raw.slice(2..))?;
+        let id = match id.is_empty() {
+            true => None,
+            false => Some(
+                std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(parse_stream_id)
+                    .ok_or(BadEnvelope::Unknown)?,
+            ),
+        };
+        let (numbered, rest) = match raw[1] {
+            b'N' => {
+                let (epoch, rest) = field(&rest)?;
+                let (sender, rest) = field(&rest)?;
+                // What `?since=` accepts (and what goes unescaped into presence JSON).
+                let epoch = std::str::from_utf8(&epoch)
+                    .ok()
+                    .filter(|e| is_epoch(e))
+                    .ok_or(BadEnvelope::Unknown)?;
+                let sender = std::str::from_utf8(&sender)
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+                let numbered = Numbered {
+                    epoch: epoch.into(),
+                    sender,
+                };
+                (Some(numbered), rest)
+            }
+            _ => (None, rest),
+        };
+        let (from, payload) = decode(rest)?;
+        return Ok(Stamped {
+            id,
+            numbered,
+            from,
+            payload,
+        });
     }
     let (from, payload) = decode(raw)?;
-    Ok((None, from, payload))
+    Ok(Stamped {
+        id: None,
+        numbered: None,
+        from,
+        payload,
+    })
 }
 
 /// The sending instance and the payload of an envelope. The payload shares `raw`'s buffer.
@@ -398,12 +483,43 @@ mod tests {
         let mut raw = vec![1, b'H', 5];
         raw.extend_from_slice(b"17-42");
         raw.extend_from_slice(&inner);
-        let (id, from, p) = decode_stamped(Bytes::from(raw)).unwrap();
-        assert_eq!((id, &from[..]), (Some((17, 42)), &b"n2"[..]));
-        assert_eq!(p, Payload::Message(Message::text("hi")));
-        let (id, _, _) = decode_stamped(inner).unwrap();
-        assert_eq!(id, None);
+        let s = decode_stamped(Bytes::from(raw)).unwrap();
+        assert_eq!((s.id, &s.from[..]), (Some((17, 42)), &b"n2"[..]));
+        assert_eq!(s.payload, Payload::Message(Message::text("hi")));
+        assert_eq!(s.numbered, None);
+        assert_eq!(decode_stamped(inner.clone()).unwrap().id, None);
         assert!(decode_stamped(Bytes::from_static(b"Hx-y")).is_err());
+        // A numbered room's message: id (here none: too large to keep), epoch, sender.
+        let mut raw = vec![1, b'N', 0, 4];
+        raw.extend_from_slice(b"e1-2");
+        raw.push(2);
+        raw.extend_from_slice(b"17");
+        raw.extend_from_slice(&inner);
+        let s = decode_stamped(Bytes::from(raw.clone())).unwrap();
+        let numbered = Numbered {
+            epoch: "e1-2".into(),
+            sender: Some(17),
+        };
+        assert_eq!((s.id, s.numbered), (None, Some(numbered)));
+        assert_eq!(s.payload, Payload::Message(Message::text("hi")));
+        // No sender (the API, or echo on); and cut short anywhere: refused, not panicked on.
+        let mut api = vec![1, b'N', 0, 1, b'e', 0];
+        api.extend_from_slice(&inner);
+        let s = decode_stamped(Bytes::from(api)).unwrap();
+        assert_eq!(s.numbered.unwrap().sender, None);
+        let mut forged = vec![1, b'N', 0, 3];
+        forged.extend_from_slice(b"a\"b\x00");
+        forged.extend_from_slice(&inner);
+        assert_eq!(
+            decode_stamped(Bytes::from(forged)),
+            Err(BadEnvelope::Unknown)
+        );
+        for cut in 3..12 {
+            assert!(
+                decode_stamped(Bytes::from(raw[..cut].to_vec())).is_err(),
+                "{cut}"
+            );
+        }
         assert!(parse_stream_id("5-1") < parse_stream_id("5-10"));
     }
 

@@ -110,6 +110,12 @@ pub fn render(s: &Snapshot) -> String {
             ConstCounter::new(cluster.receive_dropped),
         );
         r.register(
+            "cluster_unnumbered_messages",
+            "Messages of numbered rooms delivered to this node's members only, without a number \
+             (no `since` recovers them), because Redis was unreachable or the publish queue full",
+            ConstCounter::new(cluster.unnumbered),
+        );
+        r.register(
             "cluster_reconnects",
             "Times the connection to Redis was made again after a loss",
             ConstCounter::new(cluster.reconnects),

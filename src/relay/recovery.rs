@@ -2,9 +2,11 @@
 //!
 //! A room numbers its messages when it keeps history and wraps text in the JSON envelope (the
 //! number needs somewhere to go): each relayed message gets `"seq":N` from a per-room counter, and
-//! the room an epoch, carried by its presence state as `"epoch":"E"`. A room made anew (after it
-//! emptied, or after a restart) starts over at 1 under a new epoch. This release numbers rooms on a
-//! single node only; in a cluster, and with raw relay, messages carry no number.
+//! the room an epoch, carried by its presence state as `"epoch":"E"`. On a single node the hub
+//! numbers (a room made anew, after it emptied or a restart, starts over at 1 under a new epoch);
+//! in a cluster Redis does, with the same text rule (`cluster::wire::SEQ_KEY`, in the
+//! `PUBLISH_KEPT` script), and the epoch lives there too: it changes when the room's numbering
+//! hash expires with its history. With raw relay, messages carry no number.
 //!
 //! A joiner with `?since=E:N` gets exactly the messages after N, then live traffic (the hub does
 //! both under the room lock, so nothing falls between). When that cannot be promised, it first
@@ -15,9 +17,8 @@
 //!
 //! Pure functions over text and history: this file must not lock or queue.
 
+use crate::cluster::wire::SEQ_KEY;
 use crate::proto::message::{Message, Utf8Bytes};
-
-const SEQ_KEY: &str = r#","seq":"#;
 
 /// An enveloped message (`{...}`) with `,"seq":N` before its closing brace.
 pub fn with_seq(text: &str, seq: u64) -> Utf8Bytes {

@@ -34,14 +34,24 @@ impl Hub {
     /// `skip`, marks the room live, publishes it to the other nodes and keeps it in history.
     /// Returns how many members it was queued to (what `messages_queued` counts).
     pub(super) fn fan_out(&self, room: &Room, delivery: Delivery) -> u64 {
+        let mut state = room.lock();
+        self.fan_out_locked(room, &mut state, delivery)
+    }
+
+    /// [`Hub::fan_out`] with `room`'s lock already held (`state`).
+    pub(super) fn fan_out_locked(
+        &self,
+        room: &Room,
+        state: &mut RoomState,
+        delivery: Delivery,
+    ) -> u64 {
         let Delivery {
             msg,
             skip,
             bounds: (history, history_bytes),
             publish,
         } = delivery;
-        let mut state = room.lock();
-        let msg = self.number(&room.name, &mut state, msg);
+        let msg = self.number(&room.name, state, msg);
         let mut queued = 0u64;
         for m in &state.members {
             if skip != Some(m.id) && m.outbox.push(msg.clone()) {
@@ -56,7 +66,6 @@ impl Hub {
         if history > 0 || !state.history.is_empty() {
             state.history.push(msg, history, history_bytes);
         }
-        drop(state);
         let stats = &self.shared.stats;
         stats.messages_queued.fetch_add(queued, Ordering::Relaxed);
         queued
@@ -75,8 +84,9 @@ impl Hub {
         Some((data, if fits { history } else { 0 }))
     }
 
-    /// `msg` numbered for recovery when `room` numbers its messages (single node only: a
-    /// cluster-wide counter would live in Redis), else unchanged. Under the room lock.
+    /// `msg` numbered for recovery when `room` numbers its messages on a single node, else
+    /// unchanged (a cluster's numbered room is numbered by Redis: [`Hub::send_numbered`]). Under
+    /// the room lock.
     fn number(&self, room: &str, state: &mut RoomState, msg: Message) -> Message {
         if self.shared.cluster.is_some() || !self.shared.settings.load().numbered(room) {
             return msg;
@@ -90,13 +100,51 @@ impl Hub {
         }
     }
 
+    /// In a cluster, a message of a numbered room goes to Redis, which numbers it, and every node
+    /// (this one too) delivers it as it comes back ([`crate::cluster::Rooms::deliver_numbered`]),
+    /// to every member but `skip`: one order, one number for everyone, for one Redis round trip
+    /// of latency. `Err((msg, false))` when the message takes the ordinary path: a single node or
+    /// a room that is not numbered. `Err((msg, true))` when Redis is down or the publish queue
+    /// full: counted, and then delivered to this node's members only, unnumbered (no `since`
+    /// recovers it).
+    fn send_numbered(
+        &self,
+        room: &Arc<str>,
+        msg: Message,
+        bounds: (usize, usize),
+        skip: Option<u64>,
+    ) -> Result<(), (Message, bool)> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Err((msg, false));
+        };
+        if !self.shared.settings.load().numbered(room) || !matches!(msg, Message::Text(_)) {
+            return Err((msg, false));
+        }
+        let sent = self
+            .encode(&msg, bounds)
+            .is_some_and(|(data, kept)| cluster.publish_numbered(room, data, kept, skip));
+        if !sent {
+            cluster.unnumbered();
+            return Err((msg, true));
+        }
+        Ok(())
+    }
+
     /// A message from the backend API into `room`: to every local member, into the room's
     /// history and to the other nodes, under the room lock like a member's message (so members see
     /// it in order with the others' messages). A room with no member here is still published to
     /// the other nodes. Returns how many local members it was queued to.
     pub fn publish_api(&self, room: &str, msg: Message) -> usize {
         let bounds = self.shared.settings.load().history_for(room);
-        let publish = self.encode(&msg, bounds);
+        let (msg, publish) = match self.send_numbered(&Arc::from(room), msg, bounds, None) {
+            // Numbered by Redis, then delivered to the members here as it comes back.
+            Ok(()) => return self.find(room).map_or(0, |r| r.lock().members.len()),
+            Err((msg, true)) => (msg, None),
+            Err((msg, false)) => {
+                let publish = self.encode(&msg, bounds);
+                (msg, publish)
+            }
+        };
         let Some(local) = self.find(room) else {
             if let (Some(cluster), Some((data, kept))) = (&self.shared.cluster, publish) {
                 cluster.publish(&Arc::from(room), data, kept);
@@ -119,10 +167,18 @@ impl Membership {
     /// The room's history keeps it within the bounds in force (the hub's settings).
     pub fn publish(&self, msg: Message, echo: bool) {
         let bounds = self.hub.shared.settings.load().history_for(&self.room.name);
-        let publish = self.hub.encode(&msg, bounds);
+        let skip = (!echo).then_some(self.id);
+        let (msg, publish) = match self.hub.send_numbered(&self.room.name, msg, bounds, skip) {
+            Ok(()) => return,
+            Err((msg, true)) => (msg, None),
+            Err((msg, false)) => {
+                let publish = self.hub.encode(&msg, bounds);
+                (msg, publish)
+            }
+        };
         let delivery = Delivery {
             msg,
-            skip: (!echo).then_some(self.id),
+            skip,
             bounds,
             publish,
         };

@@ -159,15 +159,21 @@ impl Hub {
             }
             // The bounds in force, even if a reload's trim has not reached this room yet.
             state.history.trim(settings.history, settings.history_bytes);
-            let numbered = self.shared.cluster.is_none()
-                && settings.history > 0
-                && settings.envelope == Envelope::Json;
+            let numbered = settings.history > 0 && settings.envelope == Envelope::Json;
+            // A cluster's numbered room this node has not read from Redis yet: the plan waits for
+            // the room's epoch, last number and history (its seed, `remote.rs`).
+            let wait = numbered && self.shared.cluster.is_some() && !state.synced;
+            let mut pending = None;
             let from = match since {
                 None => 0,
+                Some((epoch, n)) if wait => {
+                    pending = Some((Box::from(epoch), n));
+                    u64::MAX
+                }
                 Some(since) => {
                     let plan = crate::relay::recovery::plan(
                         &room.name,
-                        numbered.then_some(&*state.epoch),
+                        (numbered && !wait).then_some(&*state.epoch),
                         state.seq,
                         state.history.iter(),
                         since,
@@ -190,6 +196,7 @@ impl Hub {
                 session: session.map(Box::from),
                 outbox: outbox.clone(),
                 fresh: true,
+                since: pending,
             });
             self.shared.total.fetch_add(1, Ordering::Relaxed);
             self.schedule(&room, &mut state);

@@ -49,6 +49,9 @@ pub(super) struct RoomState {
     /// names this run of numbers: a room made anew starts over under a new epoch.
     pub(super) seq: u64,
     pub(super) epoch: Arc<str>,
+    /// In a cluster, a numbered room's `epoch` and `seq` mirror Redis: set by the room's seed
+    /// (or its first numbered message), until then unknown and not shown.
+    pub(super) synced: bool,
     /// A message has been relayed here, or the history read from Redis, since the room was
     /// created (cluster history: a replay from Redis goes to the first members only while nothing
     /// live has reached them, and only once).
@@ -64,6 +67,9 @@ pub(super) struct Member {
     pub(super) outbox: Outbox,
     /// Joined since the last presence message: gets the state, not the change.
     pub(super) fresh: bool,
+    /// `?since=` of a member who joined a cluster's numbered room before this node had read the
+    /// room's numbering from Redis: its plan is made when it is (the room's seed).
+    pub(super) since: Option<(Box<str>, u64)>,
 }
 
 /// Sets a room's remote members; whether anything changed (names appeared or went are presence
@@ -102,6 +108,7 @@ impl Room {
                 remote_names: Vec::new(),
                 seq: 0,
                 epoch,
+                synced: false,
                 live: false,
             }),
             contended: AtomicU64::new(0),

@@ -182,7 +182,7 @@ async fn a_message_from_another_node_reaches_every_local_member_and_the_history(
         "replayed from the room's history"
     );
     // Once something live has been relayed, a late history read from Redis is not replayed.
-    hub.seed_history("r", vec![Message::text("old")]);
+    hub.seed_history("r", vec![Message::text("old")], None);
     a.publish(Message::text("m2"), true);
     assert_eq!(drained(&ann).await, ["m2"]);
 }
@@ -192,9 +192,13 @@ async fn a_history_read_from_redis_is_replayed_once_to_the_first_members() {
     let hub = hub();
     let (ann_tx, ann) = pair();
     let _a = hub.join("r", None, ann_tx).unwrap();
-    hub.seed_history("r", ["h1", "h2", "h3", "h4"].map(Message::text).to_vec());
+    hub.seed_history(
+        "r",
+        ["h1", "h2", "h3", "h4"].map(Message::text).to_vec(),
+        None,
+    );
     assert_eq!(drained(&ann).await, ["h2", "h3", "h4"], "history = 3");
-    hub.seed_history("r", vec![Message::text("again")]);
+    hub.seed_history("r", vec![Message::text("again")], None);
     hub.deliver_remote("r", Message::text("live"));
     assert_eq!(drained(&ann).await, ["live"]);
 }
@@ -389,4 +393,76 @@ fn names_are_unique_by_key_unless_unique_names_is_off() {
     let b = hub.join("r", Some("sam"), outbox()).unwrap();
     drop(b);
     assert_eq!(_a.room.state.lock().roster.listed(10), ["sam"]);
+}
+
+/// A hub of a cluster (Redis is never reached here) whose rooms are numbered.
+fn cluster_hub() -> Hub {
+    let config = Config::from_toml(
+        "[tls]\nenabled = false\n[relay]\nhistory = 3\nenvelope = \"json\"\n\
+         [cluster]\nredis = \"redis://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let cluster = crate::cluster::Cluster::new(&config.cluster);
+    Hub::with_cluster(Arc::default(), RoomSettings::new(&config), cluster)
+}
+
+fn seq_msg(i: u64) -> Message {
+    Message::Text(crate::relay::recovery::with_seq(
+        &format!("{{\"m\":{i}}}"),
+        i,
+    ))
+}
+
+fn seq_texts(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+    range
+        .map(|i| format!("{{\"m\":{i},\"seq\":{i}}}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cluster_room_plans_since_at_its_seed_then_follows_the_numbers_of_redis() {
+    let hub = cluster_hub();
+    // Joined before the node read the room: the plan waits for the seed.
+    let (tx, ann) = pair();
+    let _a = hub
+        .join_since("r", None, None, Some(("e1", 5)), tx)
+        .unwrap();
+    let (tx, bob) = pair();
+    let _b = hub.join("r", None, tx).unwrap();
+    assert!(hub.seed_history("r", (5..=7).map(seq_msg).collect(), Some(("e1", 7))));
+    assert_eq!(drained(&ann).await, seq_texts(6..=7));
+    assert_eq!(drained(&bob).await, seq_texts(5..=7));
+    assert!(
+        !hub.seed_history("r", vec![seq_msg(9)], Some(("e1", 9))),
+        "seeded once"
+    );
+    // Read: a later joiner is planned at once, against the room's copy.
+    let (tx, cid) = pair();
+    let c = hub
+        .join_since("r", None, None, Some(("e1", 3)), tx)
+        .unwrap();
+    let got = drained(&cid).await;
+    assert!(got[0].contains(r#""reason":"history""#), "{got:?}");
+    assert_eq!(got[1..], seq_texts(5..=7));
+    // Live, as Redis numbered it: the sender (echo off) is left out.
+    hub.deliver_numbered("r", seq_msg(8), "e1", Some(c.id));
+    assert_eq!(drained(&ann).await, seq_texts(8..=8));
+    assert_eq!(drained(&bob).await, seq_texts(8..=8));
+    // Redis started the room over: new epoch, old history gone.
+    hub.deliver_numbered("r", seq_msg(1), "e2", None);
+    assert_eq!(
+        drained(&cid).await,
+        seq_texts(1..=1),
+        "nothing of 8 for its sender"
+    );
+    let (tx, dan) = pair();
+    let _d = hub
+        .join_since("r", None, None, Some(("e1", 8)), tx)
+        .unwrap();
+    let got = drained(&dan).await;
+    assert!(
+        got[0].contains(r#""reason":"epoch""#) && got[0].contains("e2"),
+        "{got:?}"
+    );
+    assert_eq!(got[1..], seq_texts(1..=1));
 }

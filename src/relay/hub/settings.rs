@@ -95,4 +95,8 @@ impl RoomRules for RoomSettings {
     fn unique_names(&self, room: &str) -> bool {
         self.for_room(room).unique_names
     }
+
+    fn numbered(&self, room: &str) -> bool {
+        RoomSettings::numbered(self, room)
+    }
 }

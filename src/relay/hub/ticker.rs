@@ -77,6 +77,13 @@ impl Hub {
         if state.closed {
             return;
         }
+        // A cluster's numbered room waits for its numbering from Redis (one round trip after its
+        // first join here), so its first state carries the epoch a client keeps; its seed
+        // schedules it again. With Redis down it goes without.
+        let up = self.shared.cluster.as_ref().is_some_and(|c| c.is_up());
+        if up && !state.synced && settings.numbered(&room.name) {
+            return;
+        }
         let count = state.members.len() + state.remote_count;
         let pending = Pending {
             names: state.changes.len(),
@@ -93,7 +100,9 @@ impl Hub {
             return;
         }
         let total = self.cluster_total();
-        let numbered = self.shared.cluster.is_none() && settings.numbered(&room.name);
+        // In a cluster, the epoch is Redis's: shown once the room has read it.
+        let numbered =
+            (self.shared.cluster.is_none() || state.synced) && settings.numbered(&room.name);
         let (mut full, mut change, mut plain) = (None, None, None);
         let mut sent = 0u64;
         let state = &mut *state;
