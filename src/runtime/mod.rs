@@ -22,6 +22,7 @@
 //!     │                                                        outbox's receiver and the slot; closes
 //!     │                                                        with 1001 at `draining` (the outbox's
 //!     │                                                        token is its child), cut at `stopped`
+//!     │                                                        (watched in its close phase only)
 //!     ├── presence ticker   tasks::presence_ticker  tracked    a hub handle; ends at `draining`
 //!     ├── systemd notifier  tasks::systemd_notifier untracked  STATUS= and the watchdog, under
 //!     │                                                        systemd only; ends at `stopped`
