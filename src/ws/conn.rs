@@ -4,9 +4,10 @@
 //! [`read`] half turns client frames into whole messages under the size limit, the [`write`](mod@write) half
 //! writes queued messages as a header plus the shared payload straight into TLS. The task runs
 //! three loops at once and ends with the first to finish: the reader (client messages -> the
-//! room), the writer (the outbox -> the socket) and the heartbeat (one timer: pings, idle). The
-//! outbox's close token ends all three when the hub evicts the connection (1013) or the server
-//! drains (1001).
+//! room), the writer (the outbox -> the socket) and the heartbeat (one timer: pings, idle, the
+//! token's expiry). The outbox's close token ends all three when the hub evicts the connection
+//! (1013) or the server drains (1001). The drain's end (`stopped`) is watched in the close phase
+//! only, so no token shared by every connection is polled on each wake-up.
 //!
 //! Then the close phase, under [`CLOSE_TIMEOUT`] whatever the reason: what was queued is written
 //! first (echoes, presence: except for an evicted slow consumer, which only finishes the frame in
