@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::browser::{Page, Session};
 use common::daemon::Daemon;
-use common::within;
+use common::{Client, within};
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -1062,19 +1062,7 @@ async fn a_page_cut_while_fifty_messages_are_sent_shows_each_once_in_order_after
         &format!("window.__sockets.made > {made}"),
     )
     .await;
-    sam.wait_text("#log .sys", "reconnected, 50 missed messages recovered")
-        .await;
-    bot.send_text("after").await;
-    sam.wait_text("#log .msg", "after").await;
-    let shown = sam
-        .eval(
-            "[...document.querySelectorAll('#log .msg')].map(e => e.textContent)\
-             .filter(t => t.includes('missed ') || t.includes('before the cut'))",
-        )
-        .await;
-    let mut expected = vec!["bot: before the cut".to_owned()];
-    expected.extend((0..50).map(|i| format!("bot: missed {i:02}")));
-    assert_eq!(shown, serde_json::json!(expected), "each once, in order");
+    shows_the_fifty_once_in_order(&sam, &mut bot, "before the cut").await;
     sam.assert_no_errors(|_| false).await;
 }
 
@@ -1128,21 +1116,27 @@ async fn a_page_away_while_its_node_restarts_shows_the_fifty_sent_on_another_nod
         &format!("window.__sockets.made > {made}"),
     )
     .await;
+    shows_the_fifty_once_in_order(&sam, &mut bot, "before the restart").await;
+    // The page's failed connects while node a was down are expected console noise.
+    sam.assert_no_errors(|e| e.contains("WebSocket") || e.contains("ERR_CONNECTION"))
+        .await;
+    drop(a);
+}
+
+/// After a reconnect: the page says it recovered 50 messages, then, once `bot`'s live marker
+/// arrived, shows `before` and `missed 00`..`missed 49` each once and in order.
+async fn shows_the_fifty_once_in_order(sam: &Page<'_>, bot: &mut Client, before: &str) {
     sam.wait_text("#log .sys", "reconnected, 50 missed messages recovered")
         .await;
     bot.send_text("after").await;
     sam.wait_text("#log .msg", "after").await;
     let shown = sam
-        .eval(
+        .eval(&format!(
             "[...document.querySelectorAll('#log .msg')].map(e => e.textContent)\
-             .filter(t => t.includes('missed ') || t.includes('before the restart'))",
-        )
+             .filter(t => t.includes('missed ') || t.includes('{before}'))"
+        ))
         .await;
-    let mut expected = vec!["bot: before the restart".to_owned()];
+    let mut expected = vec![format!("bot: {before}")];
     expected.extend((0..50).map(|i| format!("bot: missed {i:02}")));
     assert_eq!(shown, serde_json::json!(expected), "each once, in order");
-    // The page's failed connects while node a was down are expected console noise.
-    sam.assert_no_errors(|e| e.contains("WebSocket") || e.contains("ERR_CONNECTION"))
-        .await;
-    drop(a);
 }

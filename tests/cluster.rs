@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::daemon::Daemon;
 use common::{Client, within};
 use futures_util::SinkExt;
-use redis_server::Redis;
+use redis_server::{Redis, integer};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -837,15 +837,6 @@ async fn redis_until(
         }
     })
     .await
-}
-
-/// `:N\r\n` -> N.
-fn integer(reply: &str) -> i64 {
-    reply
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap_or(i64::MIN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::daemon::Daemon;
 use common::{Client, within};
-use redis_server::Redis;
+use redis_server::{Redis, integer};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -92,15 +92,6 @@ async fn api_publish(d: &Daemon, room: &str, text: &str) {
     tls.flush().await.unwrap();
     let (status, _, body) = common::read_response(&mut tls).await;
     assert_eq!(status, 200, "{body}");
-}
-
-/// `:N\r\n` -> N.
-fn integer(reply: &str) -> i64 {
-    reply
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap_or(i64::MIN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

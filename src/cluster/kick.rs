@@ -21,10 +21,11 @@ use redis::RedisResult;
 use redis::aio::ConnectionLike;
 use tokio::time::Instant;
 
+use super::Shared;
 use super::presence::ttl_ms;
+use super::publisher::Out;
 use super::scripts::{self, Call};
 use super::wire::{self, Keys, Payload};
-use super::{Out, Shared};
 
 /// How long the asking node waits for the other nodes' answers, at most.
 pub const KICK_WAIT: Duration = Duration::from_secs(1);

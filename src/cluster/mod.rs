@@ -50,6 +50,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config;
+use publisher::Out;
 pub use rooms::{RoomRules, Rooms};
 use wire::{Keys, Payload};
 
@@ -63,7 +64,7 @@ pub const PRESENCE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages waiting for the publisher task, and their bytes: past either bound (Redis slower than
 /// the senders), further messages are dropped and counted, never buffered without bound.
 const PUBLISH_QUEUE: usize = 65_536;
-const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
+pub(crate) const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
 
 /// The cluster side of a node. Cheap to clone.
 #[derive(Clone)]
@@ -146,51 +147,6 @@ struct FirstRead {
     at: std::time::Instant,
     count: usize,
     names: Vec<Arc<str>>,
-}
-
-/// What the publisher task sends.
-pub(crate) enum Out {
-    /// A message for a room's channel.
-    Message {
-        room: Arc<str>,
-        data: Bytes,
-        /// The room keeps this many messages in its stream (0: none).
-        history: usize,
-        /// A numbered room's message: Redis numbers it, and every node (this one too) delivers
-        /// it when it comes back, but to this member of this node (the sender, no echo).
-        numbered: Option<Option<u64>>,
-    },
-    /// This node's answer to a kick of the backend API ([`kick`]).
-    KickReply(kick::Reply),
-}
-
-impl Out {
-    /// What it weighs in the queue's byte bound ([`PUBLISH_QUEUE_BYTES`]).
-    fn size(&self) -> usize {
-        match self {
-            Out::Message { data, .. } => data.len(),
-            Out::KickReply(reply) => reply.size(),
-        }
-    }
-}
-
-impl Shared {
-    /// Queues `out` for the publisher task; `false` (counted as dropped) when either of the
-    /// queue's bounds is reached.
-    pub(crate) fn queue(&self, out: Out) -> bool {
-        let size = out.size();
-        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
-            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        if self.out_tx.try_send(out).is_err() {
-            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
 }
 
 /// The line `--check-config` prints about the cluster (the URL without its password).
@@ -444,19 +400,10 @@ impl Cluster {
     /// is (dead instances' entries are swept by liveness). `Err` while Redis is down or slower
     /// than [`PRESENCE_READ_TIMEOUT`]: the caller cannot know the room, and says so.
     pub async fn read_presence(&self, room: &str) -> Result<(usize, Vec<Arc<str>>), Unavailable> {
-        if !self.is_up() {
-            return Err(Unavailable);
-        }
-        let conn = self.shared.commands.load_full().ok_or(Unavailable)?;
-        let read = presence::read_room(&self.shared, (*conn).clone(), room);
-        match tokio::time::timeout(PRESENCE_READ_TIMEOUT, read).await {
-            Ok(Ok(presence)) => Ok(presence),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "presence read failed");
-                Err(Unavailable)
-            }
-            Err(_) => Err(Unavailable),
-        }
+        self.read("presence", |conn| {
+            presence::read_room(&self.shared, conn, room)
+        })
+        .await
     }
 
     /// A page of the rooms with members on any node (`presence::read_rooms`), for the backend
@@ -468,15 +415,30 @@ impl Cluster {
         after: Option<&str>,
         limit: usize,
     ) -> Result<presence::RoomPage, Unavailable> {
+        self.read("room list", |conn| {
+            presence::read_rooms(&self.shared, conn, after, limit)
+        })
+        .await
+    }
+
+    /// Runs one read of the backend API on the command connection, bounded by
+    /// [`PRESENCE_READ_TIMEOUT`]; `Err` while Redis is down, failing or slower.
+    async fn read<T, F>(
+        &self,
+        what: &'static str,
+        read: impl FnOnce(::redis::aio::ConnectionManager) -> F,
+    ) -> Result<T, Unavailable>
+    where
+        F: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
         if !self.is_up() {
             return Err(Unavailable);
         }
         let conn = self.shared.commands.load_full().ok_or(Unavailable)?;
-        let read = presence::read_rooms(&self.shared, (*conn).clone(), after, limit);
-        match tokio::time::timeout(PRESENCE_READ_TIMEOUT, read).await {
-            Ok(Ok(page)) => Ok(page),
+        match tokio::time::timeout(PRESENCE_READ_TIMEOUT, read((*conn).clone())).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "room list read failed");
+                tracing::debug!(error = %e, what, "read from redis failed");
                 Err(Unavailable)
             }
             Err(_) => Err(Unavailable),

@@ -3,8 +3,8 @@
 //! `PUBLISH_KEPT` script (stream entry and publish in one atomic step), and so does a numbered
 //! room's message (the script numbers it), any other as a plain `PUBLISH`; this node's answers to
 //! kicks ([`super::kick`]) go the same way. What fails is dropped and counted, never retried: a
-//! late message would arrive out of order. It must not read rooms or touch the subscriber
-//! connection.
+//! late message would arrive out of order. What it sends ([`Out`]) and the bounded queue the rooms
+//! fill ([`Shared::queue`]) are here too. It must not read rooms or touch the subscriber connection.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,54 @@ use tracing::debug;
 
 use super::presence::ttl_ms;
 use super::scripts::{self, Call, Op};
-use super::{IO_TIMEOUT, Out, Shared};
+use bytes::Bytes;
+
+use super::{IO_TIMEOUT, PUBLISH_QUEUE_BYTES, Shared, kick};
+
+/// What the publisher task sends.
+pub(crate) enum Out {
+    /// A message for a room's channel.
+    Message {
+        room: Arc<str>,
+        data: Bytes,
+        /// The room keeps this many messages in its stream (0: none).
+        history: usize,
+        /// A numbered room's message: Redis numbers it, and every node (this one too) delivers
+        /// it when it comes back, but to this member of this node (the sender, no echo).
+        numbered: Option<Option<u64>>,
+    },
+    /// This node's answer to a kick of the backend API ([`kick`]).
+    KickReply(kick::Reply),
+}
+
+impl Out {
+    /// What it weighs in the queue's byte bound ([`PUBLISH_QUEUE_BYTES`]).
+    fn size(&self) -> usize {
+        match self {
+            Out::Message { data, .. } => data.len(),
+            Out::KickReply(reply) => reply.size(),
+        }
+    }
+}
+
+impl Shared {
+    /// Queues `out` for the publisher task; `false` (counted as dropped) when either of the
+    /// queue's bounds is reached.
+    pub(crate) fn queue(&self, out: Out) -> bool {
+        let size = out.size();
+        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if self.out_tx.try_send(out).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
 
 /// Messages sent to Redis in one pipeline, at most.
 const PUBLISH_BATCH: usize = 512;

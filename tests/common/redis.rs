@@ -229,3 +229,12 @@ impl Redis {
         Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]).await
     }
 }
+
+/// `:N\r\n` (an integer reply as [`Redis::command`] gives it) -> N; `i64::MIN` for anything else.
+pub fn integer(reply: &str) -> i64 {
+    reply
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or(i64::MIN)
+}

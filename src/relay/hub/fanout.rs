@@ -24,6 +24,9 @@ pub(super) struct Delivery {
     pub(super) skip: Option<u64>,
     /// The room's history bounds in force (`history`, `history_bytes`).
     pub(super) bounds: (usize, usize),
+    /// The room numbers its messages (history and the JSON envelope); on a single node the
+    /// fan-out numbers it, in a cluster Redis did.
+    pub(super) numbered: bool,
     /// The envelope for the other nodes and how many messages the room's stream keeps with it;
     /// `None`: not for the other nodes (a single node, Redis down, or it came from them).
     pub(super) publish: Option<(Bytes, usize)>,
@@ -49,9 +52,10 @@ impl Hub {
             msg,
             skip,
             bounds: (history, history_bytes),
+            numbered,
             publish,
         } = delivery;
-        let msg = self.number(&room.name, state, msg);
+        let msg = self.number(numbered, state, msg);
         let mut queued = 0u64;
         for m in &state.members {
             if skip != Some(m.id) && m.outbox.push(msg.clone()) {
@@ -87,8 +91,8 @@ impl Hub {
     /// `msg` numbered for recovery when `room` numbers its messages on a single node, else
     /// unchanged (a cluster's numbered room is numbered by Redis: [`Hub::send_numbered`]). Under
     /// the room lock.
-    fn number(&self, room: &str, state: &mut RoomState, msg: Message) -> Message {
-        if self.shared.cluster.is_some() || !self.shared.settings.load().numbered(room) {
+    fn number(&self, numbered: bool, state: &mut RoomState, msg: Message) -> Message {
+        if self.shared.cluster.is_some() || !numbered {
             return msg;
         }
         match msg {
@@ -98,6 +102,13 @@ impl Hub {
             }
             other => other,
         }
+    }
+
+    /// Whether `room` numbers its messages, and its history bounds, from one look at the settings
+    /// in force (a sender's path reads them once).
+    fn rules_for(&self, room: &str) -> (bool, (usize, usize)) {
+        let settings = self.shared.settings.load();
+        (settings.numbered(room), settings.history_for(room))
     }
 
     /// In a cluster, a message of a numbered room goes to Redis, which numbers it, and every node
@@ -111,13 +122,13 @@ impl Hub {
         &self,
         room: &Arc<str>,
         msg: Message,
-        bounds: (usize, usize),
+        (numbered, bounds): (bool, (usize, usize)),
         skip: Option<u64>,
     ) -> Result<(), (Message, bool)> {
         let Some(cluster) = &self.shared.cluster else {
             return Err((msg, false));
         };
-        if !self.shared.settings.load().numbered(room) || !matches!(msg, Message::Text(_)) {
+        if !numbered || !matches!(msg, Message::Text(_)) {
             return Err((msg, false));
         }
         let sent = self
@@ -135,16 +146,17 @@ impl Hub {
     /// it in order with the others' messages). A room with no member here is still published to
     /// the other nodes. Returns how many local members it was queued to.
     pub fn publish_api(&self, room: &str, msg: Message) -> usize {
-        let bounds = self.shared.settings.load().history_for(room);
-        let (msg, publish) = match self.send_numbered(&Arc::from(room), msg, bounds, None) {
-            // Numbered by Redis, then delivered to the members here as it comes back.
-            Ok(()) => return self.find(room).map_or(0, |r| r.lock().members.len()),
-            Err((msg, true)) => (msg, None),
-            Err((msg, false)) => {
-                let publish = self.encode(&msg, bounds);
-                (msg, publish)
-            }
-        };
+        let (numbered, bounds) = self.rules_for(room);
+        let (msg, publish) =
+            match self.send_numbered(&Arc::from(room), msg, (numbered, bounds), None) {
+                // Numbered by Redis, then delivered to the members here as it comes back.
+                Ok(()) => return self.find(room).map_or(0, |r| r.lock().members.len()),
+                Err((msg, true)) => (msg, None),
+                Err((msg, false)) => {
+                    let publish = self.encode(&msg, bounds);
+                    (msg, publish)
+                }
+            };
         let Some(local) = self.find(room) else {
             if let (Some(cluster), Some((data, kept))) = (&self.shared.cluster, publish) {
                 cluster.publish(&Arc::from(room), data, kept);
@@ -155,6 +167,7 @@ impl Hub {
             msg,
             skip: None,
             bounds,
+            numbered,
             publish,
         };
         self.fan_out(&local, delivery) as usize
@@ -166,9 +179,10 @@ impl Membership {
     /// the room lock, so every receiver sees one sender's messages in the order they were sent.
     /// The room's history keeps it within the bounds in force (the hub's settings).
     pub fn publish(&self, msg: Message, echo: bool) {
-        let bounds = self.hub.shared.settings.load().history_for(&self.room.name);
+        let (numbered, bounds) = self.hub.rules_for(&self.room.name);
         let skip = (!echo).then_some(self.id);
-        let (msg, publish) = match self.hub.send_numbered(&self.room.name, msg, bounds, skip) {
+        let rules = (numbered, bounds);
+        let (msg, publish) = match self.hub.send_numbered(&self.room.name, msg, rules, skip) {
             Ok(()) => return,
             Err((msg, true)) => (msg, None),
             Err((msg, false)) => {
@@ -180,6 +194,7 @@ impl Membership {
             msg,
             skip,
             bounds,
+            numbered,
             publish,
         };
         self.hub.fan_out(&self.room, delivery);

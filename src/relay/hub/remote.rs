@@ -102,6 +102,8 @@ impl Rooms for Hub {
             msg,
             skip: None,
             bounds,
+            // Another node's message: it was numbered (or not) before it left.
+            numbered: false,
             publish: None,
         };
         self.fan_out(&room, delivery);
@@ -128,6 +130,8 @@ impl Rooms for Hub {
             msg,
             skip: sender,
             bounds,
+            // Numbered by Redis already.
+            numbered: false,
             publish: None,
         };
         self.fan_out_locked(&room, &mut state, delivery);
