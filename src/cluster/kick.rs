@@ -23,7 +23,6 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::presence::ttl_ms;
-use super::publisher::Out;
 use super::scripts::{self, Call};
 use super::wire::{self, Keys, Payload};
 
@@ -96,7 +95,7 @@ impl Reply {
 /// queued for the publisher; a full queue drops it, and the asking node reports this node as
 /// unanswered.
 pub(crate) fn answer(s: &Shared, id: Box<str>, closed: usize, own: bool) {
-    s.queue(Out::KickReply(Reply { id, closed, own }));
+    s.queue(Reply { id, closed, own });
 }
 
 /// Publishes the kick of `key`'s members in `room` and waits (at most [`KICK_WAIT`]) for the

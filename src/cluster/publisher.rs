@@ -44,10 +44,17 @@ impl Out {
     }
 }
 
+impl From<kick::Reply> for Out {
+    fn from(reply: kick::Reply) -> Out {
+        Out::KickReply(reply)
+    }
+}
+
 impl Shared {
     /// Queues `out` for the publisher task; `false` (counted as dropped) when either of the
     /// queue's bounds is reached.
-    pub(crate) fn queue(&self, out: Out) -> bool {
+    pub(crate) fn queue(&self, out: impl Into<Out>) -> bool {
+        let out = out.into();
         let size = out.size();
         if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > PUBLISH_QUEUE_BYTES {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
