@@ -4,7 +4,8 @@
 //! for new handshakes while every open session keeps its own state: nobody is dropped. PEM parsing
 //! uses `rustls-pki-types` (`PemObject`); `rustls-pemfile` is unmaintained (RUSTSEC-2025-0134).
 //!
-//! It must not know HTTP or WebSocket; the stream's bytes are `tls/stream.rs`'s.
+//! It must not know HTTP or WebSocket; the stream's bytes are `tls/stream.rs`'s, its sharing
+//! between reader, writer and direct writes `tls/shared.rs`'s.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +21,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config;
 
+mod shared;
 mod stream;
 
+pub use shared::{Half, SharedTls, share};
 pub use stream::{MAX_FRAGMENT, MAX_INCOMING, TlsStream, accept};
 
 /// Why a certificate or key could not be used. Each names the file and what to do about it.

@@ -7,6 +7,7 @@
 //! [`crate::net::http::serve`], so the task tree is spawned in one place (`runtime::tasks`). It must
 //! not admit, route or answer HTTP.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,10 +22,12 @@ use tracing::debug;
 use crate::config::Config;
 use crate::net::limits::Admission;
 use crate::net::state::State;
-use crate::net::tls::TlsStream;
+use crate::net::tls::{self, Half, SharedTls, TlsStream};
+use crate::proto::message::Message;
 use crate::relay::envelope::Envelope;
 use crate::relay::hub::Membership;
-use crate::relay::outbox::OutboxRx;
+use crate::relay::outbox::{Direct, OutboxRx, Sent};
+use crate::ws::conn::write::with_frames;
 use crate::ws::conn::{self, Conn};
 
 /// One admitted upgrade, ready to run as its own task ([`Upgrade::run`]).
@@ -96,7 +99,10 @@ impl Upgrade {
                 () = stopped.cancelled() => return,
             };
             match split(upgraded) {
-                (Halves::Tls(rd, wr), early) => {
+                (Halves::Tls(rd, wr, direct), early) => {
+                    if let conn::Next::Run(conn) = &next {
+                        conn.outbox.attach_direct(direct);
+                    }
                     conn::drive(rd, wr, early, max_message, &mut next).await;
                 }
                 (Halves::Other(rd, wr), early) => {
@@ -109,8 +115,9 @@ impl Upgrade {
 
 /// The two halves of an upgraded stream, by the stream's type.
 enum Halves {
-    /// The TLS stream itself, unwrapped from hyper's box.
-    Tls(ReadHalf<TlsStream>, WriteHalf<TlsStream>),
+    /// The TLS stream itself, unwrapped from hyper's box, shared with the fan-out's direct
+    /// writes (the third part).
+    Tls(Half, Half, Arc<dyn Direct>),
     /// Anything else (plain TCP when `tls.enabled = false`), through hyper's box.
     Other(ReadHalf<TokioIo<Upgraded>>, WriteHalf<TokioIo<Upgraded>>),
 }
@@ -127,12 +134,24 @@ fn split(upgraded: Upgraded) -> (Halves, Bytes) {
                 true => Bytes::new(),
                 false => Bytes::copy_from_slice(&parts.read_buf),
             };
-            let (rd, wr) = tokio::io::split(parts.io.into_inner());
-            (Halves::Tls(rd, wr), early)
+            let (rd, wr, direct) = tls::share(parts.io.into_inner());
+            (Halves::Tls(rd, wr, direct), early)
         }
         Err(upgraded) => {
             let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
             (Halves::Other(rd, wr), Bytes::new())
+        }
+    }
+}
+
+/// The fan-out's direct write: the first messages framed as the writer frames them, into one TLS
+/// record if the stream is at rest and free.
+impl Direct for SharedTls {
+    fn try_send(&self, batch: &VecDeque<Message>) -> (usize, Sent) {
+        match with_frames(batch, |bufs| self.try_write_now(bufs)) {
+            (_, None) | (0, _) => (0, Sent::No),
+            (taken, Some(true)) => (taken, Sent::All),
+            (taken, Some(false)) => (taken, Sent::Part),
         }
     }
 }

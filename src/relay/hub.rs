@@ -16,7 +16,8 @@
 //! and queued by [`Hub::run_presence`], started by `Server::run` and tracked by the shutdown
 //! `TaskTracker`. The presence rules are pure functions in [`crate::relay::presence`]; history is
 //! [`crate::relay::history`]. A member whose outbox is full is evicted (its connection closes with
-//! 1013) rather than slowing anyone else down; nothing is written to a socket under a lock.
+//! 1013) rather than slowing anyone else down; nothing is written to a socket under a room's
+//! lock (a member claimed for a direct write is written after it: `hub/fanout.rs`).
 //!
 //! Locks are `parking_lot::Mutex`es held for a few non-blocking steps and never across `.await`.
 //! The order, as the code takes them (a lock is taken only while holding locks above it):
@@ -28,7 +29,8 @@
 //! 4. under a room: a member's outbox queue, the hub's presence schedule (`changed`), and the
 //!    cluster's changed rooms, pending releases and first reads. These are leaves: nothing else is
 //!    locked while one is held, and whoever takes one alone (an outbox's writer, the ticker, the
-//!    cluster's worker) releases it before it locks a room.
+//!    cluster's worker) releases it before it locks a room;
+//! 5. a connection's TLS stream, taken by a direct write with no other lock held, and only tried.
 //!
 //! Not locking the map while waiting for a room costs a race with pruning, settled by the room's
 //! `closed` flag: a room emptied by its last leave is marked closed before it leaves the map, and
@@ -52,6 +54,7 @@ mod room;
 mod settings;
 mod ticker;
 
+pub use fanout::Cork;
 pub use hold::RoomHold;
 pub use registry::Membership;
 pub use settings::RoomSettings;

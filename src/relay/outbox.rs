@@ -7,12 +7,23 @@
 //! the one buffer every receiver shares, so the bound is a worst case: the receiver that holds the
 //! last reference pins the whole payload.
 //!
-//! This file owns the queue and its wake rule only: it must not know rooms, frames or sockets.
+//! A message may also skip the writer: when the writer is idle (it waits with nothing queued and
+//! nothing left to send), the fan-out *claims* the outbox ([`Outbox::offer`]) and, once it has let
+//! go of the room lock, writes what is queued to the socket itself through the connection's
+//! [`Direct`] handle ([`Claim::write`]): no wake-up of the connection's task. While claimed, the
+//! writer takes nothing, and messages offered meanwhile queue for the claim's holder (a sender
+//! that read several messages at once writes them to each receiver as one record, as the writer
+//! would). What the socket does not take at once goes back to the writer: the messages to the
+//! front of the queue, the rest of a record to the next flush. The close phase ends claims
+//! ([`OutboxRx::end_direct`]) before it writes anything, so no direct write follows a close frame.
+//!
+//! This file owns the queue and its wake rule only: it must not know rooms, frames or sockets
+//! (the socket side of a direct write is behind the [`Direct`] trait).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::proto::message::Message;
 use bytes::Bytes;
@@ -42,6 +53,55 @@ pub struct Outbox {
 /// Pings answered one pong each while the writer has not caught up (Autobahn 2.10 sends ten in
 /// one go); a client that gets further ahead gets a pong for its latest ping only.
 pub const MAX_PENDING_PONGS: usize = 16;
+
+/// Writes one message to a connection's socket now, without waiting, for a writer that is not the
+/// connection's task (the fan-out): implemented where frames and the TLS stream meet
+/// (`net::upgrade`).
+pub trait Direct: Send + Sync {
+    /// Frames the first messages of `batch` (whole frames, as many as fit one TLS record) and
+    /// hands them to the socket if that is possible without waiting; returns how many it took
+    /// (none with [`Sent::No`]) and how far the socket took them.
+    fn try_send(&self, batch: &VecDeque<Message>) -> (usize, Sent);
+}
+
+/// How far a [`Direct::try_send`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The socket took the whole record.
+    All,
+    /// The record is encrypted and part of it is in the socket; the rest waits for the writer's
+    /// next flush (which also finds a broken socket).
+    Part,
+    /// Nothing was done (the stream was busy or had bytes waiting, or the first message needs more
+    /// than one record): the messages go to the writer.
+    No,
+}
+
+/// Queue slots a direct write hands back to the queue for the next message rather than freeing
+/// them (the writer keeps as many between its batches).
+const RECYCLE_SLOTS: usize = 64;
+
+/// What [`Outbox::offer`] did with a message.
+pub enum Offer {
+    /// Queued for the writer.
+    Queued,
+    /// Not queued: the receiver is evicted (its queue is full).
+    Refused,
+    /// Queued, and the outbox claimed for a direct write: the caller writes the queue with
+    /// [`Claim::write`] once it holds no lock.
+    Claimed(Claim),
+}
+
+/// The right to write an idle connection's queue straight to its socket, given by
+/// [`Outbox::offer`]. Until [`Claim::write`] the writer takes nothing from this outbox, and
+/// messages offered meanwhile wait for the claim: so the holder writes it soon, holding no lock
+/// and before it waits for anything. A claim dropped unwritten leaves its messages to the writer.
+#[must_use = "a claimed outbox waits until its claim is written"]
+pub struct Claim {
+    outbox: Outbox,
+    /// The socket; `None` once written.
+    to: Option<Arc<dyn Direct>>,
+}
 
 /// What both ends of an outbox see.
 struct OutboxShared {
@@ -75,6 +135,19 @@ struct Queue {
     pongs: VecDeque<Bytes>,
     /// The heartbeat asked for a ping.
     ping: bool,
+    /// The connection's socket for direct writes (TLS connections only), from the upgrade until
+    /// the close phase ([`OutboxRx::end_direct`] drops it, so a member still listed somewhere
+    /// does not keep the socket open).
+    direct: Option<Arc<dyn Direct>>,
+    /// The writer waits in [`OutboxRx::recv_all`] with nothing queued and nothing unsent: a
+    /// message may be written directly.
+    idle: bool,
+    /// A [`Claim`] is out: the writer takes nothing until it is written.
+    claimed: bool,
+    /// Someone waits for the claim to end (the writer, or the close phase): wake it then.
+    waiting: bool,
+    /// A direct write left part of its record unsent: the writer must flush.
+    flush: bool,
 }
 
 /// The receiving side of an outbox, owned by the connection task.
@@ -108,13 +181,28 @@ pub fn outbox(
 impl Outbox {
     /// Queues a message without waiting; a full queue evicts the receiver. `false` if not queued.
     pub fn push(&self, msg: Message) -> bool {
-        let cost = cost(msg.len());
         let mut queue = self.shared.queue.lock();
+        if !self.push_locked_quiet(&mut queue, msg) {
+            return false;
+        }
+        // A claimed outbox's messages are written by the claim's holder, or handed to the
+        // writer when the claim ends.
+        let wake = queue.messages.len() == 1 && !queue.claimed;
+        drop(queue);
+        if wake {
+            self.shared.ready.notify_one();
+        }
+        true
+    }
+
+    /// Queues `msg` with the queue's lock held, without waking anyone; `false` (and the
+    /// receiver evicted) if it does not fit.
+    fn push_locked_quiet(&self, queue: &mut Queue, msg: Message) -> bool {
+        let cost = cost(msg.len());
         // An empty queue takes any one message, so `queue_bytes = max_message_size` still works.
         let full = queue.pinned >= self.shared.max_messages
             || (queue.pinned > 0 && queue.bytes + cost > self.shared.max_bytes);
         if full {
-            drop(queue);
             // A slow consumer: its connection closes with 1013.
             self.shared.close.cancel();
             return false;
@@ -122,12 +210,88 @@ impl Outbox {
         queue.messages.push_back(msg);
         queue.pinned += 1;
         queue.bytes += cost;
-        let first = queue.messages.len() == 1;
+        true
+    }
+}
+
+impl Outbox {
+    /// Offers `msg` from the fan-out: queued like [`Outbox::push`]; and when `direct` is allowed
+    /// and the writer idle, the outbox is claimed for the caller, who writes what is queued with
+    /// [`Claim::write`]. An outbox claimed already (by this caller's earlier message, or another's)
+    /// queues the message for that claim without waking the writer.
+    pub fn offer(&self, msg: &Message, direct: bool) -> Offer {
+        let mut queue = self.shared.queue.lock();
+        let claim = direct && queue.idle && queue.direct.is_some();
+        if !self.push_locked_quiet(&mut queue, msg.clone()) {
+            return Offer::Refused;
+        }
+        if claim {
+            queue.idle = false;
+            queue.claimed = true;
+            let to = queue.direct.clone();
+            return Offer::Claimed(Claim {
+                outbox: self.clone(),
+                to,
+            });
+        }
+        let wake = queue.messages.len() == 1 && !queue.claimed;
         drop(queue);
-        if first {
+        if wake {
             self.shared.ready.notify_one();
         }
-        true
+        Offer::Queued
+    }
+}
+
+impl Claim {
+    /// Writes what the outbox holds (at most one TLS record's worth of whole frames) to the
+    /// socket, then gives the outbox back to its writer with whatever is left.
+    pub fn write(mut self) {
+        let Some(to) = self.to.take() else { return };
+        let shared = &self.outbox.shared;
+        let mut batch = std::mem::take(&mut shared.queue.lock().messages);
+        let (taken, sent) = to.try_send(&batch);
+        drop(to);
+        let bytes = batch.drain(..taken).map(|m| m.len()).sum::<usize>();
+        let mut queue = shared.queue.lock();
+        queue.pinned = queue.pinned.saturating_sub(taken);
+        queue.bytes = queue.bytes.saturating_sub(bytes + taken * SLOT_BYTES);
+        if !batch.is_empty() {
+            // Ahead of whatever arrived during the write, in order.
+            batch.append(&mut queue.messages);
+            queue.messages = batch;
+        } else if queue.messages.is_empty() && batch.capacity() <= RECYCLE_SLOTS {
+            // The queue keeps its slots for the next message, as the writer's swaps do.
+            queue.messages = batch;
+        }
+        queue.flush |= sent == Sent::Part;
+        self.release(queue);
+    }
+
+    /// Ends the claim, and wakes the writer if it has work or someone waits for the claim.
+    fn release(&self, mut queue: MutexGuard<'_, Queue>) {
+        queue.claimed = false;
+        let quiet = queue.messages.is_empty()
+            && !queue.flush
+            && !queue.ping
+            && queue.pongs.is_empty()
+            && !std::mem::take(&mut queue.waiting);
+        // The writer is still waiting in `recv_all` (a claim is only given to an idle writer,
+        // which takes nothing while claimed), so the next message may be claimed too.
+        queue.idle = quiet && queue.direct.is_some();
+        drop(queue);
+        if !quiet {
+            self.outbox.shared.ready.notify_one();
+        }
+    }
+}
+
+impl Drop for Claim {
+    /// A claim not written (a panic on the way) leaves its messages to the writer.
+    fn drop(&mut self) {
+        if self.to.take().is_some() {
+            self.release(self.outbox.shared.queue.lock());
+        }
     }
 }
 
@@ -164,18 +328,49 @@ impl OutboxRx {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Waits until something is queued, then moves all of it into `batch` (which must be empty),
-    /// in order, a pong first. What is moved stays counted until [`OutboxRx::written`].
-    pub async fn recv_all(&self, batch: &mut VecDeque<Message>) {
+    /// Gives the fan-out the connection's socket for direct writes (see the module doc).
+    pub fn attach_direct(&self, to: Arc<dyn Direct>) {
+        self.shared.queue.lock().direct = Some(to);
+    }
+
+    /// Ends direct writes for good (the close phase): waits for a claim still out to be written,
+    /// and drops the socket handle. After it, everything goes through the queue and the writer.
+    pub async fn end_direct(&self) {
         loop {
             {
                 let mut queue = self.shared.queue.lock();
-                if !queue.messages.is_empty() {
-                    std::mem::swap(&mut queue.messages, batch);
-                }
-                take_control(&mut queue, batch);
-                if !batch.is_empty() {
+                queue.idle = false;
+                if !queue.claimed {
+                    queue.direct = None;
                     return;
+                }
+                queue.waiting = true;
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// Waits until something is queued, then moves all of it into `batch` (which must be empty),
+    /// in order, a pong first. What is moved stays counted until [`OutboxRx::written`]. `true`:
+    /// a direct write left bytes unsent, and the writer must flush them (`batch` may be empty).
+    /// While it waits with nothing to do the fan-out may write directly.
+    pub async fn recv_all(&self, batch: &mut VecDeque<Message>) -> bool {
+        loop {
+            {
+                let mut queue = self.shared.queue.lock();
+                if queue.claimed {
+                    queue.waiting = true;
+                } else {
+                    if !queue.messages.is_empty() {
+                        std::mem::swap(&mut queue.messages, batch);
+                    }
+                    take_control(&mut queue, batch);
+                    let flush = std::mem::take(&mut queue.flush);
+                    if !batch.is_empty() || flush {
+                        queue.idle = false;
+                        return flush;
+                    }
+                    queue.idle = queue.direct.is_some();
                 }
             }
             self.shared.ready.notified().await;
@@ -305,6 +500,160 @@ mod tests {
         rx.recv_all(&mut batch).await;
         let latest = Bytes::from(MAX_PENDING_PONGS.to_string());
         assert_eq!(batch, [Message::Pong(latest)]);
+    }
+
+    /// A socket for direct writes: takes up to `takes` messages a write, answers `sent`, and
+    /// keeps what it took.
+    struct FakeSocket {
+        takes: usize,
+        sent: Sent,
+        took: Mutex<Vec<Message>>,
+    }
+
+    impl Direct for FakeSocket {
+        fn try_send(&self, batch: &VecDeque<Message>) -> (usize, Sent) {
+            if self.sent == Sent::No {
+                return (0, Sent::No);
+            }
+            let n = batch.len().min(self.takes);
+            self.took.lock().extend(batch.iter().take(n).cloned());
+            (n, self.sent)
+        }
+    }
+
+    fn direct(
+        max_messages: usize,
+        takes: usize,
+        sent: Sent,
+    ) -> (Outbox, OutboxRx, Arc<FakeSocket>) {
+        let (tx, rx) = outbox(max_messages, 1 << 20, CancellationToken::new());
+        let socket = Arc::new(FakeSocket {
+            takes,
+            sent,
+            took: Mutex::new(Vec::new()),
+        });
+        rx.attach_direct(socket.clone());
+        (tx, rx, socket)
+    }
+
+    fn claim(offer: Offer) -> Claim {
+        match offer {
+            Offer::Claimed(claim) => claim,
+            Offer::Queued => panic!("queued, not claimed"),
+            Offer::Refused => panic!("refused"),
+        }
+    }
+
+    fn queued(offer: Offer) -> bool {
+        matches!(offer, Offer::Queued)
+    }
+
+    #[test]
+    fn an_idle_writer_is_written_for_and_not_woken() {
+        use futures_util::FutureExt;
+        let (tx, rx, socket) = direct(10, 32, Sent::All);
+        let mut batch = VecDeque::new();
+        // Not idle before the writer first waits: queued.
+        assert!(queued(tx.offer(&text(1), true)));
+        assert!(rx.try_recv_all(&mut batch));
+        batch.clear();
+        let mut waiting = Box::pin(rx.recv_all(&mut batch));
+        assert!((&mut waiting).now_or_never().is_none());
+        // Two messages for one claim: one write.
+        let claimed = claim(tx.offer(&Message::text("a"), true));
+        assert!(queued(tx.offer(&Message::text("b"), true)));
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "claimed: the writer waits"
+        );
+        claimed.write();
+        claim(tx.offer(&Message::text("c"), true)).write();
+        // Not when direct writes are not allowed for this one.
+        assert!(queued(tx.offer(&text(2), false)));
+        assert!((&mut waiting).now_or_never().is_some());
+        drop(waiting);
+        assert_eq!(batch, [text(2)]);
+        assert_eq!(*socket.took.lock(), ["a", "b", "c"].map(Message::text));
+    }
+
+    #[test]
+    fn what_the_socket_refused_goes_to_the_writer_in_order_with_what_came_after() {
+        use futures_util::FutureExt;
+        let (tx, rx, socket) = direct(10, 32, Sent::No);
+        let mut batch = VecDeque::new();
+        let mut waiting = Box::pin(rx.recv_all(&mut batch));
+        assert!((&mut waiting).now_or_never().is_none());
+        let first = claim(tx.offer(&text(1), true));
+        assert!(tx.push(text(2)));
+        rx.ping();
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "claimed: the writer waits"
+        );
+        first.write();
+        assert!((&mut waiting).now_or_never().is_some());
+        drop(waiting);
+        assert_eq!(batch, [Message::Ping(Bytes::new()), text(1), text(2)]);
+        assert!(socket.took.lock().is_empty());
+    }
+
+    #[test]
+    fn a_write_of_part_of_the_queue_leaves_the_rest_and_the_flush_to_the_writer() {
+        use futures_util::FutureExt;
+        let (tx, rx, socket) = direct(3, 1, Sent::Part);
+        let mut batch = VecDeque::new();
+        let mut waiting = Box::pin(rx.recv_all(&mut batch));
+        assert!((&mut waiting).now_or_never().is_none());
+        let claimed = claim(tx.offer(&text(1), true));
+        assert!(queued(tx.offer(&text(2), true)));
+        assert!(queued(tx.offer(&text(3), true)));
+        // Claimed messages count: a bound of three is full.
+        assert!(matches!(tx.offer(&text(4), true), Offer::Refused));
+        assert!(rx.closing().is_cancelled());
+        claimed.write();
+        assert_eq!(
+            (&mut waiting).now_or_never(),
+            Some(true),
+            "the writer must flush"
+        );
+        drop(waiting);
+        assert_eq!(batch, [text(2), text(3)]);
+        assert_eq!(*socket.took.lock(), [text(1)]);
+        // The one written no longer counts: room for one more.
+        assert!(tx.push(text(5)));
+    }
+
+    #[test]
+    fn a_claim_dropped_unwritten_leaves_its_messages_to_the_writer() {
+        use futures_util::FutureExt;
+        let (tx, rx, _socket) = direct(10, 32, Sent::All);
+        let mut batch = VecDeque::new();
+        let mut waiting = Box::pin(rx.recv_all(&mut batch));
+        assert!((&mut waiting).now_or_never().is_none());
+        drop(claim(tx.offer(&text(1), true)));
+        assert!((&mut waiting).now_or_never().is_some());
+        drop(waiting);
+        assert_eq!(batch, [text(1)]);
+    }
+
+    #[test]
+    fn ending_direct_writes_waits_for_the_claim_and_drops_the_socket() {
+        use futures_util::FutureExt;
+        let (tx, rx, socket) = direct(10, 32, Sent::All);
+        let mut batch = VecDeque::new();
+        assert!(rx.recv_all(&mut batch).now_or_never().is_none());
+        let claimed = claim(tx.offer(&text(1), true));
+        let mut ending = Box::pin(rx.end_direct());
+        assert!((&mut ending).now_or_never().is_none(), "a claim is out");
+        claimed.write();
+        assert!((&mut ending).now_or_never().is_some());
+        assert_eq!(
+            Arc::strong_count(&socket),
+            1,
+            "the socket handle is dropped"
+        );
+        assert!(queued(tx.offer(&text(2), true)));
+        assert_eq!(socket.took.lock().len(), 1);
     }
 
     #[test]

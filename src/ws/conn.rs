@@ -9,7 +9,10 @@
 //! (1013) or the server drains (1001). The drain's end (`stopped`) is watched in the close phase
 //! only, so no token shared by every connection is polled on each wake-up.
 //!
-//! Then the close phase, under [`CLOSE_TIMEOUT`] whatever the reason: what was queued is written
+//! While the writer waits with nothing to do, the fan-out may write a message to the socket itself
+//! (see [`crate::relay::outbox`]): the writer then has nothing to wake up for.
+//!
+//! Then the close phase, under [`CLOSE_TIMEOUT`] whatever the reason: direct writes end, what was queued is written
 //! first (echoes, presence: except for an evicted slow consumer, which only finishes the frame in
 //! progress), then the close frame, then the client's close reply is awaited while whatever it
 //! still sends is read and discarded (at most [`LINGER_BYTES`]: the lingering close), so the
@@ -37,7 +40,7 @@ use crate::config::Config;
 use crate::observe::stats::Stats;
 use crate::proto::close;
 use crate::relay::envelope::{self, Envelope};
-use crate::relay::hub::Membership;
+use crate::relay::hub::{Cork, Membership};
 use crate::relay::outbox::OutboxRx;
 use crate::ws::rate::TokenBucket;
 use read::{Incoming, ReadEnd, Reader};
@@ -245,8 +248,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let heartbeat = &config.heartbeat;
     let echo = config.relay.echo;
     let mut bucket = TokenBucket::new(config.limits.messages_per_second, config.limits.burst);
+    // Members this connection's messages claimed for a direct write (see `relay::hub::Cork`):
+    // written as soon as the reader has to wait for more, or after `Cork::FULL` messages, and
+    // given back to their writers if this future is dropped first.
+    let mut cork = Cork::default();
     loop {
-        let incoming = match reader.next_heard(|| seen.record(Instant::now())).await {
+        if cork.full() {
+            cork.write();
+        }
+        let next = reader.next_heard(|| seen.record(Instant::now()));
+        let incoming = match written_before_waiting(next, &mut cork).await {
             Ok(incoming) => incoming,
             Err(ReadEnd::Gone) => return End::Gone,
             Err(ReadEnd::Refused(e)) => {
@@ -281,10 +292,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     return End::Close(1003, envelope::BINARY_REFUSED);
                 };
                 stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                membership.publish(msg, echo);
+                membership.publish(msg, echo, &mut cork);
             }
         }
     }
+}
+
+/// `next`, with `cork` written whenever it has to wait: a sender's claims are written before it
+/// waits for anything, and only then (so the messages it reads in one go reach each receiver
+/// together).
+async fn written_before_waiting<T>(next: impl Future<Output = T>, cork: &mut Cork) -> T {
+    let mut next = std::pin::pin!(next);
+    std::future::poll_fn(|cx| {
+        let polled = next.as_mut().poll(cx);
+        if polled.is_pending() {
+            cork.write();
+        }
+        polled
+    })
+    .await
 }
 
 /// The connection's one timer: asks the writer for a ping every `heartbeat.ping_interval`,
@@ -359,6 +385,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let finish = async {
+        // No direct write from the fan-out after this (nor after the close frame below).
+        outbox.end_direct().await;
         let (code, reason) = match end {
             End::Gone => return,
             End::PeerClosed(code) => {

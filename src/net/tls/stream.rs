@@ -354,6 +354,34 @@ impl TlsStream {
         poll_write_all(&self.tcp, &mut self.outgoing, &mut self.out_at, cx)
     }
 
+    /// Encrypts `bufs` (one record's worth at most, all of it) and hands it to the socket without
+    /// waiting, for a writer that is not the connection's task (the fan-out's direct write).
+    /// `None`: nothing was done, since the stream is not at rest (input being read, output
+    /// waiting, closing or failed) or `bufs` is empty or needs more than one record. `Some(true)`: the
+    /// socket took it all. `Some(false)`: the rest waits in `outgoing` for the owner's next flush
+    /// (which also reports a broken socket).
+    ///
+    /// It never registers for readiness: the socket keeps one waker per direction, and it is the
+    /// writer's.
+    pub fn try_write_now(&mut self, bufs: &[IoSlice<'_>]) -> Option<bool> {
+        let at_rest = !self.failed
+            && !self.close_queued
+            && self.incoming.is_empty()
+            && self.outgoing.is_empty();
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        if !at_rest || total == 0 || total > MAX_FRAGMENT {
+            return None;
+        }
+        // With no input, rustls has nothing to read: only its own output (a session ticket) can
+        // stand before the write, and `process` sends it.
+        if !matches!(self.process(), Ok(Rest::Writable)) || !self.outgoing.is_empty() {
+            return None;
+        }
+        self.encrypt(bufs).ok()?;
+        let _ = try_write_all(&self.tcp, &mut self.outgoing, &mut self.out_at);
+        Some(self.outgoing.is_empty())
+    }
+
     /// Encrypts up to one record of `bufs` into `outgoing`; returns the plaintext bytes taken.
     fn encrypt(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if self.failed {
@@ -542,6 +570,52 @@ mod tests {
         client.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"still here");
         assert!(idle(&server));
+    }
+
+    #[tokio::test]
+    async fn a_write_now_goes_out_at_rest_and_leaves_the_rest_of_a_full_socket_to_the_flush() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        let head = [0x82u8, 5];
+        assert_eq!(
+            server.try_write_now(&[IoSlice::new(&head), IoSlice::new(b"hello")]),
+            Some(true)
+        );
+        assert!(idle(&server), "nothing kept once the socket took it");
+        let mut got = [0; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x82\x05hello");
+
+        // More than one record's worth is not written now.
+        let big = vec![7u8; MAX_FRAGMENT + 1];
+        assert_eq!(server.try_write_now(&[IoSlice::new(&big)]), None);
+
+        // A client that does not read: the socket fills, the last record is left for the flush,
+        // and nothing more is written now while it waits.
+        let chunk = vec![1u8; MAX_FRAGMENT];
+        let mut sent = 0;
+        let mut full = false;
+        for _ in 0..10_000 {
+            match server.try_write_now(&[IoSlice::new(&chunk)]) {
+                Some(true) => sent += chunk.len(),
+                Some(false) => {
+                    sent += chunk.len();
+                    full = true;
+                    break;
+                }
+                None => panic!("refused at rest"),
+            }
+        }
+        assert!(full, "the socket never filled");
+        assert_eq!(server.try_write_now(&[IoSlice::new(b"x")]), None);
+        let mut back = vec![0; sent];
+        let flush = async { server.flush().await.unwrap() };
+        tokio::join!(flush, async { client.read_exact(&mut back).await.unwrap() });
+        assert!(back.iter().all(|&b| b == 1));
+        assert!(idle(&server));
+
+        // After close_notify nothing is written now.
+        server.shutdown().await.unwrap();
+        assert_eq!(server.try_write_now(&[IoSlice::new(b"late")]), None);
     }
 
     #[tokio::test]

@@ -134,7 +134,10 @@ impl Rooms for Hub {
             numbered: false,
             publish: None,
         };
-        self.fan_out_locked(&room, &mut state, delivery);
+        let mut cork = super::fanout::Cork::default();
+        self.fan_out_locked(&room, &mut state, delivery, &mut cork);
+        drop(state);
+        cork.write();
     }
 
     fn set_remote(&self, room: &str, count: usize, names: Vec<Arc<str>>) {

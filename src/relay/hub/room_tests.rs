@@ -183,7 +183,7 @@ async fn a_message_from_another_node_reaches_every_local_member_and_the_history(
     );
     // Once something live has been relayed, a late history read from Redis is not replayed.
     hub.seed_history("r", vec![Message::text("old")], None);
-    a.publish(Message::text("m2"), true);
+    a.publish(Message::text("m2"), true, &mut Cork::default());
     assert_eq!(drained(&ann).await, ["m2"]);
 }
 
@@ -358,7 +358,7 @@ async fn a_room_pattern_gives_its_rooms_their_own_presence_and_history() {
     let hub = Hub::new(Arc::default(), settings);
     let a = hub.join("count-1", None, outbox()).unwrap();
     for m in ["1", "2", "3"] {
-        a.publish(Message::text(m), false);
+        a.publish(Message::text(m), false, &mut Cork::default());
     }
     let (tx, rx) = pair();
     let b = hub.join("count-1", None, tx).unwrap();
@@ -370,7 +370,7 @@ async fn a_room_pattern_gives_its_rooms_their_own_presence_and_history() {
         "two messages of history, then the plain count"
     );
     let c = hub.join("chat-1", None, outbox()).unwrap();
-    c.publish(Message::text("x"), false);
+    c.publish(Message::text("x"), false, &mut Cork::default());
     let (tx, rx) = pair();
     let d = hub.join("chat-1", None, tx).unwrap();
     hub.send_presence(&d.room);

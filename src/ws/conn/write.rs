@@ -70,6 +70,36 @@ fn parts(msg: &Message) -> (OpCode, &[u8]) {
     (opcode, msg.payload())
 }
 
+/// Hands the first messages of `batch` to `send` as whole frames (headers and payloads, at most
+/// [`MAX_FRAMES_PER_WRITE`], at most one TLS record in all): the fan-out's direct write
+/// (`net::upgrade`) frames here, as the writer does. Returns how many frames it gathered (none
+/// if the first alone needs more than a record: then `send` gets nothing) and what `send` said.
+pub fn with_frames<R>(
+    batch: &VecDeque<Message>,
+    send: impl FnOnce(&[IoSlice<'_>]) -> R,
+) -> (usize, R) {
+    let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
+    let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
+    let (mut frames, mut gathered) = (0, 0);
+    for msg in batch.iter().take(MAX_FRAMES_PER_WRITE) {
+        let (opcode, payload) = parts(msg);
+        let head = frame::header(opcode, payload.len());
+        if gathered + head.len() + payload.len() > MAX_RECORD_PLAINTEXT {
+            break;
+        }
+        gathered += head.len() + payload.len();
+        heads[frames] = head;
+        payloads[frames] = payload;
+        frames += 1;
+    }
+    let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
+    for (i, (head, payload)) in heads.iter().zip(payloads).take(frames).enumerate() {
+        iov[2 * i] = IoSlice::new(head.as_bytes());
+        iov[2 * i + 1] = IoSlice::new(payload);
+    }
+    (frames, send(&iov[..2 * frames]))
+}
+
 /// Whether a message was pushed through the outbox (so counted there); pings and pongs are the
 /// connection's own.
 fn counted(msg: &Message) -> bool {
@@ -95,6 +125,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 if self.batch.capacity() > SHRINK_ABOVE {
                     self.batch = VecDeque::new();
                 }
+                // A direct write that left bytes unsent comes back with an empty batch: the
+                // write below is then only the flush.
                 outbox.recv_all(&mut self.batch).await;
             }
             if let Err(end) = self.write_batch(outbox, false).await {
