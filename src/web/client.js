@@ -231,7 +231,9 @@ export class Room extends EventTarget {
             ended({ code: 1006, reason: "no answer to the app ping" });
             return;
           }
-          ws.send(this.appPing);
+          // A socket the server is closing (a drain's 1001) is CLOSING until its close event,
+          // which clears this timer; sending on it only logs an error.
+          if (ws.readyState === WebSocket.OPEN) ws.send(this.appPing);
         }, this.pingEvery);
       }
     };
