@@ -27,7 +27,7 @@ use crate::proto::message::Message;
 use crate::relay::envelope::Envelope;
 use crate::relay::hub::Membership;
 use crate::relay::outbox::{Direct, OutboxRx, Sent};
-use crate::ws::conn::write::with_frames;
+use crate::ws::conn::write::{MAX_FRAMES_PER_WRITE, with_frames};
 use crate::ws::conn::{self, Conn};
 
 /// One admitted upgrade, ready to run as its own task ([`Upgrade::run`]).
@@ -148,7 +148,9 @@ fn split(upgraded: Upgraded) -> (Halves, Bytes) {
 /// record if the stream is at rest and free.
 impl Direct for SharedTls {
     fn try_send(&self, batch: &VecDeque<Message>) -> (usize, Sent) {
-        match with_frames(batch, |bufs| self.try_write_now(bufs)) {
+        match with_frames(batch, MAX_FRAMES_PER_WRITE, 0, true, |bufs| {
+            self.try_write_now(bufs)
+        }) {
             (_, None) | (0, _) => (0, Sent::No),
             (taken, Some(true)) => (taken, Sent::All),
             (taken, Some(false)) => (taken, Sent::Part),

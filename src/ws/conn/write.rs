@@ -70,34 +70,57 @@ fn parts(msg: &Message) -> (OpCode, &[u8]) {
     (opcode, msg.payload())
 }
 
-/// Hands the first messages of `batch` to `send` as whole frames (headers and payloads, at most
-/// [`MAX_FRAMES_PER_WRITE`], at most one TLS record in all): the fan-out's direct write
-/// (`net::upgrade`) frames here, as the writer does. Returns how many frames it gathered (none
-/// if the first alone needs more than a record: then `send` gets nothing) and what `send` said.
+/// Hands the first messages of `batch` (at most `take`) to `send` as frames, headers and shared
+/// payloads, skipping the `sent` bytes an earlier write took, and stops once one TLS record's
+/// worth is gathered: the writer's vectored write and the fan-out's direct write (`net::upgrade`)
+/// frame here. With `whole`, a frame that would not fit the record whole is left out (a direct
+/// write takes whole frames only); without, TLS cuts the last frame where the record ends.
+/// Returns how many frames it gathered and what `send` said. The headers and the slice list are
+/// on the stack, so they take no room in a connection's future.
 pub fn with_frames<R>(
     batch: &VecDeque<Message>,
+    take: usize,
+    sent: usize,
+    whole: bool,
     send: impl FnOnce(&[IoSlice<'_>]) -> R,
 ) -> (usize, R) {
     let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
     let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
     let (mut frames, mut gathered) = (0, 0);
-    for msg in batch.iter().take(MAX_FRAMES_PER_WRITE) {
+    for msg in batch.iter().take(take.min(MAX_FRAMES_PER_WRITE)) {
         let (opcode, payload) = parts(msg);
         let head = frame::header(opcode, payload.len());
-        if gathered + head.len() + payload.len() > MAX_RECORD_PLAINTEXT {
+        let len = head.len() + payload.len();
+        if whole && gathered + len - sent > MAX_RECORD_PLAINTEXT {
             break;
         }
-        gathered += head.len() + payload.len();
         heads[frames] = head;
         payloads[frames] = payload;
         frames += 1;
+        gathered += len;
+        // One write takes at most one TLS record: frames past it would wait anyway.
+        if gathered - sent >= MAX_RECORD_PLAINTEXT {
+            break;
+        }
     }
     let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
+    let mut n = 0;
     for (i, (head, payload)) in heads.iter().zip(payloads).take(frames).enumerate() {
-        iov[2 * i] = IoSlice::new(head.as_bytes());
-        iov[2 * i + 1] = IoSlice::new(payload);
+        let (mut head, mut payload) = (head.as_bytes(), payload);
+        if i == 0 {
+            // Skip what an earlier write took.
+            let skip_head = sent.min(head.len());
+            head = &head[skip_head..];
+            payload = &payload[sent - skip_head..];
+        }
+        for part in [head, payload] {
+            if !part.is_empty() {
+                iov[n] = IoSlice::new(part);
+                n += 1;
+            }
+        }
     }
-    (frames, send(&iov[..2 * frames]))
+    (frames, send(&iov[..n]))
 }
 
 /// Whether a message was pushed through the outbox (so counted there); pings and pongs are the
@@ -232,9 +255,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 }
 
-/// One vectored write of up to [`MAX_FRAMES_PER_WRITE`] frames from the front of the batch.
-/// The headers and the slice list are built on the stack inside each poll, so they take no
-/// room in the connection's future (which lives as long as the connection).
+/// One vectored write of up to [`MAX_FRAMES_PER_WRITE`] frames from the front of the batch
+/// ([`with_frames`], inside each poll).
 async fn write_some<W: AsyncWrite + Unpin>(
     io: &mut W,
     batch: &VecDeque<Message>,
@@ -243,38 +265,8 @@ async fn write_some<W: AsyncWrite + Unpin>(
 ) -> io::Result<usize> {
     let take = if first_only { 1 } else { MAX_FRAMES_PER_WRITE };
     let written = std::future::poll_fn(|cx| {
-        let mut heads = [frame::header(OpCode::Binary, 0); MAX_FRAMES_PER_WRITE];
-        let mut payloads: [&[u8]; MAX_FRAMES_PER_WRITE] = [&[]; MAX_FRAMES_PER_WRITE];
-        let (mut frames, mut gathered) = (0, 0);
-        for msg in batch.iter().take(take) {
-            let (opcode, payload) = parts(msg);
-            heads[frames] = frame::header(opcode, payload.len());
-            payloads[frames] = payload;
-            frames += 1;
-            // One write takes at most one TLS record: frames past it would wait anyway.
-            gathered += heads[frames - 1].len() + payload.len();
-            if gathered - sent >= MAX_RECORD_PLAINTEXT {
-                break;
-            }
-        }
-        let mut iov = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
-        let mut n = 0;
-        for (i, (head, payload)) in heads.iter().zip(payloads).take(frames).enumerate() {
-            let (mut head, mut payload) = (head.as_bytes(), payload);
-            if i == 0 {
-                // Skip what an earlier write took.
-                let skip_head = sent.min(head.len());
-                head = &head[skip_head..];
-                payload = &payload[sent - skip_head..];
-            }
-            for part in [head, payload] {
-                if !part.is_empty() {
-                    iov[n] = IoSlice::new(part);
-                    n += 1;
-                }
-            }
-        }
-        Pin::new(&mut *io).poll_write_vectored(cx, &iov[..n])
+        let write = |iov: &[IoSlice<'_>]| Pin::new(&mut *io).poll_write_vectored(cx, iov);
+        with_frames(batch, take, sent, false, write).1
     })
     .await?;
     if written == 0 {
